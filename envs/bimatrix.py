@@ -171,6 +171,9 @@ class SequentialBimatrixEnv(GridGameEnv):
         self.register_buffer(
             "_officer_moves", torch.tensor(OFFICER_MOVES, device=self.device)
         )
+        agent_table, planner_table = self._observation_tables()
+        self.register_buffer("_agent_obs_table", agent_table, persistent=False)
+        self.register_buffer("_planner_obs_table", planner_table, persistent=False)
         self._make_specs()
 
     @property
@@ -246,23 +249,30 @@ class SequentialBimatrixEnv(GridGameEnv):
             "planner": planner.unsqueeze(-1),
         }
 
-    def _observe(self) -> TensorDictBase:
-        n = self.grid_size
-        joint = one_hot(self._flat_position(), n * n)  # [*B, n*n]
+    def _observation_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Agent and planner observations of every joint position, looked up each step."""
+        n, dev = self.grid_size, self.device
+        joint = torch.eye(n * n, device=dev)  # [n*n, n*n]
         if self.observe == "joint":
-            agent_obs = [joint.unsqueeze(-2).expand(*self.batch_size, self.n_agents, n * n)]
+            agents = joint.unsqueeze(1).expand(n * n, self.n_agents, n * n)
         else:
-            agent_obs = [one_hot(self.position, n)]
+            coords = torch.stack(
+                torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij"), -1
+            ).reshape(n * n, self.n_agents)
+            agents = one_hot(coords.to(dev), n)  # [n*n, 2, n]
         if self.agent_id:
-            eye = torch.eye(self.n_agents, device=self.device)
-            agent_obs.append(eye.expand(*self.batch_size, self.n_agents, self.n_agents))
-        planner_obs = [joint]
+            eye = torch.eye(self.n_agents, device=dev).expand(n * n, -1, -1)
+            agents = torch.cat([agents, eye], -1)
+        return agents.contiguous(), joint
+
+    def _observe(self) -> TensorDictBase:
+        flat = self._flat_position()
+        agents = self._agent_obs_table[flat]  # [*B, 2, d]
+        planner = [self._planner_obs_table[flat]]  # [*B, n*n]
         if self.planner_mode == "officers":
-            planner_obs.append(one_hot(self.officers.squeeze(-1), self.max_officers + 1))
+            planner.append(one_hot(self.officers.squeeze(-1), self.max_officers + 1))
         if self.time_obs:
             t = self._time_fraction()
-            agent_obs.append(t.unsqueeze(-2).expand(*self.batch_size, self.n_agents, 1))
-            planner_obs.append(t)
-        return self._observations(
-            torch.cat(agent_obs, -1), torch.cat(planner_obs, -1).unsqueeze(-2)
-        )
+            agents = torch.cat([agents, t.unsqueeze(-2).expand(*agents.shape[:-1], 1)], -1)
+            planner.append(t)
+        return self._observations(agents, torch.cat(planner, -1).unsqueeze(-2))
