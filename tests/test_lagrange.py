@@ -1,0 +1,150 @@
+"""Tests for :class:`torchrl_ermas.objectives.LagrangeMultiplier`."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from torchrl_ermas.objectives import LagrangeMultiplier
+
+
+def _sgd_step(
+    lagrange: LagrangeMultiplier, regret: torch.Tensor, epsilon: float
+) -> torch.Tensor:
+    optimizer = torch.optim.SGD(lagrange.parameters(), lr=lagrange.lr)
+    optimizer.zero_grad()
+    lagrange(regret, epsilon).backward()
+    optimizer.step()
+    lagrange.project_()
+    return lagrange.value
+
+
+class TestLagrangeMultiplier:
+    def test_defaults(self):
+        lagrange = LagrangeMultiplier(3)
+        torch.testing.assert_close(lagrange.value, torch.full((3,), 8.0))
+        assert lagrange.lr == 0.005
+        assert lagrange.max_value == 100.0
+        assert not lagrange.frozen
+        assert isinstance(lagrange.multiplier, torch.nn.Parameter)
+        assert lagrange.multiplier.shape == (3,)
+        assert not hasattr(lagrange, "device")
+
+    def test_value_is_detached_snapshot(self):
+        lagrange = LagrangeMultiplier(2, init=1.0)
+        value = lagrange.value
+        assert not value.requires_grad
+        lagrange.update(torch.tensor([10.0, 10.0]), epsilon=0.0)
+        torch.testing.assert_close(value, torch.ones(2))
+
+    def test_update_hand_computed(self):
+        lagrange = LagrangeMultiplier(3, init=8.0, lr=0.1)
+        new = lagrange.update(torch.tensor([2.0, 5.0, -1.0]), epsilon=1.0)
+        expected = torch.tensor([8.0 + 0.1 * 1.0, 8.0 + 0.1 * 4.0, 8.0 - 0.1 * 2.0])
+        torch.testing.assert_close(new, expected)
+        torch.testing.assert_close(lagrange.value, expected)
+
+    def test_update_per_agent_epsilon_and_column_regret(self):
+        lagrange = LagrangeMultiplier(2, init=1.0, lr=1.0)
+        new = lagrange.update(torch.tensor([[3.0], [3.0]]), torch.tensor([1.0, 2.0]))
+        torch.testing.assert_close(new, torch.tensor([3.0, 2.0]))
+
+    def test_projection_at_zero_and_max(self):
+        lagrange = LagrangeMultiplier(2, init=1.0, lr=1.0, max_value=5.0)
+        new = lagrange.update(torch.tensor([-10.0, 10.0]), epsilon=0.0)
+        torch.testing.assert_close(new, torch.tensor([0.0, 5.0]))
+
+    @pytest.mark.parametrize("epsilon", [-2.0, 0.5])
+    def test_optimizer_path_matches_update(self, epsilon):
+        regret = torch.tensor([0.3, -4.0, 2.5, 400.0])
+        by_update = LagrangeMultiplier(4, init=1.0, lr=0.05, max_value=10.0)
+        by_optimizer = LagrangeMultiplier(4, init=1.0, lr=0.05, max_value=10.0)
+        for _ in range(3):
+            expected = by_update.update(regret, epsilon)
+            torch.testing.assert_close(_sgd_step(by_optimizer, regret, epsilon), expected)
+
+    def test_forward_loss(self):
+        lagrange = LagrangeMultiplier(2, init=2.0)
+        regret = torch.tensor([1.0, 3.0], requires_grad=True)
+        loss = lagrange(regret, 0.5)
+        assert loss.shape == ()
+        torch.testing.assert_close(loss, -(2.0 * 0.5 + 2.0 * 2.5) * torch.ones(()))
+        loss.backward()
+        torch.testing.assert_close(lagrange.multiplier.grad, -torch.tensor([0.5, 2.5]))
+        assert regret.grad is None
+
+    def test_frozen_update_is_noop(self):
+        lagrange = LagrangeMultiplier(2, init=3.0, lr=1.0, frozen=True)
+        assert lagrange.frozen
+        new = lagrange.update(torch.tensor([10.0, -10.0]), epsilon=0.0)
+        torch.testing.assert_close(new, torch.full((2,), 3.0))
+        lagrange.unfreeze()
+        assert not lagrange.frozen
+        new = lagrange.update(torch.tensor([1.0, -1.0]), epsilon=0.0)
+        torch.testing.assert_close(new, torch.tensor([4.0, 2.0]))
+
+    def test_frozen_optimizer_path_is_noop(self):
+        lagrange = LagrangeMultiplier(2, init=3.0, lr=1.0)
+        lagrange.freeze()
+        regret = torch.tensor([10.0, -4.0])
+        # the loss keeps its value for logging, only its gradient is zero
+        torch.testing.assert_close(lagrange(regret, 0.0), torch.tensor(-18.0))
+        new = _sgd_step(lagrange, regret, 0.0)
+        torch.testing.assert_close(lagrange.multiplier.grad, torch.zeros(2))
+        torch.testing.assert_close(new, torch.full((2,), 3.0))
+
+    def test_frozen_still_validates(self):
+        lagrange = LagrangeMultiplier(2, frozen=True)
+        with pytest.raises(ValueError, match="regret"):
+            lagrange.update(torch.tensor([math.nan, 0.0]), epsilon=0.0)
+
+    def test_state_dict_round_trip(self):
+        source = LagrangeMultiplier(3, init=1.0, lr=1.0)
+        source.update(torch.tensor([1.0, 2.0, 3.0]), epsilon=0.0)
+        source.freeze()
+        target = LagrangeMultiplier(3)
+        target.load_state_dict(source.state_dict())
+        torch.testing.assert_close(target.value, torch.tensor([2.0, 3.0, 4.0]))
+        assert target.frozen
+        assert set(source.state_dict()) == {"multiplier", "_frozen"}
+
+    @pytest.mark.parametrize(
+        "kwargs, name",
+        [
+            ({"n_agents": 0}, "n_agents"),
+            ({"n_agents": 2.0}, "n_agents"),
+            ({"n_agents": 2, "lr": -0.1}, "lr"),
+            ({"n_agents": 2, "max_value": 0.0}, "max_value"),
+            ({"n_agents": 2, "init": -1.0}, "init"),
+            ({"n_agents": 2, "init": 101.0}, "init"),
+            ({"n_agents": 2, "init": math.nan}, "init"),
+        ],
+    )
+    def test_bad_constructor_args(self, kwargs, name):
+        with pytest.raises(ValueError, match=name):
+            LagrangeMultiplier(**kwargs)
+
+    @pytest.mark.parametrize("method", ["update", "forward"])
+    @pytest.mark.parametrize(
+        "regret, epsilon, name",
+        [
+            (torch.tensor([math.nan, 0.0, 0.0]), 0.0, "regret"),
+            (torch.tensor([math.inf, 0.0, 0.0]), 0.0, "regret"),
+            (torch.zeros(2), 0.0, "regret"),
+            (torch.zeros(1, 3), 0.0, "regret"),
+            (torch.zeros(3, 3), 0.0, "regret"),
+            (torch.zeros(3), torch.zeros(2), "epsilon"),
+            (torch.zeros(3), math.nan, "epsilon"),
+        ],
+    )
+    def test_bad_inputs(self, method, regret, epsilon, name):
+        lagrange = LagrangeMultiplier(3)
+        before = lagrange.value
+        with pytest.raises(ValueError, match=name):
+            getattr(lagrange, method)(regret, epsilon)
+        torch.testing.assert_close(lagrange.value, before)
+
+
+if __name__ == "__main__":
+    pytest.main([__file__, "--capture", "no", "--exitfirst"])
