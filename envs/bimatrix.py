@@ -150,7 +150,7 @@ class SequentialBimatrixEnv(GridGameEnv):
         check_int("max_officers", max_officers, 1)
         if not np.isfinite(officer_weight):
             raise ValueError(f"officer_weight must be finite, got {officer_weight!r}.")
-        super().__init__(device=device, batch_size=batch_size)
+        super().__init__(device=device if device is not None else "cpu", batch_size=batch_size)
         self._init_grid(
             n_coords=2, grid_size=grid_size, max_steps=max_steps,
             start_position=start_position,

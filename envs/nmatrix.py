@@ -96,7 +96,7 @@ class NMatrixGameEnv(GridGameEnv):
                 )
             if not torch.isfinite(tables).all():
                 raise ValueError("payoffs must be finite, got NaN or inf entries.")
-        super().__init__(device=device, batch_size=batch_size)
+        super().__init__(device=device if device is not None else "cpu", batch_size=batch_size)
         self.n_agents = n_agents
         self._init_grid(
             n_coords=n_agents + 1, grid_size=grid_size, max_steps=max_steps,

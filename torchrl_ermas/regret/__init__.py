@@ -1,1 +1,7 @@
-"""regret."""
+"""Regret estimation by unilateral deviations, and the Reptile meta step."""
+from __future__ import annotations
+
+from .deviation import DeviationPolicy
+from .reptile import ReptileRegretEstimator
+
+__all__ = ["DeviationPolicy", "ReptileRegretEstimator"]

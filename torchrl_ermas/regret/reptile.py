@@ -1,0 +1,316 @@
+"""Per-agent regret of the current agent policy, and the Reptile meta step of ERMAS."""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import ProbabilisticTensorDictSequential
+from torch import nn
+from torch.distributions import kl_divergence
+from torchrl.envs import EnvBase
+from torchrl.objectives.value.functional import reward2go
+
+from .deviation import DeviationDistributions, DeviationPolicy, world_mask
+
+_BEHAVIOUR_LOG_PROB = "behaviour_log_prob"
+
+
+def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    ok = math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}.")
+
+
+class ReptileRegretEstimator:
+    """Estimates each agent's regret by a trust-region unilateral deviation (ERMAS).
+
+    For every agent ``i`` the estimator copies the current agent policy and takes
+    ``num_steps`` policy-gradient steps on agent ``i``'s own reward, with every other agent
+    and the planner frozen, inside the trust region ``KL(pi_i || pi_i') <= trust_region``
+    (the mean KL over the states the deviation visits). It then measures
+    ``regret_i = J_i(deviation) - J_i(current)`` on fresh rollouts under the same planner,
+    using the same environment seed and the same sampling seed for both (common random
+    numbers). ``J_i`` is agent ``i``'s undiscounted return over ``horizon`` steps, so the
+    regret is in the units of the ERMAS ``epsilon``.
+
+    All ``n_agents`` deviations run in one batched rollout: the environment batch
+    ``[n_agents * B]`` is split into ``n_agents`` worlds of ``B`` environments, agent ``i``
+    deviates in world ``i``, and the per-world parameters are ``vmap``-ed.
+
+    Each deviation step is sized in KL, not in parameter space: the importance-weighted
+    policy gradient gives a direction, and a line search over step lengths keeps the
+    candidate with the best importance-weighted surrogate whose KL to the current policy
+    stays within the step's share of the budget (``trust_region * (k + 1) / num_steps``
+    at step ``k``). The deviating agent explores with probability ``exploration``
+    (uniform actions, importance-weighted), so a near-deterministic current policy still
+    produces data about the actions it no longer takes.
+
+    Reference: "ERMAS: Learning Policies Robust to Reality Gaps in Multi-Agent
+    Simulations", ICLR 2021 submission, Sec. 3 (Eqs. 9-13).
+
+    Args:
+        actor (ProbabilisticTensorDictSequential): the agents' policy (e.g. a
+            :class:`~torchrl.modules.ProbabilisticActor` over a categorical distribution with
+            per-agent logits). Its own parameters are the current policy; they are only
+            changed by :meth:`meta_step`.
+        env (EnvBase): a batched environment following the torchrl-ermas contract whose
+            batch ``[n_agents * B]`` holds the deviation worlds. The estimator seeds and
+            resets it; give it an environment of its own.
+
+    Keyword Args:
+        planner_policy (nn.Module, optional): the planner's policy, frozen during the
+            estimate; ``None`` for a passive planner. Defaults to ``None``.
+        horizon (int, optional): rollout length in steps; defaults to ``env.max_steps``.
+        trust_region (float): the KL bound ``eta`` (nats, mean over visited states).
+            Defaults to ``3.0``.
+        num_steps (int): deviation steps ``K``. Defaults to ``3``.
+        exploration (float): probability that the deviating agent acts uniformly in the
+            training rollouts, in ``[0, 1)``. Defaults to ``0.2``.
+        gamma (float): discount of the reward-to-go in the deviation gradient.
+            Defaults to ``0.95``.
+        max_step_norm (float): the longest step tried by the line search, in parameter
+            norm. Defaults to ``16.0``.
+        line_search_points (int): number of step lengths tried, halving from
+            ``max_step_norm``. Defaults to ``16``.
+        meta_scale (float): Reptile scale ``beta`` of :meth:`meta_step`; ``0`` disables it.
+            Defaults to ``0.2``.
+        meta_cap (float): cap of the per-agent meta step ``min(beta * lambda_i, cap)``.
+            Defaults to ``2.0``.
+        group (str): the agents' group in the data. Defaults to ``"agents"``.
+        seed (int): seed of the estimator's rollouts; each call uses fresh seeds drawn
+            from it. Defaults to ``0``.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict.nn import TensorDictModule
+        >>> from torchrl.modules import MultiAgentMLP, ProbabilisticActor
+        >>> from torchrl_ermas.envs import SequentialBimatrixEnv
+        >>> from torchrl_ermas.regret import ReptileRegretEstimator
+        >>> env = SequentialBimatrixEnv(2 * 16, max_steps=20)
+        >>> net = MultiAgentMLP(18, 3, n_agents=2, centralized=False, share_params=True,
+        ...                     depth=1, num_cells=16)
+        >>> actor = ProbabilisticActor(
+        ...     TensorDictModule(net, [("agents", "observation")], [("agents", "logits")]),
+        ...     in_keys=[("agents", "logits")], out_keys=[("agents", "action")],
+        ...     distribution_class=torch.distributions.Categorical, return_log_prob=True)
+        >>> estimator = ReptileRegretEstimator(actor, env, num_steps=2)
+        >>> result = estimator.estimate()
+        >>> result["regret"].shape, result["kl"].shape
+        (torch.Size([2]), torch.Size([2]))
+        >>> bool((result["kl"] <= 3.0 + 1e-4).all())
+        True
+        >>> estimator.meta_step(result["deviation_params"], torch.tensor([8.0, 8.0]))
+    """
+
+    def __init__(
+        self,
+        actor: ProbabilisticTensorDictSequential,
+        env: EnvBase,
+        *,
+        planner_policy: nn.Module | None = None,
+        horizon: int | None = None,
+        trust_region: float = 3.0,
+        num_steps: int = 3,
+        exploration: float = 0.2,
+        gamma: float = 0.95,
+        max_step_norm: float = 16.0,
+        line_search_points: int = 16,
+        meta_scale: float = 0.2,
+        meta_cap: float = 2.0,
+        group: str = "agents",
+        seed: int = 0,
+    ) -> None:
+        _check_positive("trust_region", trust_region)
+        _check_positive("max_step_norm", max_step_norm)
+        _check_positive("meta_scale", meta_scale, allow_zero=True)
+        _check_positive("meta_cap", meta_cap, allow_zero=True)
+        if not isinstance(num_steps, int) or num_steps < 1:
+            raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}.")
+        if not isinstance(line_search_points, int) or line_search_points < 1:
+            raise ValueError(
+                f"line_search_points must be an int >= 1, got {line_search_points!r}."
+            )
+        if not 0.0 <= exploration < 1.0:
+            raise ValueError(f"exploration must be in [0, 1), got {exploration!r}.")
+        if not 0.0 < gamma <= 1.0:
+            raise ValueError(f"gamma must be in (0, 1], got {gamma!r}.")
+        horizon = getattr(env, "max_steps", None) if horizon is None else horizon
+        if not isinstance(horizon, int) or horizon < 1:
+            raise ValueError(
+                f"horizon must be an int >= 1 (or None to use env.max_steps), got {horizon!r}."
+            )
+        action_key = (group, "action")
+        if action_key not in env.full_action_spec.keys(True, True):
+            raise ValueError(
+                f"group {group!r}: the environment has no action {action_key}; "
+                f"its actions are {list(env.full_action_spec.keys(True, True))}."
+            )
+        self.n_agents = env.full_action_spec[action_key].shape[-1]
+        if len(env.batch_size) != 1 or env.batch_size[0] % self.n_agents:
+            raise ValueError(
+                f"env.batch_size must be [n_agents * B] = [{self.n_agents} * B] to hold one "
+                f"deviation world per agent, got {list(env.batch_size)}."
+            )
+        self.actor = actor
+        self.env = env
+        self.planner_policy = planner_policy
+        self.horizon = horizon
+        self.trust_region = trust_region
+        self.num_steps = num_steps
+        self.exploration = exploration
+        self.gamma = gamma
+        self.step_norms = max_step_norm * 0.5 ** torch.arange(line_search_points)
+        self.meta_scale = meta_scale
+        self.meta_cap = meta_cap
+        self.group = group
+        self.reward_key = (group, "reward")
+        self.action_key = action_key
+        self._seeds = torch.Generator().manual_seed(seed)
+        dist_keys = list(actor.module[-1].in_keys)
+        self.dists = DeviationDistributions(actor, dist_keys)
+        self.policy = DeviationPolicy(
+            self.dists,
+            n_agents=self.n_agents,
+            action_key=action_key,
+            behaviour_log_prob_key=(group, _BEHAVIOUR_LOG_PROB),
+            planner_policy=planner_policy,
+        )
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def params(self) -> TensorDictBase:
+        """The current agent-policy parameters (shared storage with the actor)."""
+        return TensorDict.from_module(self.actor)
+
+    def estimate(self) -> TensorDictBase:
+        """Runs the deviations and returns a TensorDict of batch ``[n_agents]`` with.
+
+        ``regret``, ``kl``, ``deviation_return``, ``current_return`` and the stacked
+        ``deviation_params`` (the input of :meth:`meta_step`).
+        """
+        current = self.params.data
+        deviation = current.expand(self.n_agents).clone()
+        kl = torch.zeros(self.n_agents, device=self._device)
+        for k in range(self.num_steps):
+            budget = self.trust_region * (k + 1) / self.num_steps
+            data = self._rollout(deviation, exploration=self.exploration)
+            deviation, kl = self._deviation_step(deviation, data, budget)
+        eval_seed = self._next_seed()
+        current_return = self._returns(self._rollout(current.expand(self.n_agents), seed=eval_seed))
+        deviation_return = self._returns(self._rollout(deviation, seed=eval_seed))
+        return TensorDict(
+            {
+                "regret": deviation_return - current_return,
+                "kl": kl,
+                "deviation_return": deviation_return,
+                "current_return": current_return,
+                "deviation_params": deviation,
+            },
+            batch_size=[self.n_agents],
+        )
+
+    @torch.no_grad()
+    def meta_step(self, deviation_params: TensorDictBase, lagrange: torch.Tensor) -> None:
+        """Reptile step ``theta <- theta - min(beta * lambda_i, cap) * (theta_i' - theta)``.
+
+        Applied in place to the actor's parameters for each agent in turn, as the ERMAS
+        authors' code does; ``meta_scale = 0`` leaves them unchanged.
+
+        Args:
+            deviation_params (TensorDictBase): the stacked ``[n_agents]`` parameters from
+                :meth:`estimate`.
+            lagrange (torch.Tensor): the multipliers ``lambda`` of shape ``[n_agents]``.
+        """
+        lagrange = torch.as_tensor(lagrange).reshape(-1)
+        if lagrange.numel() != self.n_agents:
+            raise ValueError(
+                f"lagrange must hold n_agents={self.n_agents} values, got {lagrange.numel()}."
+            )
+        params = self.params.data
+        scales = (self.meta_scale * lagrange).clamp(max=self.meta_cap).tolist()
+        for agent, scale in enumerate(scales):
+            params.sub_((deviation_params[agent] - params) * scale)
+
+    # ------------------------------------------------------------------ internals
+    @property
+    def _device(self) -> torch.device:
+        return self.env.device if self.env.device is not None else torch.device("cpu")
+
+    def _next_seed(self) -> int:
+        return int(torch.randint(2**31 - 1, (), generator=self._seeds))
+
+    @torch.no_grad()
+    def _rollout(
+        self, deviation: TensorDictBase, *, exploration: float = 0.0, seed: int | None = None
+    ) -> TensorDictBase:
+        seed = self._next_seed() if seed is None else seed
+        self.policy.params = deviation
+        self.policy.exploration = exploration
+        devices = [self._device] if self._device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            self.env.set_seed(seed)
+            data = self.env.rollout(
+                self.horizon, self.policy, auto_reset=True, break_when_any_done=False
+            )
+        return data.reshape(self.n_agents, -1, self.horizon)  # [W, B, T]
+
+    def _own(self, x: torch.Tensor) -> torch.Tensor:
+        """Selects agent ``i`` in world ``i``: ``[W, B, T, N] -> [W, B, T]``."""
+        mask = world_mask(self.n_agents, x.device).view(self.n_agents, 1, 1, self.n_agents)
+        return (x * mask).sum(-1)
+
+    def _returns(self, data: TensorDictBase) -> torch.Tensor:
+        reward = data.get(("next", *self.reward_key)).squeeze(-1)  # [W, B, T, N]
+        return self._own(reward).sum(-1).mean(-1)
+
+    def _advantages(self, data: TensorDictBase) -> torch.Tensor:
+        reward = self._own(data.get(("next", *self.reward_key)).squeeze(-1))  # [W, B, T]
+        done = data.get(("next", "done")).squeeze(-1)
+        togo = reward2go(reward, done, self.gamma, time_dim=-1)
+        advantage = togo - togo.mean(1, keepdim=True)  # per-time baseline over the world
+        return advantage / advantage.flatten(1).std(-1).clamp_min(1e-8).view(-1, 1, 1)
+
+    def _deviation_step(
+        self, deviation: TensorDictBase, data: TensorDictBase, budget: float
+    ) -> tuple[TensorDictBase, torch.Tensor]:
+        advantage = self._advantages(data)
+        action = data.get(self.action_key)
+        behaviour = self._own(data.get((self.group, _BEHAVIOUR_LOG_PROB)))
+        obs = data.exclude("next")
+        with torch.no_grad():
+            reference = self.actor.build_dist_from_params(self.dists.current(obs))
+
+        def objective(dist_params: TensorDictBase, batch_dims: int) -> tuple:
+            dist = self.actor.build_dist_from_params(dist_params)
+            log_prob = self._own(dist.log_prob(action.expand(*dist.batch_shape)))
+            ratio = (log_prob - behaviour).exp()
+            surrogate = (ratio * advantage).flatten(batch_dims).mean(-1)
+            kl = self._own(kl_divergence(reference, dist)).flatten(batch_dims).mean(-1)
+            return surrogate, kl
+
+        leaves = deviation.clone().requires_grad_()
+        surrogate, _ = objective(self.dists.deviating(leaves, obs), 1)
+        grads = torch.autograd.grad(surrogate.sum(), list(leaves.values(True, True)))
+        grad = deviation.empty().update(
+            dict(zip(deviation.keys(True, True), grads))
+        )
+        norm = torch.stack(
+            [g.flatten(1).square().sum(-1) for g in grad.values(True, True)]
+        ).sum(0).sqrt()
+        norm = norm.clamp_min(1e-12)
+        direction = grad.apply(lambda g: g / norm.view(-1, *(1,) * (g.dim() - 1)))
+        step_norms = torch.cat([torch.zeros(1), self.step_norms]).to(norm.device)
+        candidates = torch.stack(
+            [deviation + direction * step for step in step_norms.tolist()]
+        )  # [C, W]
+        with torch.no_grad():
+            surr, kl = objective(self.dists.candidates(candidates, obs), 2)  # [C, W]
+        score = torch.where(kl <= budget, surr, -torch.inf)
+        score[0] = surr[0]  # staying put is always allowed
+        best = score.argmax(0)
+        worlds = torch.arange(self.n_agents, device=best.device)
+        return candidates[best, worlds], kl[best, worlds]
