@@ -62,7 +62,9 @@ class TestLagrangeMultiplier:
         by_optimizer = LagrangeMultiplier(4, init=1.0, lr=0.05, max_value=10.0)
         for _ in range(3):
             expected = by_update.update(regret, epsilon)
-            torch.testing.assert_close(_sgd_step(by_optimizer, regret, epsilon), expected)
+            torch.testing.assert_close(
+                _sgd_step(by_optimizer, regret, epsilon), expected
+            )
 
     def test_forward_loss(self):
         lagrange = LagrangeMultiplier(2, init=2.0)
