@@ -1,0 +1,446 @@
+"""The ERMAS agent loss: clipped PPO on a lambda-weighted mix of advantages.
+
+Reference: *ERMAS: Learning Policies Robust to Reality Gaps in Multi-Agent
+Simulations* (ICLR 2021 submission, https://openreview.net/forum?id=uIc4W6MtbDA),
+Eq. 9, as realised by the authors' "WPPO" loss.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tensordict import TensorDictBase
+from tensordict.nn import (
+    dispatch,
+    ProbabilisticTensorDictSequential,
+    TensorDictModule,
+)
+from tensordict.utils import NestedKey
+from torchrl.objectives.multiagent import MAPPOLoss
+
+from torchrl_ermas.objectives.lagrange import LagrangeMultiplier
+
+
+class ErmasLoss(MAPPOLoss):
+    r"""ERMAS loss for the agent group (Agent-Adv-Search, agent side).
+
+    Each agent ``i`` plays against the planner with weight ``1 / (1 + lambda_i)``
+    and for itself with weight ``lambda_i / (1 + lambda_i)``. Per sample, the
+    loss is the clipped PPO surrogate ``S`` of the combined advantage,
+    minimised:
+
+    .. math::
+
+        A_i^{comb} = \frac{\lambda_i \hat A_i - \hat A_p}{1 + \lambda_i}, \qquad
+        \mathcal{L}_{objective} = -S(A_i^{comb}), \qquad
+        S(A) = \min\big(\rho A, \operatorname{clip}(\rho, 1 - c, 1 + c) A\big),
+
+    i.e. standard clipped PPO on the advantage the agent maximises. Up to the
+    clip asymmetry (see the note below), this minimises the surrogate of
+    ``(A_p - lambda_i * A_i) / (1 + lambda_i)``, the authors' form.
+    ``A_i`` is agent ``i``'s own advantage and ``A_p`` the
+    planner's advantage at the same time step, broadcast over the agents.
+    With ``normalize_advantage=True`` each is standardised first
+    (``A_i`` per agent over the batch, like :class:`MAPPOLoss`; ``A_p`` over
+    the batch, where the authors standardise it per rollout fragment) and the
+    two are then combined.
+
+    ``lambda`` is read from ``lagrange``, a
+    :class:`~torchrl_ermas.objectives.LagrangeMultiplier` registered as a
+    submodule (so it travels with :meth:`state_dict`) but used detached: the
+    loss never sends a gradient to it. It does appear in ``loss.parameters()``;
+    optimizers skip it since its gradient stays ``None``, or build the agents'
+    optimizer from ``loss.actor_network_params`` and
+    ``loss.critic_network_params`` only. With ``lambda -> inf`` the loss is
+    :class:`~torchrl.objectives.multiagent.MAPPOLoss` on ``A_i`` (selfish
+    agents); with ``lambda = 0`` it is clipped PPO on ``-A_p`` (fully
+    adversarial agents).
+
+    .. note::
+        The authors' loss applies the surrogate to each advantage separately,
+        ``(S(A_p) - lambda_i S(A_i)) / (1 + lambda_i)``. Because ``S`` is not
+        linear in ``A`` (the clip side depends on the sign of ``A``), that
+        differs from :math:`-S(A_i^{comb})` on clipped samples only; both
+        have the same gradient inside the trust region.
+
+    The planner advantage is **not** computed by this loss: compute it with
+    the planner's own value estimator (e.g. :class:`~torchrl.objectives.value.GAE`
+    on the planner critic) before calling the loss. The agents' own advantage
+    is computed with :class:`~torchrl.objectives.value.MultiAgentGAE` when it
+    is missing from the input, exactly as in :class:`MAPPOLoss`.
+
+    Expected layout (``*B`` are the batch dims, e.g. ``[envs, time]``; keys
+    are the defaults, see :meth:`set_keys`):
+
+    - ``("agents", "observation")`` and the other actor / critic inputs;
+    - ``("agents", "action")``, ``("agents", "action_log_prob")``: ``[*B, n_agents]``
+      (plus a trailing action dim for continuous actions);
+    - ``("planner", "advantage")``: ``[*B, 1, 1]`` (the planner group has a
+      group dim of 1), broadcast to ``[*B, n_agents, 1]``;
+    - either ``("agents", "advantage")`` and ``("agents", "value_target")``:
+      ``[*B, n_agents, 1]``, or what the value estimator needs to compute
+      them: ``("next", "agents", "reward")`` ``[*B, n_agents, 1]`` and the
+      root ``("next", "done")`` / ``("next", "terminated")`` ``[*B, 1]``
+      (broadcast over the agents by :class:`MultiAgentGAE`).
+
+    Outputs: ``loss_objective``, ``loss_critic``, ``loss_entropy`` (reduced
+    with ``reduction``) and the detached diagnostics ``entropy``,
+    ``clip_fraction``, ``kl_approx``, ``ESS``, ``explained_variance``,
+    ``max_ratio``, ``mean_ratio`` (scalars) and ``lagrange_multiplier``
+    (``[n_agents]``).
+
+    Args:
+        actor_network (ProbabilisticTensorDictSequential): the agents' policy,
+            with per-agent parameters or shared ones (e.g.
+            :class:`~torchrl.modules.MultiAgentMLP`).
+        critic_network (TensorDictModule): the agents' critic, fit to their own
+            returns; writes ``("agents", "state_value")``.
+        lagrange (LagrangeMultiplier): the per-agent multipliers; its
+            ``n_agents`` must match the agent dim of the data.
+
+    Keyword Args:
+        clip_epsilon (float, optional): PPO ratio clip. Defaults to ``0.3``
+            (the authors' value).
+        entropy_bonus (bool, optional): whether to add the entropy bonus.
+            Defaults to ``True``.
+        entropy_coeff (float, optional): entropy weight. Defaults to ``0.025``
+            (the authors' value).
+        critic_coeff (float, optional): critic loss weight. Defaults to
+            ``0.05``, the authors' ``vf_loss_coeff`` on a squared error
+            (TorchRL's PPO default is ``1.0``).
+        loss_critic_type (str, optional): ``"l1"``, ``"l2"`` or
+            ``"smooth_l1"``. Defaults to ``"l2"``, the authors' squared error.
+        normalize_advantage (bool, optional): whether to standardise both the
+            agents' and the planner's advantage before combining them.
+            Defaults to ``True``.
+        normalize_advantage_exclude_dims (tuple of int, optional): dims kept
+            out of the standardisation statistics. Defaults to ``(-2,)`` (the
+            agent dim).
+        functional (bool, optional): whether to functionalise the networks.
+            Defaults to ``True``.
+        reduction (str, optional): ``"none"``, ``"mean"`` or ``"sum"``.
+            Defaults to ``"mean"``.
+        clip_value (float, optional): PPO value clipping around the stored
+            state value; the authors used ``50.0``. Defaults to ``None`` (off).
+        separate_losses (bool, optional): if ``True``, parameters shared by the
+            actor and the critic are trained on the actor loss only.
+            Defaults to ``False``.
+        **kwargs: forwarded to :class:`~torchrl.objectives.multiagent.MAPPOLoss`
+            (e.g. ``value_norm``, ``samples_mc_entropy``). ``advantage_norm``
+            is rejected, since it would rescale the agents' advantage but not
+            the planner's.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from tensordict.nn import TensorDictModule
+        >>> from torchrl.modules import MultiAgentMLP, ProbabilisticActor
+        >>> from torchrl_ermas.objectives import ErmasLoss, LagrangeMultiplier
+        >>> n_agents, obs_dim, n_actions, batch = 2, 4, 3, (8, 5)
+        >>> actor = ProbabilisticActor(
+        ...     TensorDictModule(
+        ...         MultiAgentMLP(obs_dim, n_actions, n_agents,
+        ...                       centralized=False, share_params=True),
+        ...         in_keys=[("agents", "observation")],
+        ...         out_keys=[("agents", "logits")],
+        ...     ),
+        ...     in_keys=[("agents", "logits")],
+        ...     out_keys=[("agents", "action")],
+        ...     distribution_class=torch.distributions.Categorical,
+        ...     return_log_prob=True,
+        ... )
+        >>> critic = TensorDictModule(
+        ...     MultiAgentMLP(obs_dim, 1, n_agents,
+        ...                   centralized=True, share_params=True),
+        ...     in_keys=[("agents", "observation")],
+        ...     out_keys=[("agents", "state_value")],
+        ... )
+        >>> loss = ErmasLoss(actor, critic, LagrangeMultiplier(n_agents, init=8.0))
+        >>> data = TensorDict(
+        ...     {
+        ...         "agents": {"observation": torch.randn(*batch, n_agents, obs_dim)},
+        ...         "planner": {"advantage": torch.randn(*batch, 1, 1)},
+        ...         "next": {
+        ...             "agents": {
+        ...                 "observation": torch.randn(*batch, n_agents, obs_dim),
+        ...                 "reward": torch.randn(*batch, n_agents, 1),
+        ...             },
+        ...             "done": torch.zeros(*batch, 1, dtype=torch.bool),
+        ...             "terminated": torch.zeros(*batch, 1, dtype=torch.bool),
+        ...         },
+        ...     },
+        ...     batch_size=batch,
+        ... )
+        >>> with torch.no_grad():
+        ...     data = actor(data)
+        >>> out = loss(data)
+        >>> total = out["loss_objective"] + out["loss_critic"] + out["loss_entropy"]
+        >>> total.backward()
+        >>> out["lagrange_multiplier"]
+        tensor([8., 8.])
+    """
+
+    @dataclass
+    class _AcceptedKeys(MAPPOLoss._AcceptedKeys):
+        """Configurable tensordict keys (see :meth:`set_keys`).
+
+        Attributes:
+            advantage (NestedKey): the agents' own advantage, ``[*B, n_agents, 1]``.
+                Defaults to ``("agents", "advantage")``.
+            value_target (NestedKey): the agents' value target. Defaults to
+                ``("agents", "value_target")``.
+            value (NestedKey): the agents' state value. Defaults to
+                ``("agents", "state_value")``.
+            sample_log_prob (NestedKey): the behaviour log-probability. Defaults
+                to ``("agents", "action_log_prob")``; taken from the actor when
+                it declares its log-prob keys.
+            action (NestedKey): the agents' action. Defaults to
+                ``("agents", "action")``; taken from the actor when it declares
+                its sample keys.
+            reward (NestedKey): the agents' own reward (under ``"next"``).
+                Defaults to ``("agents", "reward")``.
+            done (NestedKey): the done flag (under ``"next"``). Defaults to the
+                root ``"done"``, broadcast over the agents by the value
+                estimator.
+            terminated (NestedKey): the terminated flag (under ``"next"``).
+                Defaults to the root ``"terminated"``.
+            planner_advantage (NestedKey): the planner's advantage,
+                ``[*B, 1, 1]``. Defaults to ``("planner", "advantage")``.
+        """
+
+        advantage: NestedKey = ("agents", "advantage")
+        value_target: NestedKey = ("agents", "value_target")
+        value: NestedKey = ("agents", "state_value")
+        sample_log_prob: NestedKey = ("agents", "action_log_prob")
+        action: NestedKey = ("agents", "action")
+        reward: NestedKey = ("agents", "reward")
+        done: NestedKey = "done"
+        terminated: NestedKey = "terminated"
+        planner_advantage: NestedKey = ("planner", "advantage")
+
+    default_keys = _AcceptedKeys
+    tensor_keys: _AcceptedKeys
+    lagrange: LagrangeMultiplier
+
+    def __init__(
+        self,
+        actor_network: ProbabilisticTensorDictSequential,
+        critic_network: TensorDictModule,
+        lagrange: LagrangeMultiplier,
+        *,
+        clip_epsilon: float = 0.3,
+        entropy_bonus: bool = True,
+        entropy_coeff: float = 0.025,
+        critic_coeff: float = 0.05,
+        loss_critic_type: str = "l2",
+        normalize_advantage: bool = True,
+        normalize_advantage_exclude_dims: tuple[int, ...] = (-2,),
+        functional: bool = True,
+        reduction: str | None = None,
+        clip_value: float | None = None,
+        separate_losses: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(lagrange, LagrangeMultiplier):
+            raise TypeError(
+                f"lagrange must be a LagrangeMultiplier, got {type(lagrange).__name__}."
+            )
+        if kwargs.get("advantage_norm") is not None:
+            raise ValueError(
+                "ErmasLoss does not support advantage_norm: it would rescale the "
+                "agents' advantage but not the planner's. Use normalize_advantage."
+            )
+        super().__init__(
+            actor_network,
+            critic_network,
+            clip_epsilon=clip_epsilon,
+            entropy_bonus=entropy_bonus,
+            entropy_coeff=entropy_coeff,
+            critic_coeff=critic_coeff,
+            loss_critic_type=loss_critic_type,
+            normalize_advantage=normalize_advantage,
+            normalize_advantage_exclude_dims=normalize_advantage_exclude_dims,
+            functional=functional,
+            reduction=reduction,
+            clip_value=clip_value,
+            separate_losses=separate_losses,
+            **kwargs,
+        )
+        self.lagrange = lagrange
+
+    def _set_in_keys(self) -> None:
+        super()._set_in_keys()
+        self._in_keys.append(self.tensor_keys.planner_advantage)
+
+    @property
+    def out_keys(self) -> list[NestedKey]:
+        if self._out_keys is None:
+            self._out_keys = [*super().out_keys, "lagrange_multiplier"]
+        return self._out_keys
+
+    @out_keys.setter
+    def out_keys(self, values: list[NestedKey]) -> None:
+        self._out_keys = values
+
+    def _maybe_normalize_advantage(
+        self,
+        advantage: torch.Tensor,
+        tensordict: TensorDictBase,
+        *,
+        update_norm: bool,
+    ) -> torch.Tensor:
+        """Returns the combined advantage ``(lambda * A_i - A_p) / (1 + lambda)``.
+
+        ``ClipPPOLoss.forward`` calls this hook between the value estimator and
+        the surrogate, so overriding it is all ERMAS needs from the PPO
+        machinery: both advantages are standardised (when requested) and then
+        combined.
+        """
+        own = super()._maybe_normalize_advantage(
+            advantage, tensordict, update_norm=update_norm
+        )
+        if own.ndim < 2 or own.shape[-2] != self.lagrange.n_agents:
+            raise ValueError(
+                f"The advantage {self.tensor_keys.advantage!r} has shape "
+                f"{list(own.shape)}, but the lagrange multiplier expects "
+                f"{self.lagrange.n_agents} agents on dim -2 ([*B, n_agents, 1])."
+            )
+        planner = self._planner_advantage(tensordict, own.shape)
+        multiplier = self.lagrange.value.to(own.dtype).unsqueeze(-1)
+        return (multiplier * own - planner) / (1 + multiplier)
+
+    def _planner_advantage(
+        self, tensordict: TensorDictBase, shape: torch.Size
+    ) -> torch.Tensor:
+        key = self.tensor_keys.planner_advantage
+        planner = tensordict.get(key, None)
+        if planner is None:
+            raise KeyError(
+                f"ErmasLoss needs the planner advantage at key {key!r}, which is "
+                "missing from the input tensordict. Compute it with the planner's "
+                "own value estimator before calling the loss, or point the loss "
+                "to it with loss.set_keys(planner_advantage=...)."
+            )
+        if planner.ndim != len(shape) or any(
+            size not in (1, target) for size, target in zip(planner.shape, shape)
+        ):
+            raise ValueError(
+                f"The planner advantage {key!r} has shape {list(planner.shape)}; "
+                f"expected [*B, 1, 1] broadcastable to the agents' advantage "
+                f"shape {list(shape)}."
+            )
+        planner = planner.detach()
+        if self.normalize_advantage and planner.numel() > 1:
+            planner = self._standardize_advantage(planner, tensordict)
+        return planner
+
+    @dispatch
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        td_out = super().forward(tensordict)
+        # ClipPPOLoss leaves these statistics shaped like the non-batch dims.
+        for key in ("ESS", "explained_variance"):
+            value = td_out.get(key, None)
+            if value is not None:
+                td_out.set(key, value.mean())
+        td_out.set("lagrange_multiplier", self.lagrange.value)
+        return td_out
+
+
+@dataclass
+class ErmasLossConfig:
+    """Hydra configuration for :class:`ErmasLoss` and its :class:`LagrangeMultiplier`.
+
+    In the style of TorchRL's ``torchrl.trainers.algorithms.configs`` loss
+    configs: ``_target_`` points to a factory that builds the multipliers from
+    the ``lagrange_*`` fields, the loss from the other fields, and the value
+    estimator from ``gamma`` / ``lmbda`` when given (otherwise
+    :class:`~torchrl.objectives.value.MultiAgentGAE` with TorchRL's defaults).
+    Keys are set on the built loss with :meth:`ErmasLoss.set_keys`.
+
+    Examples:
+        >>> import torch
+        >>> from hydra.utils import instantiate
+        >>> from tensordict.nn import TensorDictModule
+        >>> from torchrl.modules import MultiAgentMLP, ProbabilisticActor
+        >>> from torchrl_ermas.objectives import ErmasLossConfig
+        >>> actor = ProbabilisticActor(
+        ...     TensorDictModule(
+        ...         MultiAgentMLP(4, 3, 2, centralized=False, share_params=True),
+        ...         in_keys=[("agents", "observation")],
+        ...         out_keys=[("agents", "logits")],
+        ...     ),
+        ...     in_keys=[("agents", "logits")],
+        ...     out_keys=[("agents", "action")],
+        ...     distribution_class=torch.distributions.Categorical,
+        ...     return_log_prob=True,
+        ... )
+        >>> critic = TensorDictModule(
+        ...     MultiAgentMLP(4, 1, 2, centralized=True, share_params=True),
+        ...     in_keys=[("agents", "observation")],
+        ...     out_keys=[("agents", "state_value")],
+        ... )
+        >>> cfg = ErmasLossConfig(n_agents=2, lagrange_init=20.0, gamma=0.998)
+        >>> loss = instantiate(cfg, actor_network=actor, critic_network=critic)
+        >>> loss.lagrange.value
+        tensor([20., 20.])
+    """
+
+    actor_network: Any = None
+    critic_network: Any = None
+    n_agents: int | None = None
+    lagrange_init: float = 8.0
+    lagrange_lr: float = 0.005
+    lagrange_max_value: float = 100.0
+    lagrange_frozen: bool = False
+    clip_epsilon: float = 0.3
+    entropy_bonus: bool = True
+    entropy_coeff: float = 0.025
+    critic_coeff: float = 0.05
+    loss_critic_type: str = "l2"
+    normalize_advantage: bool = True
+    normalize_advantage_exclude_dims: tuple[int, ...] = (-2,)
+    functional: bool = True
+    reduction: str | None = None
+    clip_value: float | None = None
+    separate_losses: bool = False
+    gamma: float | None = None
+    lmbda: float | None = None
+    _partial_: bool = False
+    _target_: str = "torchrl_ermas.objectives.ermas._make_ermas_loss"
+
+
+def _make_ermas_loss(
+    *,
+    n_agents: int,
+    lagrange_init: float,
+    lagrange_lr: float,
+    lagrange_max_value: float,
+    lagrange_frozen: bool,
+    normalize_advantage_exclude_dims: tuple[int, ...],
+    gamma: float | None = None,
+    lmbda: float | None = None,
+    **kwargs: Any,
+) -> ErmasLoss:
+    """Builds an :class:`ErmasLoss` from the fields of :class:`ErmasLossConfig`."""
+    lagrange = LagrangeMultiplier(
+        n_agents,
+        init=lagrange_init,
+        lr=lagrange_lr,
+        max_value=lagrange_max_value,
+        frozen=lagrange_frozen,
+    )
+    loss = ErmasLoss(
+        lagrange=lagrange,
+        # hydra hands sequences over as ListConfig
+        normalize_advantage_exclude_dims=tuple(normalize_advantage_exclude_dims),
+        **kwargs,
+    )
+    hyperparams = {
+        name: value
+        for name, value in (("gamma", gamma), ("lmbda", lmbda))
+        if value is not None
+    }
+    if hyperparams:
+        loss.make_value_estimator(**hyperparams)
+    return loss
