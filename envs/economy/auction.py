@@ -1,0 +1,190 @@
+"""Continuous double auction for Stone and Wood, batched over environments.
+
+Follows the AI Economist's ``ContinuousDoubleAuction`` component
+(https://arxiv.org/abs/2004.13332): each agent holds at most ``max_orders`` open orders per
+resource (bids and asks together); bids put coin in escrow, asks one unit of the resource.
+Matching takes the best bid (price, then age, then agent index) of a buyer not yet excluded
+and the best ask of another seller (lowest price, then age, then agent index); it trades at
+the price of the older order, or excludes that buyer for this step. Orders older than
+``order_duration`` steps expire and their escrow is refunded.
+
+Order book tensors have shape ``[B, R, N, K]`` (envs, resources, agents, order slots).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+class DoubleAuction:
+    """The batched order book and its step.
+
+    Args:
+        n_agents: number of agents.
+        n_resources: number of traded resources. Defaults to ``2``.
+        max_price: prices are the integers ``0..max_price``. Defaults to ``10``.
+        max_orders: open orders per agent and resource. Defaults to ``5``.
+        order_duration: lifetime after which an order expires. Defaults to ``50``.
+        order_labour: labour per created order. Defaults to ``0.25``.
+
+    Examples:
+        >>> auction = DoubleAuction(n_agents=4)
+        >>> book = auction.empty_book(2)
+        >>> book["active"].shape
+        torch.Size([2, 2, 4, 5])
+    """
+
+    def __init__(
+        self,
+        n_agents: int,
+        n_resources: int = 2,
+        max_price: int = 10,
+        max_orders: int = 5,
+        order_duration: int = 50,
+        order_labour: float = 0.25,
+    ) -> None:
+        self.n_agents = n_agents
+        self.n_resources = n_resources
+        self.n_prices = max_price + 1
+        self.max_orders = max_orders
+        self.order_duration = order_duration
+        self.order_labour = order_labour
+
+    def empty_book(self, n_envs: int, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+        """An empty order book and price history."""
+        shape = (n_envs, self.n_resources, self.n_agents, self.max_orders)
+        return {
+            "active": torch.zeros(shape, dtype=torch.bool, device=device),
+            "is_bid": torch.zeros(shape, dtype=torch.bool, device=device),
+            "price": torch.zeros(shape, dtype=torch.long, device=device),
+            "age": torch.zeros(shape, dtype=torch.long, device=device),
+            "price_history": torch.zeros(n_envs, self.n_resources, self.n_agents, self.n_prices, device=device),
+        }
+
+    def step(
+        self,
+        book: dict[str, torch.Tensor],
+        resource: torch.Tensor,
+        is_bid: torch.Tensor,
+        price: torch.Tensor,
+        inventory: torch.Tensor,
+        escrow: torch.Tensor,
+        labour: torch.Tensor,
+    ) -> torch.Tensor:
+        """Create orders, match them and expire old ones; updates everything in place.
+
+        Args:
+            book: from :meth:`empty_book`.
+            resource: ``[B, N]`` resource of each agent's new order, ``-1`` for none.
+            is_bid: ``[B, N]`` bool, bid (buy) or ask (sell).
+            price: ``[B, N]`` long price.
+            inventory, escrow: ``[B, N, 1 + R]`` float: coin then the resources.
+            labour: ``[B, N]`` float.
+
+        Returns:
+            the number of trades per environment ``[B]``.
+        """
+        book["price_history"].mul_(0.995)
+        self._create(book, resource, is_bid, price, inventory, escrow, labour)
+        trades = self._match(book, inventory, escrow)
+        self._expire(book, inventory, escrow)
+        return trades
+
+    def _create(self, book, resource, is_bid, price, inventory, escrow, labour) -> None:
+        n_orders = book["active"].sum(-1)  # [B, R, N]
+        r = resource.clamp_min(0)
+        room = n_orders.gather(1, r.unsqueeze(1)).squeeze(1) < self.max_orders
+        coin = inventory[..., 0]
+        stock = inventory[..., 1:].gather(-1, r.unsqueeze(-1)).squeeze(-1)
+        ok = (resource >= 0) & room & torch.where(is_bid, coin >= price, stock >= 1)
+        res_hot = F.one_hot(r, self.n_resources).bool() & ok.unsqueeze(-1)  # [B, N, R]
+        free = ~book["active"]  # first free slot of the chosen resource
+        slot = free.float().argmax(-1).gather(1, r.unsqueeze(1)).squeeze(1)  # [B, N]
+        new = res_hot.transpose(1, 2).unsqueeze(-1) & F.one_hot(slot, self.max_orders).bool().unsqueeze(1)
+        book["active"] |= new
+        book["is_bid"] = torch.where(new, is_bid.view(-1, 1, self.n_agents, 1), book["is_bid"])
+        book["price"] = torch.where(new, price.view(-1, 1, self.n_agents, 1), book["price"])
+        book["age"] = torch.where(new, 0, book["age"])
+        bid_coin = (ok & is_bid).float() * price
+        inventory[..., 0] -= bid_coin
+        escrow[..., 0] += bid_coin
+        ask_unit = (res_hot & ~is_bid.unsqueeze(-1)).float()
+        inventory[..., 1:] -= ask_unit
+        escrow[..., 1:] += ask_unit
+        labour += ok.float() * self.order_labour
+
+    def _match(self, book, inventory, escrow) -> torch.Tensor:
+        n_envs = book["active"].shape[0]
+        n, k = self.n_agents, self.max_orders
+        flat = lambda x: x.flatten(2)  # noqa: E731  [B, R, N*K]
+        active, is_bid, price, age = (flat(book[key]) for key in ("active", "is_bid", "price", "age"))
+        device = active.device
+        owner = torch.arange(n, device=device).repeat_interleave(k)  # [N*K]
+        tie = n - 1 - owner  # lower agent index first
+        base = (self.order_duration + 2) * n
+        bid_key = price * base + age * n + tie
+        ask_key = (self.n_prices - 1 - price) * base + age * n + tie
+        excluded = torch.zeros(n_envs, self.n_resources, n, dtype=torch.bool, device=device)
+        trades = torch.zeros(n_envs, device=device)
+        agent_hot = F.one_hot(torch.arange(n, device=device), n).bool()
+        for _ in range(2 * n):
+            bid_ok = active & is_bid & ~excluded.repeat_interleave(k, -1)
+            bk, b_slot = torch.where(bid_ok, bid_key, -1).max(-1, keepdim=True)
+            buyer = owner[b_slot]  # [B, R, 1]
+            ask_ok = active & ~is_bid & (owner != buyer)
+            ak, a_slot = torch.where(ask_ok, ask_key, -1).max(-1, keepdim=True)
+            has_bid = bk >= 0
+            if not has_bid.any():
+                break
+            b_price, a_price = price.gather(-1, b_slot), price.gather(-1, a_slot)
+            trade = has_bid & (ak >= 0) & (b_price >= a_price)
+            excluded |= agent_hot[buyer.squeeze(-1)] & (has_bid & ~trade)
+            deal = torch.where(age.gather(-1, b_slot) <= age.gather(-1, a_slot), a_price, b_price)
+            active = active & ~((F.one_hot(b_slot.squeeze(-1), n * k).bool() | F.one_hot(a_slot.squeeze(-1), n * k).bool()) & trade)
+            seller = owner[a_slot]
+            tf = trade.float()  # [B, R, 1]
+            buy_hot = agent_hot[buyer.squeeze(-1)].float() * tf  # [B, R, N]
+            sell_hot = agent_hot[seller.squeeze(-1)].float() * tf
+            inventory[..., 1:] += buy_hot.transpose(1, 2)
+            escrow[..., 1:] -= sell_hot.transpose(1, 2)
+            escrow[..., 0] -= (buy_hot * b_price).sum(1)
+            inventory[..., 0] += (buy_hot * (b_price - deal) + sell_hot * deal).sum(1)
+            book["price_history"] += sell_hot.unsqueeze(-1) * F.one_hot(deal.squeeze(-1), self.n_prices).unsqueeze(-2)
+            trades += tf.sum((1, 2))
+        book["active"] = active.view_as(book["active"])
+        return trades
+
+    def _expire(self, book, inventory, escrow) -> None:
+        book["age"] = book["age"] + book["active"].long()
+        expired = book["active"] & (book["age"] > self.order_duration)
+        coin = (expired & book["is_bid"]).float() * book["price"]
+        refund_coin = coin.sum((1, 3))  # [B, N]
+        refund_unit = (expired & ~book["is_bid"]).float().sum(-1).transpose(1, 2)  # [B, N, R]
+        inventory[..., 0] += refund_coin
+        escrow[..., 0] -= refund_coin
+        inventory[..., 1:] += refund_unit
+        escrow[..., 1:] -= refund_unit
+        book["active"] &= ~expired
+
+    def masks(self, book: dict[str, torch.Tensor], inventory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Which orders an agent may place: bids ``[B, N, R, P]`` and asks ``[B, N, R]``."""
+        room = (book["active"].sum(-1) < self.max_orders).transpose(1, 2)  # [B, N, R]
+        prices = torch.arange(self.n_prices, device=inventory.device)
+        can_pay = prices <= inventory[..., :1]  # [B, N, P]
+        bids = room.unsqueeze(-1) & can_pay.unsqueeze(-2)
+        asks = room & (inventory[..., 1:] >= 1)
+        return bids, asks
+
+    def order_histograms(self, book: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Open bids and asks per price of each agent, ``[B, R, N, P]`` each."""
+        hot = F.one_hot(book["price"], self.n_prices).float()
+        live = book["active"].unsqueeze(-1)
+        bids = (hot * (live & book["is_bid"].unsqueeze(-1))).sum(-2)
+        asks = (hot * (live & ~book["is_bid"].unsqueeze(-1))).sum(-2)
+        return bids, asks
+
+    def market_rate(self, book: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Average traded price under the decayed price history, ``[B, R]``."""
+        hist = book["price_history"].sum(2)
+        prices = torch.arange(self.n_prices, device=hist.device, dtype=hist.dtype)
+        return (hist * prices).sum(-1) / hist.sum(-1).clamp_min(0.001)

@@ -1,0 +1,392 @@
+"""The AI Economist economy with a tax-setting planner, as a batched TorchRL environment."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torchrl.envs import EnvBase
+
+from .auction import DoubleAuction
+from .gather import GatherBuildWorld
+from .layout import FIXED_BUILD_PAYMENTS, FIXED_START_LOCATIONS, load_layout
+from .observations import agent_observation, planner_observation
+from .skills import gather_bonus, ranked_skills
+from .social import coin_eq_times_productivity, equality, isoelastic_utility
+from .specs import make_specs, n_agent_actions
+from .tax import N_RATE_LEVELS, RATE_STEP, BracketTax
+
+Tier = Literal["labour", "gather_build", "gather_trade_build"]
+TIERS: tuple[str, ...] = ("labour", "gather_build", "gather_trade_build")
+PlannerAction = Literal["discrete", "rates"]
+
+
+class EconomyEnv(EnvBase):
+    """Batched AI Economist economy (Zheng et al. 2020, https://arxiv.org/abs/2004.13332).
+
+    Three tiers share one code path:
+
+    - ``"labour"``: each step each agent works ``0..max_hours`` hours and earns
+      ``skill x hours`` coin (skills: the four averaged Pareto multipliers, ranks permuted
+      each episode);
+    - ``"gather_build"``: the 25x25 open-quadrant map with four agents (fixed skill ranks
+      and start corners): move, collect (with the gather bonus), build houses for the
+      rank's payment, resource regrowth and labour costs; 6 actions (no-op, build, left,
+      right, up, down);
+    - ``"gather_trade_build"``: the above plus the continuous double auction for Stone and
+      Wood; 50 actions (no-op, build, buy/sell Stone/Wood at prices 0..10, four moves).
+
+    All tiers have the periodic bracket tax: at the first step of each period the planner's
+    rates take effect; at the period's end each agent pays the tax on its income of the
+    period (capped by its inventory coin) and the revenue is returned as an equal lump sum.
+    Agent utility is ``(x^(1-eta) - 1) / (1 - eta) - energy_cost * labour`` with ``x`` the
+    coin (inventory plus escrow) and a per-agent ``eta``; the agent reward is the change of
+    utility. The planner reward is the change of equality x mean coin.
+
+    Keys (``B`` = ``num_envs``, ``N`` agents, ``K`` brackets):
+
+    - ``("agents", "observation")`` ``[B, N, obs]``, ``("agents", "action_mask")``
+      ``[B, N, A]``, ``("agents", "action")`` ``[B, N]``, ``("next", "agents", "reward")``
+      ``[B, N, 1]``; map tiers with ``spatial_observation`` add ``("agents", "world_map")``
+      ``[B, N, 9, 11, 11]`` (channels in :data:`~torchrl_ermas.envs.economy.gather.VIEW_CHANNELS`);
+      statistics ``("agents", "coin"/"labour"/"skill_rank")`` ``[B, N, 1]`` and, on map
+      tiers, ``("agents", "builds")``.
+    - ``("planner", "observation")`` ``[B, 1, obs_p]``; ``("planner", "action")``
+      ``[B, 1, K]``: with ``planner_action="discrete"`` a categorical in ``0..21`` per
+      bracket (0 keeps the previous rate, ``k`` sets rate ``(k - 1) * 0.05``) masked by
+      ``("planner", "action_mask")`` ``[B, 1, K, 22]`` to 0 except on the first step of a
+      period; with ``"rates"`` the rates themselves in ``[0, 1]`` (used by the fixed
+      planners), read on the first step of a period only. ``("planner", "period_start")``,
+      ``("planner", "taxes_enacted")`` ``[B, 1, 1]`` and the last period's
+      ``("planner", "income")``, ``("planner", "marginal_rate")`` ``[B, 1, N]``;
+      ``("next", "planner", "reward")`` ``[B, 1, 1]``.
+    - ``"equality"``, ``"productivity"`` (sum of coin), ``"tax_revenue"`` (collected this
+      episode) ``[B, 1]``; ``"trades"`` (this episode) on the trade tier; ``done``,
+      ``terminated`` (always False) and ``truncated`` ``[B, 1]``.
+
+    Args:
+        num_envs: number of environments in the batch. Defaults to ``1``.
+
+    Keyword Args:
+        tier: ``"labour"``, ``"gather_build"`` or ``"gather_trade_build"`` (default).
+        n_agents: agents; 4 on the map tiers. Defaults to ``4``.
+        eta: isoelastic risk aversion in ``(0, 1]``: a float, ``[N]`` or ``[B, N]``.
+            Defaults to ``0.23``.
+        energy_cost: utility cost per unit of labour. Defaults to ``0.21``.
+        episode_length: steps per episode. Defaults to ``1000``.
+        period: steps per tax period; must divide ``episode_length``. Defaults to ``100``.
+        bracket_cutoffs: bracket lower edges (coin per period). Defaults to the US-2018
+            cutoffs / 1000.
+        planner_action: ``"discrete"`` (default) or ``"rates"``.
+        map_name: layout of the map tiers. Defaults to ``"quadrant_25x25_20each_30clump"``.
+        max_hours: largest hours choice of the labour tier. Defaults to ``10``.
+        starting_coin: coin of every agent at reset. Defaults to ``0``.
+        spatial_observation: emit ``("agents", "world_map")`` on map tiers. Defaults to
+            ``True``.
+        device: device of every tensor. Defaults to ``"cpu"``.
+        seed: seed of the environment's generator. Defaults to ``None``.
+
+    Examples:
+        >>> env = EconomyEnv(num_envs=8, tier="gather_trade_build", episode_length=200)
+        >>> td = env.rollout(5)
+        >>> td["next", "agents", "reward"].shape, td["planner", "action"].shape
+        (torch.Size([8, 5, 4, 1]), torch.Size([8, 5, 1, 7]))
+    """
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        *,
+        tier: Tier = "gather_trade_build",
+        n_agents: int = 4,
+        eta: float | Sequence[float] | torch.Tensor = 0.23,
+        energy_cost: float = 0.21,
+        episode_length: int = 1000,
+        period: int = 100,
+        bracket_cutoffs: Sequence[float] | None = None,
+        planner_action: PlannerAction = "discrete",
+        map_name: str = "quadrant_25x25_20each_30clump",
+        max_hours: int = 10,
+        starting_coin: float = 0.0,
+        spatial_observation: bool = True,
+        device: torch.device | str | None = None,
+        seed: int | None = None,
+    ) -> None:
+        if tier not in TIERS:
+            raise ValueError(f"tier must be one of {list(TIERS)}, got {tier!r}")
+        if planner_action not in ("discrete", "rates"):
+            raise ValueError(f"planner_action must be 'discrete' or 'rates', got {planner_action!r}")
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        if episode_length < 1 or period < 1 or episode_length % period:
+            raise ValueError(
+                f"period must be a positive divisor of episode_length, got period={period}, "
+                f"episode_length={episode_length}"
+            )
+        if tier != "labour" and n_agents != len(FIXED_START_LOCATIONS):
+            raise ValueError(f"n_agents must be 4 for tier {tier!r} (fixed skill ranks), got {n_agents}")
+        if n_agents < 2:
+            raise ValueError(f"n_agents must be >= 2, got {n_agents}")
+        if max_hours < 1:
+            raise ValueError(f"max_hours must be >= 1, got {max_hours}")
+        if starting_coin < 0:
+            raise ValueError(f"starting_coin must be >= 0, got {starting_coin}")
+        device = torch.device("cpu" if device is None else device)
+        super().__init__(device=device, batch_size=torch.Size([num_envs]))
+        self.tier = tier
+        self.n_agents = n_agents
+        self.energy_cost = float(energy_cost)
+        self.episode_length = int(episode_length)
+        self.period = int(period)
+        self.planner_action = planner_action
+        self.max_hours = int(max_hours)
+        self.starting_coin = float(starting_coin)
+        self.tax = BracketTax(bracket_cutoffs, device=device)
+        self.map_tier = tier != "labour"
+        self.trade = tier == "gather_trade_build"
+        self.spatial_observation = spatial_observation and self.map_tier
+        self._skills = ranked_skills(n_agents).to(device)
+        self._eta = self._check_eta(eta)
+        if self.map_tier:
+            self.world = GatherBuildWorld(load_layout(map_name, device))
+            side = self.world.layout.width
+            start = torch.tensor([r * side + c for r, c in FIXED_START_LOCATIONS], device=device)
+            self._start_pos = start
+            self._payments = torch.tensor(FIXED_BUILD_PAYMENTS, device=device)
+        self.auction = DoubleAuction(n_agents) if self.trade else None
+        self._generator = torch.Generator(device=device)
+        if seed is not None:
+            self._generator.manual_seed(seed)
+        self._state: dict[str, torch.Tensor] = self._initial_state()
+        obs_dims = (
+            agent_observation(self, self._state).shape[-1],
+            planner_observation(self, self._state).shape[-1],
+        )
+        for name, spec in make_specs(self, *obs_dims).items():
+            setattr(self, name, spec)
+
+    # --------------------------------------------------------------- settings
+    @property
+    def eta(self) -> torch.Tensor:
+        """Per-agent risk aversion ``[B, N]``."""
+        return self._eta
+
+    def set_eta(self, eta: float | Sequence[float] | torch.Tensor) -> None:
+        """Change the agents' risk aversion (takes effect from the next step's utility)."""
+        self._eta = self._check_eta(eta)
+
+    def _check_eta(self, eta) -> torch.Tensor:
+        eta = torch.as_tensor(eta, dtype=torch.float32, device=self.device)
+        shape = (*self.batch_size, self.n_agents)
+        if eta.shape not in (torch.Size([]), torch.Size(shape[-1:]), torch.Size(shape)):
+            raise ValueError(
+                f"eta must be a float or have shape [n_agents]={[shape[-1]]} or "
+                f"[num_envs, n_agents]={list(shape)}, got shape {list(eta.shape)}"
+            )
+        if not torch.isfinite(eta).all() or (eta <= 0).any() or (eta > 1).any():
+            raise ValueError(f"eta must lie in (0, 1], got {eta.tolist()}")
+        return eta.expand(shape).clone()
+
+    @property
+    def n_actions(self) -> int:
+        """Number of agent actions."""
+        return n_agent_actions(self)
+
+    # ------------------------------------------------------------------ state
+    def _initial_state(self) -> dict[str, torch.Tensor]:
+        """A fresh state for every environment."""
+        b, n, dev, gen = self.batch_size[0], self.n_agents, self.device, self._generator
+        k = self.tax.n_brackets
+        rank = torch.rand(b, n, device=dev, generator=gen).argsort(-1)
+        inventory = torch.zeros(b, n, 3, device=dev)
+        inventory[..., 0] = self.starting_coin
+        zeros = torch.zeros(b, n, device=dev)
+        state = {
+            "t": torch.zeros(b, dtype=torch.long, device=dev),
+            "rank": rank,
+            "inventory": inventory,
+            "escrow": torch.zeros(b, n, 3, device=dev),
+            "labour": zeros,
+            "last_coin": inventory[..., 0].clone(),
+            "last_income": zeros.clone(),
+            "last_marginal_rate": zeros.clone(),
+            "rate_index": torch.zeros(b, k, dtype=torch.long, device=dev),
+            "rates": torch.zeros(b, k, device=dev),
+            "tax_revenue": torch.zeros(b, device=dev),
+        }
+        if self.map_tier:
+            state["pos"] = self._start_pos[rank]
+            state["payment"] = self._payments[rank]
+            state["bonus"] = gather_bonus((b, n), gen, dev)
+            state["resource"] = self.world.initial_resources(b)
+            state["house"] = self.world.empty_houses(b)
+            state["builds"] = zeros.clone()
+        if self.trade:
+            state.update(self.auction.empty_book(b, dev))
+            state["trades"] = torch.zeros(b, device=dev)
+        coin = state["inventory"][..., 0] + state["escrow"][..., 0]
+        state["utility"] = isoelastic_utility(coin, state["labour"], self._eta, self.energy_cost)
+        state["swf"] = coin_eq_times_productivity(coin)
+        return state
+
+    # --------------------------------------------------------------- TorchRL
+    def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
+        fresh = self._initial_state()
+        mask = None if tensordict is None else tensordict.get("_reset", None)
+        if mask is None:
+            self._state = fresh
+        else:
+            mask = mask.reshape(-1)
+            self._state = {
+                key: torch.where(mask.view(-1, *[1] * (old.dim() - 1)), fresh[key], old)
+                for key, old in self._state.items()
+            }
+        return self._observe(reward=False)
+
+    def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        s = self._state
+        action = tensordict.get(("agents", "action"))
+        s["t"] = s["t"] + 1
+        first = (s["t"] - 1) % self.period == 0
+        self._set_rates(tensordict.get(("planner", "action"))[:, 0], first)
+        if self.map_tier:
+            self._map_step(action)
+        else:
+            hours = action.float()
+            s["inventory"][..., 0] += self._skills[s["rank"]] * hours
+            s["labour"] = s["labour"] + hours
+        self._tax_step(s["t"] % self.period == 0)
+        if self.map_tier:
+            self.world.regenerate(s["resource"], self._generator)
+        return self._observe(reward=True)
+
+    def _set_seed(self, seed: int | None) -> None:
+        self._generator.manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()) if seed is None else seed)
+
+    # -------------------------------------------------------------- dynamics
+    def _set_rates(self, action: torch.Tensor, first: torch.Tensor) -> None:
+        s = self._state
+        if self.planner_action == "discrete":
+            chosen = torch.where(action > 0, action - 1, s["rate_index"]).clamp(0, N_RATE_LEVELS - 1)
+            s["rate_index"] = torch.where(first.unsqueeze(-1), chosen, s["rate_index"])
+            s["rates"] = s["rate_index"].float() * RATE_STEP
+            return
+        bad = first.unsqueeze(-1) & ~((action >= 0) & (action <= 1))
+        if bad.any():
+            raise ValueError(
+                f"('planner', 'action') rates must lie in [0, 1], got {action[bad.any(-1)].tolist()}"
+            )
+        s["rates"] = torch.where(first.unsqueeze(-1), action.float(), s["rates"])
+
+    def _map_step(self, action: torch.Tensor) -> None:
+        s, world = self._state, self.world
+        labour = s["labour"]
+        built = world.build(action == 1, s["pos"], s["house"], s["inventory"], labour, s["payment"])
+        s["builds"] = s["builds"] + built.float()
+        first_move = self.n_actions - 4
+        if self.trade:
+            trade_idx = action - 2
+            order = (trade_idx >= 0) & (action < first_move)
+            per_resource = 2 * self.auction.n_prices
+            resource = torch.where(order, trade_idx // per_resource, -1)
+            within = trade_idx % per_resource
+            s["trades"] = s["trades"] + self.auction.step(
+                s, resource, within < self.auction.n_prices, within % self.auction.n_prices,
+                s["inventory"], s["escrow"], labour,
+            )
+        direction = torch.where(action >= first_move, action - first_move, -1)
+        s["pos"] = world.move(direction, s["pos"], s["house"], labour, self._generator)
+        world.collect(s["pos"], s["resource"], s["inventory"], labour, s["bonus"], self._generator)
+
+    def _tax_step(self, tax_day: torch.Tensor) -> None:
+        s = self._state
+        out = self.tax.enact(s["inventory"][..., 0], s["escrow"][..., 0], s["last_coin"], s["rates"])
+        day = tax_day.unsqueeze(-1)
+        s["inventory"][..., 0] = torch.where(day, out.coin, s["inventory"][..., 0])
+        s["last_coin"] = torch.where(day, s["inventory"][..., 0] + s["escrow"][..., 0], s["last_coin"])
+        s["last_income"] = torch.where(day, out.income, s["last_income"])
+        s["last_marginal_rate"] = torch.where(day, out.marginal_rate, s["last_marginal_rate"])
+        s["tax_revenue"] = s["tax_revenue"] + torch.where(tax_day, out.revenue, 0)
+
+    # ----------------------------------------------------------- observation
+    def _observe(self, reward: bool) -> TensorDictBase:
+        s = self._state
+        b, n = self.batch_size[0], self.n_agents
+        coin = s["inventory"][..., 0] + s["escrow"][..., 0]
+        period_start = (s["t"] % self.period == 0).view(b, 1, 1)
+        agents = {
+            "observation": agent_observation(self, s),
+            "action_mask": self._agent_mask(),
+            "coin": coin.unsqueeze(-1),
+            "labour": s["labour"].unsqueeze(-1),
+            "skill_rank": s["rank"].unsqueeze(-1),
+        }
+        if self.map_tier:
+            agents["builds"] = s["builds"].unsqueeze(-1)
+        if self.spatial_observation:
+            agents["world_map"] = self.world.views(s["pos"], s["resource"], s["house"])
+        planner = {
+            "observation": planner_observation(self, s),
+            "period_start": period_start,
+            "taxes_enacted": period_start & (s["t"] > 0).view(b, 1, 1),
+            "income": s["last_income"].unsqueeze(1),
+            "marginal_rate": s["last_marginal_rate"].unsqueeze(1),
+        }
+        if self.planner_action == "discrete":
+            free = period_start.unsqueeze(-1).expand(b, 1, self.tax.n_brackets, N_RATE_LEVELS + 1)
+            planner["action_mask"] = free.clone()
+            planner["action_mask"][..., 0] = True
+        done = (s["t"] >= self.episode_length).unsqueeze(-1)
+        root = {
+            "equality": equality(coin).unsqueeze(-1),
+            "productivity": coin.sum(-1, keepdim=True),
+            "tax_revenue": s["tax_revenue"].unsqueeze(-1),
+            "done": done,
+            "terminated": torch.zeros_like(done),
+            "truncated": done.clone(),
+        }
+        if self.trade:
+            root["trades"] = s["trades"].unsqueeze(-1)
+        if reward:
+            utility = isoelastic_utility(coin, s["labour"], self._eta, self.energy_cost)
+            swf = coin_eq_times_productivity(coin)
+            agents["reward"] = (utility - s["utility"]).unsqueeze(-1)
+            planner["reward"] = (swf - s["swf"]).view(b, 1, 1)
+            s["utility"], s["swf"] = utility, swf
+        out = TensorDict(root, batch_size=self.batch_size, device=self.device)
+        out["agents"] = TensorDict(agents, batch_size=(b, n), device=self.device)
+        out["planner"] = TensorDict(planner, batch_size=(b, 1), device=self.device)
+        return out
+
+    def _agent_mask(self) -> torch.Tensor:
+        s = self._state
+        b, n = self.batch_size[0], self.n_agents
+        if not self.map_tier:
+            return torch.ones(b, n, self.n_actions, dtype=torch.bool, device=self.device)
+        parts = [
+            torch.ones(b, n, 1, dtype=torch.bool, device=self.device),
+            self.world.can_build(s["pos"], s["house"], s["inventory"]).unsqueeze(-1),
+        ]
+        if self.trade:
+            bids, asks = self.auction.masks(s, s["inventory"])
+            for r in range(self.auction.n_resources):
+                parts += [bids[:, :, r], asks[:, :, r : r + 1].expand(-1, -1, self.auction.n_prices)]
+        parts.append(self.world.move_mask(s["pos"], s["house"]))
+        return torch.cat(parts, -1)
+
+    def rand_action(self, tensordict: TensorDictBase | None = None) -> TensorDictBase:
+        """Uniformly random actions among those the masks allow."""
+        if tensordict is None:
+            tensordict = self._observe(reward=False)
+        mask = tensordict.get(("agents", "action_mask"))
+        score = torch.rand(mask.shape, device=self.device, generator=self._generator) * mask
+        tensordict.set(("agents", "action"), score.argmax(-1))
+        shape = (*self.batch_size, 1, self.tax.n_brackets)
+        if self.planner_action == "discrete":
+            pmask = tensordict.get(("planner", "action_mask"))
+            score = torch.rand(pmask.shape, device=self.device, generator=self._generator) * pmask
+            tensordict.set(("planner", "action"), score.argmax(-1))
+        else:
+            tensordict.set(("planner", "action"), torch.rand(shape, device=self.device, generator=self._generator))
+        return tensordict

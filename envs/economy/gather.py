@@ -1,0 +1,226 @@
+"""Map dynamics of Gather-(Trade-)Build: build, move, collect, regrow, masks and views.
+
+Follows the AI Economist's ``Build``, ``Gather`` components and the ``LayoutFromFile``
+scenario step (https://arxiv.org/abs/2004.13332), batched over environments. State
+tensors (``B`` envs, ``N`` agents, ``S`` source tiles):
+
+- ``pos`` ``[B, N]`` long: flat tile index ``row * W + col``;
+- ``resource`` ``[B, S]`` bool: a unit waits on the source tile;
+- ``house`` ``[B, Hp * Wp]`` int8: owner of the house on each tile of the map padded by
+  the view radius, ``-1`` for none;
+- ``inventory`` ``[B, N, 3]`` float: Coin, Stone, Wood.
+"""
+from __future__ import annotations
+
+import torch
+
+from .layout import WorldLayout
+
+#: Row and column change of the moves left, right, up, down (the reference's order).
+MOVES: tuple[tuple[int, int], ...] = ((0, -1), (0, 1), (-1, 0), (1, 0))
+#: Channels of an agent's egocentric view.
+VIEW_CHANNELS: tuple[str, ...] = (
+    "stone", "wood", "house", "water", "stone_source", "wood_source", "in_bounds",
+    "house_owner", "agent",
+)
+
+
+class GatherBuildWorld:
+    """Batched map dynamics for one layout.
+
+    Args:
+        layout: the static map.
+        view_radius: half-width of the egocentric views. Defaults to ``5`` (11x11).
+        build_labour: labour of a successful build. Defaults to ``10``.
+        move_labour: labour of a successful move. Defaults to ``1``.
+        collect_labour: labour per collected resource. Defaults to ``1``.
+        regen_prob: per-step regrowth probability of an empty source. Defaults to ``0.01``.
+
+    Examples:
+        >>> from torchrl_ermas.envs.economy.layout import load_layout
+        >>> world = GatherBuildWorld(load_layout("quadrant_25x25_20each_30clump"))
+        >>> world.initial_resources(3).shape
+        torch.Size([3, 40])
+    """
+
+    def __init__(
+        self,
+        layout: WorldLayout,
+        view_radius: int = 5,
+        build_labour: float = 10.0,
+        move_labour: float = 1.0,
+        collect_labour: float = 1.0,
+        regen_prob: float = 0.01,
+    ) -> None:
+        self.layout = layout
+        self.radius = view_radius
+        self.build_labour = build_labour
+        self.move_labour = move_labour
+        self.collect_labour = collect_labour
+        self.regen_prob = regen_prob
+        h, w, r = layout.height, layout.width, view_radius
+        dev = layout.water.device
+        self.padded_width = w + 2 * r
+        self.padded_size = (h + 2 * r) * self.padded_width
+        self.moves = torch.tensor(MOVES, device=dev)
+        # static padded channels: water, stone source, wood source, in bounds
+        src = layout.source_index
+        kind = torch.where(src >= 0, layout.source_kind[src.clamp_min(0)], -1)
+        static = torch.stack([layout.water, kind == 0, kind == 1, torch.ones_like(layout.water)])
+        self.static_padded = torch.nn.functional.pad(static.float(), (r, r, r, r)).flatten(1)
+        self.source_padded = torch.nn.functional.pad(src, (r, r, r, r), value=-1).flatten()
+        self.landmark_flat = layout.landmark.flatten()
+        side = torch.arange(-r, r + 1, device=dev)
+        self.view_offsets = (side[:, None] * self.padded_width + side[None, :]).flatten()
+
+    # ------------------------------------------------------------------ state
+    def initial_resources(self, n_envs: int) -> torch.Tensor:
+        """Every source holds one unit at reset."""
+        return torch.ones(n_envs, self.layout.n_sources, dtype=torch.bool, device=self.moves.device)
+
+    def empty_houses(self, n_envs: int) -> torch.Tensor:
+        """A padded house-owner map without houses."""
+        return torch.full((n_envs, self.padded_size), -1, dtype=torch.int8, device=self.moves.device)
+
+    def padded_index(self, pos: torch.Tensor) -> torch.Tensor:
+        """Flat index of tile ``pos`` in the padded map."""
+        w, r = self.layout.width, self.radius
+        return (pos // w + r) * self.padded_width + pos % w + r
+
+    # --------------------------------------------------------------- dynamics
+    def build(
+        self,
+        wants: torch.Tensor,
+        pos: torch.Tensor,
+        house: torch.Tensor,
+        inventory: torch.Tensor,
+        labour: torch.Tensor,
+        payment: torch.Tensor,
+    ) -> torch.Tensor:
+        """Build where asked and possible; updates the state in place, returns successes."""
+        ok = wants & self.can_build(pos, house, inventory)
+        okf = ok.float()
+        inventory[..., 0] += okf * payment
+        inventory[..., 1:] -= okf.unsqueeze(-1)
+        labour += okf * self.build_labour
+        owner = torch.arange(pos.shape[-1], device=pos.device, dtype=torch.int8).expand_as(pos)
+        idx = self.padded_index(pos)
+        house.scatter_(1, idx, torch.where(ok, owner, house.gather(1, idx)))
+        return ok
+
+    def can_build(self, pos: torch.Tensor, house: torch.Tensor, inventory: torch.Tensor) -> torch.Tensor:
+        """Has one stone and one wood and stands on a tile without landmark or house."""
+        free = ~self.landmark_flat[pos] & (house.gather(1, self.padded_index(pos)) < 0)
+        return free & (inventory[..., 1] >= 1) & (inventory[..., 2] >= 1)
+
+    def _targets(self, pos: torch.Tensor, house: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Target tile of each move ``[B, N, 4]`` and whether the map allows it."""
+        w, h = self.layout.width, self.layout.height
+        row = pos.unsqueeze(-1) // w + self.moves[:, 0]
+        col = pos.unsqueeze(-1) % w + self.moves[:, 1]
+        inside = (row >= 0) & (row < h) & (col >= 0) & (col < w)
+        target = (row.clamp(0, h - 1) * w + col.clamp(0, w - 1))
+        owner = house.gather(1, self.padded_index(target).flatten(1)).view_as(target)
+        me = torch.arange(pos.shape[-1], device=pos.device).view(1, -1, 1)
+        ok = inside & ~self.layout.water.flatten()[target] & ((owner < 0) | (owner == me))
+        return target, ok
+
+    def move_mask(self, pos: torch.Tensor, house: torch.Tensor) -> torch.Tensor:
+        """``[B, N, 4]``: the move is accessible and the target is not occupied."""
+        target, ok = self._targets(pos, house)
+        occupied = (target.unsqueeze(-1) == pos.view(pos.shape[0], 1, 1, -1)).any(-1)
+        return ok & ~occupied
+
+    def move(
+        self,
+        direction: torch.Tensor,
+        pos: torch.Tensor,
+        house: torch.Tensor,
+        labour: torch.Tensor,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """Move agents (``direction`` in 0..3, ``-1`` stays) one by one in a random order.
+
+        Returns the new ``pos``; charges move labour in place.
+        """
+        n_envs, n_agents = pos.shape
+        target, ok = self._targets(pos, house)
+        wants = direction >= 0
+        d = direction.clamp_min(0).unsqueeze(-1)
+        target = target.gather(-1, d).squeeze(-1)
+        ok = ok.gather(-1, d).squeeze(-1) & wants
+        order = torch.rand(n_envs, n_agents, device=pos.device, generator=generator).argsort(-1)
+        new = pos.clone()
+        for k in range(n_agents):
+            agent = order[:, k : k + 1]
+            tgt = target.gather(1, agent)
+            free = ~(new == tgt).any(-1, keepdim=True)
+            moved = ok.gather(1, agent) & free
+            new.scatter_(1, agent, torch.where(moved, tgt, new.gather(1, agent)))
+        labour += (new != pos).float() * self.move_labour
+        return new
+
+    def collect(
+        self,
+        pos: torch.Tensor,
+        resource: torch.Tensor,
+        inventory: torch.Tensor,
+        labour: torch.Tensor,
+        bonus: torch.Tensor,
+        generator: torch.Generator | None,
+    ) -> None:
+        """Every agent on a tile holding a unit collects it (1, plus 1 with its bonus
+        probability) for ``collect_labour``; updates in place."""
+        src = self.layout.source_index.flatten()[pos]
+        has = (src >= 0) & resource.gather(1, src.clamp_min(0))
+        extra = torch.rand(pos.shape, device=pos.device, generator=generator) < bonus
+        amount = has.float() * (1 + extra.float())
+        kind = self.layout.source_kind[src.clamp_min(0)]
+        inventory[..., 1:] += amount.unsqueeze(-1) * torch.nn.functional.one_hot(kind, 2)
+        labour += has.float() * self.collect_labour
+        resource.scatter_(1, src.clamp_min(0), resource.gather(1, src.clamp_min(0)) & ~has)
+
+    def regenerate(self, resource: torch.Tensor, generator: torch.Generator | None) -> None:
+        """Each empty source regrows a unit with probability ``regen_prob``; in place."""
+        resource |= torch.rand(resource.shape, device=resource.device, generator=generator) < self.regen_prob
+
+    # ----------------------------------------------------------- observation
+    def views(self, pos: torch.Tensor, resource: torch.Tensor, house: torch.Tensor) -> torch.Tensor:
+        """Egocentric views ``[B, N, 9, 2r+1, 2r+1]`` with :data:`VIEW_CHANNELS`.
+
+        ``house_owner`` and ``agent`` are 0 for none, 1 for the viewer, ``k + 2`` for agent k.
+        """
+        n_envs, n_agents = pos.shape
+        side = 2 * self.radius + 1
+        idx = self.padded_index(pos).unsqueeze(-1) + self.view_offsets  # [B, N, side^2]
+        static = self.static_padded[:, idx].movedim(0, 2)  # [B, N, 4, side^2]
+        src = self.source_padded[idx]
+        present = resource.gather(1, src.clamp_min(0).flatten(1)).view_as(src) & (src >= 0)
+        kind = self.layout.source_kind[src.clamp_min(0)]
+        owner = house.gather(1, idx.flatten(1)).view_as(idx).long()
+        me = torch.arange(n_agents, device=pos.device).view(1, -1, 1)
+        owner_code = torch.where(owner < 0, 0, torch.where(owner == me, 1, owner + 2))
+        # other agents inside the window
+        w = self.layout.width
+        dr = pos.view(n_envs, 1, -1) // w - (pos // w).unsqueeze(-1)
+        dc = pos.view(n_envs, 1, -1) % w - (pos % w).unsqueeze(-1)
+        inside = (dr.abs() <= self.radius) & (dc.abs() <= self.radius)
+        cell = torch.where(inside, (dr + self.radius) * side + dc + self.radius, side * side)
+        code = torch.where(me.transpose(1, 2) == me, 1, me.transpose(1, 2) + 2).expand_as(cell)
+        agents = torch.zeros(n_envs, n_agents, side * side + 1, device=pos.device, dtype=torch.long)
+        agents.scatter_(2, cell, code)
+        channels = torch.stack(
+            [
+                (present & (kind == 0)).float(),
+                (present & (kind == 1)).float(),
+                (owner >= 0).float(),
+                static[:, :, 0],
+                static[:, :, 1],
+                static[:, :, 2],
+                static[:, :, 3],
+                owner_code.float(),
+                agents[..., :-1].float(),
+            ],
+            2,
+        )
+        return channels.view(n_envs, n_agents, len(VIEW_CHANNELS), side, side)
