@@ -1,1 +1,16 @@
-"""transforms."""
+"""TorchRL transforms for ERMAS: reward baselines (reality gap, DR, RR) and the KL trust region."""
+from __future__ import annotations
+
+from .reward import (
+    ConcavePlannerReward,
+    DomainRandomizedReward,
+    isoelastic,
+    PlannerRewardGap,
+)
+
+__all__ = [
+    "ConcavePlannerReward",
+    "DomainRandomizedReward",
+    "PlannerRewardGap",
+    "isoelastic",
+]
