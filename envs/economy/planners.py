@@ -100,9 +100,11 @@ class SaezPlanner(TensorDictModuleBase):
         >>> from torchrl_ermas.envs.economy import EconomyEnv
         >>> env = EconomyEnv(num_envs=4, tier="labour", planner_action="rates", episode_length=40, period=10)
         >>> planner = SaezPlanner(fixed_elasticity=3.0, buffer_size=8)
-        >>> td = env.rollout(40, planner_then_random(env, planner))
-        >>> planner.n_samples
-        64
+        >>> td = env.reset()
+        >>> for _ in range(40):
+        ...     _, td = env.step_and_maybe_reset(planner(env.rand_action(td)))
+        >>> planner.n_samples, planner.warmed_up
+        (32, True)
     """
 
     def __init__(

@@ -15,7 +15,7 @@ def gini(coin: torch.Tensor) -> torch.Tensor:
 
     Examples:
         >>> gini(torch.tensor([0.0, 0.0, 0.0, 4.0]))
-        tensor(1.0000)
+        tensor(1.)
     """
     n = coin.shape[-1]
     total = coin.sum(-1)
