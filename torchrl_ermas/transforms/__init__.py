@@ -1,6 +1,7 @@
 """TorchRL transforms for ERMAS: reward baselines (reality gap, DR, RR) and the KL trust region."""
 from __future__ import annotations
 
+from .kl import KLToReference
 from .reward import (
     ConcavePlannerReward,
     DomainRandomizedReward,
@@ -11,6 +12,7 @@ from .reward import (
 __all__ = [
     "ConcavePlannerReward",
     "DomainRandomizedReward",
+    "KLToReference",
     "PlannerRewardGap",
     "isoelastic",
 ]
