@@ -25,6 +25,7 @@ class FixedRatePlanner(TensorDictModuleBase):
 
     Args:
         rates: one rate in ``[0, 1]`` per bracket.
+        n_brackets: number of tax brackets. Defaults to ``7``.
 
     Examples:
         >>> from torchrl_ermas.envs.economy import EconomyEnv
@@ -34,10 +35,9 @@ class FixedRatePlanner(TensorDictModuleBase):
         torch.Size([2, 1, 7])
     """
 
-    def __init__(self, rates: Sequence[float] | torch.Tensor) -> None:
+    def __init__(self, rates: Sequence[float] | torch.Tensor, n_brackets: int = 7) -> None:
         super().__init__()
-        rates = torch.as_tensor(rates, dtype=torch.float32)
-        self.register_buffer("rates", validate_rates(rates, rates.numel(), "rates"))
+        self.register_buffer("rates", validate_rates(rates, n_brackets, "rates"))
         self.in_keys = [_OBSERVATION]
         self.out_keys = [_ACTION]
 
@@ -59,7 +59,7 @@ class FreeMarketPlanner(FixedRatePlanner):
     """
 
     def __init__(self, n_brackets: int = 7) -> None:
-        super().__init__(torch.zeros(n_brackets))
+        super().__init__(torch.zeros(n_brackets), n_brackets)
 
 
 class USFederalPlanner(FixedRatePlanner):
