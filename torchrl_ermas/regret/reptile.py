@@ -185,12 +185,18 @@ class ReptileRegretEstimator:
         """The current agent-policy parameters (shared storage with the actor)."""
         return TensorDict.from_module(self.actor)
 
-    def estimate(self) -> TensorDictBase:
-        """Runs the deviations and returns a TensorDict of batch ``[n_agents]`` with.
+    def estimate(self, seed: int | None = None) -> TensorDictBase:
+        """Runs the deviations and returns a TensorDict of batch ``[n_agents]``.
 
-        ``regret``, ``kl``, ``deviation_return``, ``current_return`` and the stacked
-        ``deviation_params`` (the input of :meth:`meta_step`).
+        Its entries are ``regret``, ``kl``, ``deviation_return``, ``current_return`` and
+        the stacked ``deviation_params`` (the input of :meth:`meta_step`).
+
+        Args:
+            seed (int, optional): re-seeds the estimator first, which makes this call
+                reproducible on its own (e.g. after resuming a run).
         """
+        if seed is not None:
+            self._seeds.manual_seed(seed)
         current = self.params.data
         deviation = current.expand(self.n_agents).clone()
         kl = torch.zeros(self.n_agents, device=self._device)
@@ -284,20 +290,20 @@ class ReptileRegretEstimator:
         with torch.no_grad():
             reference = self.actor.build_dist_from_params(self.dists.current(obs))
 
-        def objective(dist_params: TensorDictBase, batch_dims: int) -> tuple:
+        def log_prob(dist_params: TensorDictBase) -> tuple:
             dist = self.actor.build_dist_from_params(dist_params)
-            log_prob = self._own(dist.log_prob(action.expand(*dist.batch_shape)))
-            ratio = (log_prob - behaviour).exp()
-            surrogate = (ratio * advantage).flatten(batch_dims).mean(-1)
-            kl = self._own(kl_divergence(reference, dist)).flatten(batch_dims).mean(-1)
-            return surrogate, kl
+            return dist, self._own(dist.log_prob(action.expand(*dist.batch_shape)))
 
+        # Direction: sum_t (A_t / behaviour_t) grad log pi'(a_t), whose expectation is
+        # sum_a A(s, a) grad log pi'(a | s): every action is weighted by its advantage
+        # alone, not by its probability, so a saturated policy still gets a direction
+        # towards the actions it no longer takes.
         leaves = deviation.clone().requires_grad_()
-        surrogate, _ = objective(self.dists.deviating(leaves, obs), 1)
-        grads = torch.autograd.grad(surrogate.sum(), list(leaves.values(True, True)))
-        grad = deviation.empty().update(
-            dict(zip(deviation.keys(True, True), grads))
-        )
+        _, lp = log_prob(self.dists.deviating(leaves, obs))
+        weights = advantage / behaviour.exp()
+        direction_objective = (weights * lp).flatten(1).mean(-1).sum()
+        grads = torch.autograd.grad(direction_objective, list(leaves.values(True, True)))
+        grad = deviation.empty().update(dict(zip(deviation.keys(True, True), grads)))
         norm = torch.stack(
             [g.flatten(1).square().sum(-1) for g in grad.values(True, True)]
         ).sum(0).sqrt()
@@ -307,8 +313,10 @@ class ReptileRegretEstimator:
         candidates = torch.stack(
             [deviation + direction * step for step in step_norms.tolist()]
         )  # [C, W]
-        with torch.no_grad():
-            surr, kl = objective(self.dists.candidates(candidates, obs), 2)  # [C, W]
+        with torch.no_grad():  # importance-weighted surrogate and KL of each candidate
+            dist, lp = log_prob(self.dists.candidates(candidates, obs))  # [C, W, ...]
+            surr = ((lp - behaviour).exp() * advantage).flatten(2).mean(-1)  # [C, W]
+            kl = self._own(kl_divergence(reference, dist)).flatten(2).mean(-1)
         score = torch.where(kl <= budget, surr, -torch.inf)
         score[0] = surr[0]  # staying put is always allowed
         best = score.argmax(0)

@@ -1,0 +1,199 @@
+"""Structured (dataclass) configuration of the ERMAS training loop.
+
+The dataclasses are hydra schemas: registered with :func:`register_configs`, a yaml file
+that composes them is type-checked, and unknown or mistyped keys are rejected.
+The environment is configured by a ``_target_`` node (any callable returning a batched
+environment that follows the torchrl-ermas contract), so that the core library never
+imports :mod:`torchrl_ermas.envs`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+VARIANTS = ("ermas", "fixed_lambda", "marl")
+
+
+@dataclass
+class PPOConfig:
+    """PPO settings of one group (the agents or the planner)."""
+
+    lr: float = 3e-3
+    clip_epsilon: float = 0.2
+    entropy_coeff: float = 0.01
+    critic_coeff: float = 0.5
+    gamma: float = 0.9
+    lmbda: float = 0.9
+    epochs: int = 4
+    minibatches: int = 4
+    max_grad_norm: float = 10.0
+    hidden: int = 64
+    depth: int = 2
+    share_params: bool = True
+
+
+@dataclass
+class ErmasConfig:
+    """The ERMAS-specific settings: epsilon, the multipliers, the regret estimate, Reptile.
+
+    ``epsilon`` and the regrets are in episode-return units (undiscounted sums of reward
+    over ``regret_horizon`` steps).
+    """
+
+    epsilon: float = 0.0
+    lambda_init: float = 8.0
+    lambda_lr: float = 0.005
+    lambda_max: float = 100.0
+    warmup_iters: int = 10
+    regret_interval: int = 5
+    regret_envs: int = 32
+    regret_horizon: int | None = None
+    trust_region: float = 3.0
+    deviation_steps: int = 3
+    exploration: float = 0.2
+    meta_scale: float = 0.2
+    meta_cap: float = 2.0
+
+
+@dataclass
+class RewardConfig:
+    """Reward transforms of the training environment (the baselines' knobs).
+
+    Attributes:
+        q: reality gap ``Q``: agents earn ``r_i - q * r_p`` (:class:`PlannerRewardGap`).
+        dr_scale: domain randomization ``U[-dr_scale, dr_scale]`` added to each agent's
+            reward (:class:`DomainRandomizedReward`); ``0`` disables it.
+        dr_resample: ``"episode"`` or ``"step"``.
+        rr_eta: risk robustness: the planner trains on the isoelastic transform of its
+            reward (:class:`ConcavePlannerReward`); ``0`` disables it. Reported planner
+            rewards are always the untransformed ones.
+    """
+
+    q: float = 0.0
+    dr_scale: float = 0.0
+    dr_resample: str = "episode"
+    rr_eta: float = 0.0
+
+
+@dataclass
+class LoggerConfig:
+    """TorchRL logger: ``csv`` (default), ``tensorboard``, ``wandb`` or ``""`` (none)."""
+
+    backend: str = "csv"
+    project: str = "torchrl-ermas"
+    exp_name: str | None = None
+
+
+@dataclass
+class TrainConfig:
+    """One training run.
+
+    Attributes:
+        variant: ``ermas`` (full), ``fixed_lambda`` (lambda frozen at ``ermas.lambda_init``,
+            no regret estimate) or ``marl`` (selfish agents: plain multi-agent PPO).
+        env: a hydra node with ``_target_`` building the training environment; the
+            trainer adds ``batch_size`` and ``device``.
+        iterations: training iterations; each collects ``num_envs`` episodes.
+        train_planner: train the planner (``False`` freezes it, e.g. in transfer runs).
+        planner_checkpoint: optional checkpoint whose planner is loaded before training.
+    """
+
+    env: Any = field(default_factory=lambda: {"_target_": "torchrl_ermas.envs.SequentialBimatrixEnv"})
+    variant: str = "ermas"
+    seed: int = 0
+    device: str = "cpu"
+    iterations: int = 100
+    num_envs: int = 64
+    rollout_steps: int | None = None
+    train_planner: bool = True
+    planner_checkpoint: str | None = None
+    agents: PPOConfig = field(default_factory=PPOConfig)
+    planner: PPOConfig = field(default_factory=lambda: PPOConfig(lr=1e-3, entropy_coeff=0.05))
+    ermas: ErmasConfig = field(default_factory=ErmasConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    output_dir: str = "."
+    checkpoint_interval: int = 10
+    resume: bool = False
+    progress: bool = True
+    history_window: int = 10
+
+
+def _positive(name: str, value: float, *, strict: bool = True) -> None:
+    ok = isinstance(value, (int, float)) and math.isfinite(value)
+    ok = ok and (value > 0 if strict else value >= 0)
+    if not ok:
+        bound = "> 0" if strict else ">= 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}.")
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Raises a ``ValueError`` naming the first invalid setting of ``cfg``."""
+    if cfg.variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {cfg.variant!r}.")
+    for name in ("iterations", "num_envs", "checkpoint_interval", "history_window"):
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
+    if cfg.rollout_steps is not None and cfg.rollout_steps < 1:
+        raise ValueError(f"rollout_steps must be None or an int >= 1, got {cfg.rollout_steps!r}.")
+    for group in ("agents", "planner"):
+        ppo = getattr(cfg, group)
+        for name in ("lr", "clip_epsilon", "max_grad_norm"):
+            _positive(f"{group}.{name}", getattr(ppo, name))
+        for name in ("entropy_coeff", "critic_coeff"):
+            _positive(f"{group}.{name}", getattr(ppo, name), strict=False)
+        for name in ("gamma", "lmbda"):
+            value = getattr(ppo, name)
+            if not 0 < value <= 1:
+                raise ValueError(f"{group}.{name} must be in (0, 1], got {value!r}.")
+        for name in ("epochs", "minibatches", "hidden", "depth"):
+            value = getattr(ppo, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{group}.{name} must be an int >= 1, got {value!r}.")
+    e = cfg.ermas
+    if not math.isfinite(e.epsilon):
+        raise ValueError(f"ermas.epsilon must be finite, got {e.epsilon!r}.")
+    _positive("ermas.lambda_lr", e.lambda_lr, strict=False)
+    _positive("ermas.lambda_max", e.lambda_max)
+    if not 0 <= e.lambda_init <= e.lambda_max:
+        raise ValueError(
+            f"ermas.lambda_init must be in [0, ermas.lambda_max={e.lambda_max}], "
+            f"got {e.lambda_init!r}."
+        )
+    for name in ("warmup_iters",):
+        if not isinstance(getattr(e, name), int) or getattr(e, name) < 0:
+            raise ValueError(f"ermas.{name} must be an int >= 0, got {getattr(e, name)!r}.")
+    for name in ("regret_interval", "regret_envs", "deviation_steps"):
+        if not isinstance(getattr(e, name), int) or getattr(e, name) < 1:
+            raise ValueError(f"ermas.{name} must be an int >= 1, got {getattr(e, name)!r}.")
+    _positive("ermas.trust_region", e.trust_region)
+    _positive("ermas.meta_scale", e.meta_scale, strict=False)
+    _positive("ermas.meta_cap", e.meta_cap, strict=False)
+    if not 0 <= e.exploration < 1:
+        raise ValueError(f"ermas.exploration must be in [0, 1), got {e.exploration!r}.")
+    r = cfg.reward
+    if not math.isfinite(r.q):
+        raise ValueError(f"reward.q must be finite, got {r.q!r}.")
+    _positive("reward.dr_scale", r.dr_scale, strict=False)
+    _positive("reward.rr_eta", r.rr_eta, strict=False)
+    if r.dr_resample not in ("episode", "step"):
+        raise ValueError(
+            f"reward.dr_resample must be 'episode' or 'step', got {r.dr_resample!r}."
+        )
+    if cfg.logger.backend not in ("", "csv", "tensorboard", "wandb"):
+        raise ValueError(
+            f"logger.backend must be one of '', 'csv', 'tensorboard', 'wandb', "
+            f"got {cfg.logger.backend!r}."
+        )
+
+
+def register_configs(name: str = "train_schema") -> None:
+    """Registers :class:`TrainConfig` in hydra's ConfigStore under ``name``.
+
+    A yaml config then starts with ``defaults: [train_schema, _self_]``.
+    """
+    ConfigStore.instance().store(name=name, node=TrainConfig)

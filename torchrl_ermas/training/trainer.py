@@ -1,0 +1,481 @@
+"""The ERMAS training loop (Planner-OPT around Agent-Adv-Search) and its baselines."""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictSequential
+from torch import nn
+from torchrl.envs import Compose, EnvBase, TransformedEnv
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+from torchrl.objectives import ValueEstimators
+from torchrl.objectives.multiagent import MAPPOLoss
+from torchrl.objectives.value import MultiAgentGAE
+from torchrl.record.loggers import get_logger
+from tqdm.auto import tqdm
+
+from torchrl_ermas.objectives import ErmasLoss, LagrangeMultiplier
+from torchrl_ermas.regret import ReptileRegretEstimator
+from torchrl_ermas.transforms import (
+    ConcavePlannerReward,
+    DomainRandomizedReward,
+    PlannerRewardGap,
+)
+
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from .config import PPOConfig, TrainConfig, validate
+from .models import has_action, make_critic, make_policy
+
+RESULTS_NAME = "results.json"
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss or a parameter became NaN or infinite; the run stopped."""
+
+
+def _group_keys(group: str) -> dict[str, tuple[str, str]]:
+    names = ("advantage", "value_target", "reward", "action")
+    keys = {name: (group, name) for name in names}
+    keys.update(value=(group, "state_value"), sample_log_prob=(group, "action_log_prob"))
+    return keys
+
+
+def _as_config(cfg: TrainConfig | DictConfig | dict) -> TrainConfig:
+    """Type-checks ``cfg`` against the :class:`TrainConfig` schema (unknown keys raise)."""
+    merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg)
+    return OmegaConf.to_object(merged)
+
+
+class ErmasTrainer:
+    """Trains agents and a planner with ERMAS or one of its baselines.
+
+    Each iteration:
+
+    1. collects ``num_envs`` episodes with the agent and planner policies (the environment
+       is re-seeded from ``seed`` and the iteration, so a resumed run replays exactly);
+    2. computes the agents' own advantages (multi-agent GAE on their critic) and the
+       planner's advantage (GAE on the planner critic);
+    3. updates the planner with PPO on its own reward and the agents with
+       :class:`~torchrl_ermas.objectives.ErmasLoss` (``marl``: plain
+       :class:`~torchrl.objectives.multiagent.MAPPOLoss`), simultaneously;
+    4. (``ermas``) every ``ermas.regret_interval`` iterations after the warm-up: estimates
+       each agent's regret with :class:`~torchrl_ermas.regret.ReptileRegretEstimator`,
+       updates the multipliers ``lambda`` and takes the Reptile meta step.
+
+    Variants (``cfg.variant``): ``ermas``; ``ermas`` with ``ermas.meta_scale=0`` (no meta
+    step); ``fixed_lambda`` (lambda frozen at ``ermas.lambda_init``, no regret estimate);
+    ``marl`` (selfish agents). Domain randomization and risk robustness are the reward
+    transforms of ``cfg.reward``.
+
+    Checkpoints are written atomically every ``checkpoint_interval`` iterations to
+    ``output_dir/checkpoint.pt``; with ``resume=True`` the run continues from there. Each
+    run writes ``output_dir/results.json`` (see the README for the schema).
+
+    Args:
+        cfg (TrainConfig or DictConfig or dict): the run configuration.
+        env_fn (callable, optional): ``env_fn(batch_size, device) -> EnvBase`` building a
+            batched environment that follows the torchrl-ermas contract. Defaults to
+            instantiating ``cfg.env`` (a hydra ``_target_`` node).
+
+    Examples:
+        >>> from torchrl_ermas.training import ErmasTrainer, TrainConfig
+        >>> cfg = TrainConfig(iterations=2, num_envs=8, progress=False, output_dir=tmp_path,
+        ...                   env={"_target_": "torchrl_ermas.envs.SequentialBimatrixEnv",
+        ...                        "max_steps": 20})
+        >>> results = ErmasTrainer(cfg).train()  # doctest: +SKIP
+        >>> sorted(results["final"])  # doctest: +SKIP
+        ['agent_reward', 'combined_agent_reward', 'lambda', 'planner_reward', 'regret']
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig | DictConfig | dict,
+        env_fn: Callable[[int, torch.device], EnvBase] | None = None,
+    ) -> None:
+        cfg = _as_config(cfg)
+        validate(cfg)
+        self.cfg = cfg
+        self.device = torch.device(cfg.device)
+        self.output_dir = Path(cfg.output_dir)
+        self._env_fn = env_fn or self._instantiate_env
+        torch.manual_seed(cfg.seed)
+
+        self.env = self._make_env(cfg.num_envs)
+        self.horizon = cfg.rollout_steps or getattr(self.env.base_env, "max_steps", None)
+        if self.horizon is None:
+            raise ValueError("rollout_steps must be set for environments without max_steps.")
+        self.n_agents = self.env.full_action_spec["agents", "action"].shape[-1]
+        self.planner_acts = has_action(self.env, "planner")
+        self.uses_planner_advantage = cfg.variant != "marl"
+
+        self.modules = nn.ModuleDict()
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self._build_agents()
+        self._build_planner()
+        self.rr = ConcavePlannerReward(cfg.reward.rr_eta) if cfg.reward.rr_eta > 0 else None
+        self.estimator = self._build_estimator()
+        self.collection_policy = TensorDictSequential(
+            *([self.planner_policy] if self.planner_acts else []), self.agent_policy
+        )
+        self.history: dict[str, list] = {
+            name: []
+            for name in (
+                "iteration", "planner_reward", "agent_reward", "lambda", "regret", "kl",
+                "time_collect", "time_train", "time_regret",
+            )
+        }
+        self.start_iteration = 0
+        if cfg.planner_checkpoint:
+            self.load_planner(cfg.planner_checkpoint)
+        if cfg.resume and (self.output_dir / CHECKPOINT_NAME).exists():
+            self._restore(load_checkpoint(self.output_dir / CHECKPOINT_NAME, self.device))
+
+    # ------------------------------------------------------------------ construction
+    def _instantiate_env(self, batch_size: int, device: torch.device) -> EnvBase:
+        env_cfg = self.cfg.env
+        if is_dataclass(env_cfg):
+            env_cfg = asdict(env_cfg)
+        return instantiate(env_cfg, batch_size=batch_size, device=device)
+
+    def _make_env(self, batch_size: int) -> TransformedEnv:
+        reward = self.cfg.reward
+        transforms = []
+        if reward.q != 0:
+            transforms.append(PlannerRewardGap(reward.q))
+        if reward.dr_scale > 0:
+            transforms.append(
+                DomainRandomizedReward(reward.dr_scale, resample=reward.dr_resample)
+            )
+        return TransformedEnv(self._env_fn(batch_size, self.device), Compose(*transforms))
+
+    def _ppo_loss(self, cls, actor, critic, ppo: PPOConfig, group: str, **kwargs):
+        loss = cls(
+            actor, critic, clip_epsilon=ppo.clip_epsilon, entropy_coeff=ppo.entropy_coeff,
+            critic_coeff=ppo.critic_coeff, loss_critic_type="l2", **kwargs,
+        )
+        loss.set_keys(**_group_keys(group))
+        loss.make_value_estimator(ValueEstimators.MAGAE, gamma=ppo.gamma, lmbda=ppo.lmbda)
+        return loss
+
+    def _build_agents(self) -> None:
+        cfg = self.cfg
+        self.agent_policy = make_policy(self.env, "agents", cfg.agents, self.device)
+        critic = make_critic(self.env, "agents", cfg.agents, self.device)
+        if cfg.variant == "marl":
+            self.lagrange = None
+            loss = self._ppo_loss(MAPPOLoss, self.agent_policy, critic, cfg.agents, "agents")
+        else:
+            self.lagrange = LagrangeMultiplier(
+                self.n_agents, init=cfg.ermas.lambda_init, lr=cfg.ermas.lambda_lr,
+                max_value=cfg.ermas.lambda_max,
+                frozen=cfg.variant == "fixed_lambda" or cfg.ermas.warmup_iters > 0,
+            ).to(self.device)
+            loss = self._ppo_loss(
+                ErmasLoss, self.agent_policy, critic, cfg.agents, "agents",
+                lagrange=self.lagrange,
+            )
+        self.agent_loss = loss
+        self.modules["agents"] = loss
+        self.optimizers["agents"] = torch.optim.Adam(self._trainable(loss), lr=cfg.agents.lr)
+
+    def _build_planner(self) -> None:
+        cfg = self.cfg
+        self.planner_policy = (
+            make_policy(self.env, "planner", cfg.planner, self.device)
+            if self.planner_acts else None
+        )
+        self.planner_loss = None
+        self.planner_critic = None
+        self.planner_gae = None
+        needs_critic = self.uses_planner_advantage or (self.planner_acts and cfg.train_planner)
+        if not needs_critic:
+            if self.planner_acts:
+                self.modules["planner_policy"] = self.planner_policy
+            return
+        self.planner_critic = make_critic(self.env, "planner", cfg.planner, self.device)
+        self.planner_gae = MultiAgentGAE(
+            gamma=cfg.planner.gamma, lmbda=cfg.planner.lmbda, value_network=self.planner_critic
+        )
+        self.planner_gae.set_keys(
+            **{k: v for k, v in _group_keys("planner").items()
+               if k in ("advantage", "value_target", "value", "reward")}
+        )
+        if self.planner_acts and cfg.train_planner:
+            loss = self._ppo_loss(
+                MAPPOLoss, self.planner_policy, self.planner_critic, cfg.planner, "planner"
+            )
+            self.planner_loss = loss
+            self.modules["planner"] = loss
+            params = self._trainable(loss)
+        else:
+            if self.planner_acts:
+                self.modules["planner_policy"] = self.planner_policy
+            self.modules["planner_critic"] = self.planner_critic
+            params = list(self.planner_critic.parameters())
+        self.optimizers["planner"] = torch.optim.Adam(params, lr=cfg.planner.lr)
+
+    @staticmethod
+    def _trainable(loss) -> list[torch.Tensor]:
+        return list(loss.actor_network_params.values(True, True)) + list(
+            loss.critic_network_params.values(True, True)
+        )
+
+    def _build_estimator(self) -> ReptileRegretEstimator | None:
+        if self.cfg.variant != "ermas":
+            return None
+        e = self.cfg.ermas
+        return ReptileRegretEstimator(
+            self.agent_policy,
+            self._make_env(e.regret_envs * self.n_agents),
+            planner_policy=self.planner_policy,
+            horizon=e.regret_horizon or self.horizon,
+            trust_region=e.trust_region,
+            num_steps=e.deviation_steps,
+            exploration=e.exploration,
+            meta_scale=e.meta_scale,
+            meta_cap=e.meta_cap,
+            seed=self.cfg.seed,
+        )
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> dict[str, Any]:
+        """Runs the remaining iterations and returns the content of ``results.json``."""
+        cfg = self.cfg
+        logger = self._logger()
+        bar = tqdm(
+            range(self.start_iteration, cfg.iterations), initial=self.start_iteration,
+            total=cfg.iterations, disable=not cfg.progress, desc=cfg.variant,
+        )
+        for iteration in bar:
+            good_state = copy.deepcopy(self.state(iteration))
+            try:
+                row = self._iteration(iteration)
+            except NonFiniteError as err:
+                path = save_checkpoint(good_state, self.output_dir / CHECKPOINT_NAME)
+                raise NonFiniteError(
+                    f"{err} at iteration {iteration}; the last good state "
+                    f"(before iteration {iteration}) is saved in {path}."
+                ) from None
+            for name, value in row.items():
+                self.history[name].append(value)
+            if logger is not None:
+                self._log(logger, row)
+            bar.set_postfix(
+                planner=f"{row['planner_reward']:.2f}",
+                agents=f"{sum(row['agent_reward']):.2f}",
+            )
+            if (iteration + 1) % cfg.checkpoint_interval == 0 or iteration + 1 == cfg.iterations:
+                save_checkpoint(self.state(iteration + 1), self.output_dir / CHECKPOINT_NAME)
+        return self.write_results()
+
+    def _iteration_seed(self, iteration: int) -> int:
+        return (self.cfg.seed * 1_000_003 + iteration * 7919) % (2**31 - 1)
+
+    def _iteration(self, iteration: int) -> dict[str, Any]:
+        seed = self._iteration_seed(iteration)
+        torch.manual_seed(seed)
+        start = time.perf_counter()
+        data = self._collect(seed)
+        row = self._metrics(data, iteration)
+        row["time_collect"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        self._advantages(data)
+        self._update(data)
+        row["time_train"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        row.update(self._adversarial_search(iteration, seed))
+        row["time_regret"] = time.perf_counter() - start
+        return row
+
+    @torch.no_grad()
+    def _collect(self, seed: int) -> TensorDictBase:
+        self.env.set_seed(seed)
+        with set_exploration_type(ExplorationType.RANDOM):
+            return self.env.rollout(
+                self.horizon, self.collection_policy, auto_reset=True,
+                break_when_any_done=False,
+            )
+
+    def _metrics(self, data: TensorDictBase, iteration: int) -> dict[str, Any]:
+        planner = data.get(("next", "planner", "reward")).sum(1).mean()
+        agents = data.get(("next", "agents", "reward")).sum(1).mean(0).flatten()
+        lagrange = self.lagrange.value.tolist() if self.lagrange is not None else None
+        return {
+            "iteration": iteration,
+            "planner_reward": planner.item(),
+            "agent_reward": agents.tolist(),
+            "lambda": lagrange,
+            "regret": None,
+            "kl": None,
+        }
+
+    @torch.no_grad()
+    def _advantages(self, data: TensorDictBase) -> None:
+        if self.planner_gae is not None:
+            if self.rr is not None:
+                self.rr(data)
+            self.planner_gae(data)
+        loss = self.agent_loss
+        loss.value_estimator(
+            data, params=loss.critic_network_params,
+            target_params=loss.target_critic_network_params,
+        )
+
+    def _update(self, data: TensorDictBase) -> None:
+        flat = data.reshape(-1)
+        steps = [("agents", self.agent_loss, self.cfg.agents)]
+        if "planner" in self.optimizers:
+            steps.append(("planner", self.planner_loss, self.cfg.planner))
+        for group, loss_module, ppo in steps:
+            size = flat.shape[0] // ppo.minibatches
+            for _ in range(ppo.epochs):
+                order = torch.randperm(flat.shape[0], device=flat.device)
+                for k in range(ppo.minibatches):
+                    batch = flat[order[k * size:(k + 1) * size]]
+                    loss = self._loss(group, loss_module, batch)
+                    optimizer = self.optimizers[group]
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    params = [p for g in optimizer.param_groups for p in g["params"]]
+                    torch.nn.utils.clip_grad_norm_(params, ppo.max_grad_norm)
+                    optimizer.step()
+            self._check_finite_params(group)
+
+    def _loss(self, group: str, loss_module, batch: TensorDictBase) -> torch.Tensor:
+        if loss_module is None:  # the planner critic alone
+            value = self.planner_critic(batch.copy()).get(("planner", "state_value"))
+            target = batch.get(("planner", "value_target"))
+            losses = {"loss_critic": (value - target).pow(2).mean()}
+        else:
+            out = loss_module(batch)
+            losses = {k: v for k, v in out.items() if k.startswith("loss_")}
+        for name, value in losses.items():
+            if not torch.isfinite(value):
+                raise NonFiniteError(f"non-finite {group} {name} ({value.item()})")
+        return sum(losses.values())
+
+    def _check_finite_params(self, group: str) -> None:
+        for p in (p for g in self.optimizers[group].param_groups for p in g["params"]):
+            if not torch.isfinite(p).all():
+                raise NonFiniteError(f"non-finite {group} parameters")
+
+    def _adversarial_search(self, iteration: int, seed: int) -> dict[str, Any]:
+        e = self.cfg.ermas
+        if self.estimator is None or iteration < e.warmup_iters:
+            return {}
+        if (iteration - e.warmup_iters) % e.regret_interval:
+            return {}
+        if self.lagrange.frozen:
+            self.lagrange.unfreeze()
+        result = self.estimator.estimate(seed=seed)
+        regret = result["regret"]
+        if not torch.isfinite(regret).all():
+            raise NonFiniteError(f"non-finite regret estimate {regret.tolist()}")
+        self.lagrange.update(regret, e.epsilon)
+        if e.meta_scale > 0:
+            self.estimator.meta_step(result["deviation_params"], self.lagrange.value)
+            self._check_finite_params("agents")
+        return {
+            "regret": regret.tolist(),
+            "kl": result["kl"].tolist(),
+            "lambda": self.lagrange.value.tolist(),
+        }
+
+    # ------------------------------------------------------------------ state
+    def state(self, next_iteration: int) -> dict[str, Any]:
+        """Everything a resumed run needs (loads with ``weights_only=True``)."""
+        return {
+            "iteration": next_iteration,
+            "modules": self.modules.state_dict(),
+            "optimizers": {k: opt.state_dict() for k, opt in self.optimizers.items()},
+            "history": self.history,
+            "planner_policy": (
+                self.planner_policy.state_dict() if self.planner_policy is not None else None
+            ),
+            "config": json.dumps(self._config_dict()),
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.modules.load_state_dict(state["modules"])
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
+        self.history = state["history"]
+        self.start_iteration = state["iteration"]
+
+    def load_planner(self, path: str | Path) -> None:
+        """Loads the planner policy of a checkpoint written by another run."""
+        state = load_checkpoint(path, self.device)
+        if state.get("planner_policy") is None or self.planner_policy is None:
+            raise ValueError(
+                f"planner_checkpoint {str(path)!r} and this environment must both have an "
+                f"acting planner."
+            )
+        self.planner_policy.load_state_dict(state["planner_policy"])
+
+    def _config_dict(self) -> dict[str, Any]:
+        return OmegaConf.to_container(OmegaConf.structured(self.cfg), resolve=True)
+
+    # ------------------------------------------------------------------ outputs
+    def _logger(self):
+        backend = self.cfg.logger.backend
+        if not backend:
+            return None
+        name = self.cfg.logger.exp_name or f"{self.cfg.variant}_seed{self.cfg.seed}"
+        extra = {"project": self.cfg.logger.project} if backend == "wandb" else {}
+        return get_logger(
+            backend, logger_name=str(self.output_dir / "logs"), experiment_name=name, **extra
+        )
+
+    @staticmethod
+    def _log(logger, row: dict[str, Any]) -> None:
+        step = row["iteration"]
+        for name, value in row.items():
+            if value is None or name == "iteration":
+                continue
+            if isinstance(value, list):
+                for i, v in enumerate(value):
+                    logger.log_scalar(f"{name}_{i}", v, step=step)
+            else:
+                logger.log_scalar(name, value, step=step)
+
+    def final_metrics(self) -> dict[str, Any]:
+        """Means over the last ``history_window`` iterations (regret: last estimates)."""
+        window = self.cfg.history_window
+        planner = self.history["planner_reward"][-window:]
+        agents = torch.tensor(self.history["agent_reward"][-window:]).mean(0)
+        regrets = [r for r in self.history["regret"] if r is not None][-window:]
+        lambdas = [v for v in self.history["lambda"] if v is not None]
+        return {
+            "planner_reward": sum(planner) / len(planner),
+            "agent_reward": agents.tolist(),
+            "combined_agent_reward": agents.sum().item(),
+            "regret": torch.tensor(regrets).mean(0).tolist() if regrets else None,
+            "lambda": lambdas[-1] if lambdas else None,
+        }
+
+    def write_results(self) -> dict[str, Any]:
+        """Writes ``results.json`` (config, seed, final metrics, history) and returns it."""
+        results = {
+            "config": self._config_dict(),
+            "seed": self.cfg.seed,
+            "variant": self.cfg.variant,
+            "final": self.final_metrics(),
+            "history": self.history,
+        }
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        path = self.output_dir / RESULTS_NAME
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(results, indent=1))
+        tmp.replace(path)
+        return results
