@@ -1,0 +1,121 @@
+"""Statistics of EconomyEnv under uniform-random masked agents versus the original AI Economist.
+
+Runs our environment for each reference configuration (notes 6.2) and prints mean +- s.e.
+beside the recorded reference numbers, with a z-score. When ``ai_economist`` is importable
+(``pip install --no-deps ai-economist==1.7.1`` plus ``numpy<1.24 scipy lz4 pycryptodome
+GPUtil``), the original package is also run side by side with the same random policy.
+
+    python benchmarks/economy_parity.py --envs 200 --reference-episodes 20
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import time
+
+import numpy as np
+import torch
+
+from torchrl_ermas.envs.economy import EconomyEnv, FreeMarketPlanner, USFederalPlanner
+from torchrl_ermas.envs.economy.reference import (
+    REFERENCE_RANDOM_POLICY,
+    compare_to_reference,
+    random_policy_statistics,
+)
+
+PLANNERS = {"free_market": FreeMarketPlanner, "us_federal": USFederalPlanner}
+
+
+def original_statistics(tier: str, planner: str, episodes: int, seed: int) -> dict[str, np.ndarray]:
+    """The same statistics from the original package (paper configuration, notes 2.1)."""
+    from ai_economist import foundation
+
+    components = [("Build", {"skill_dist": "pareto", "payment_max_skill_multiplier": 3, "build_labor": 10, "payment": 10})]
+    if tier == "gather_trade_build":
+        components.append(
+            ("ContinuousDoubleAuction", {"max_bid_ask": 10, "order_labor": 0.25, "max_num_orders": 5, "order_duration": 50})
+        )
+    components.append(("Gather", {"move_labor": 1, "collect_labor": 1, "skill_dist": "pareto"}))
+    tax = {"period": 100, "bracket_spacing": "us-federal", "usd_scaling": 1000}
+    if planner == "free_market":
+        tax.update(tax_model="model_wrapper", disable_taxes=True)
+    else:
+        tax.update(tax_model="us-federal-single-filer-2018-scaled")
+    components.append(("PeriodicBracketTax", tax))
+    env = foundation.make_env_instance(
+        scenario_name="layout_from_file/simple_wood_and_stone",
+        components=components,
+        env_layout_file="quadrant_25x25_20each_30clump.txt",
+        starting_agent_coin=0,
+        fixed_four_skill_and_loc=True,
+        n_agents=4,
+        world_size=[25, 25],
+        episode_length=1000,
+        multi_action_mode_agents=False,
+        multi_action_mode_planner=True,
+        flatten_observations=True,
+        flatten_masks=True,
+    )
+    env.seed(seed)
+    rng = np.random.default_rng(seed)
+    rows: dict[str, list[float]] = {}
+    for _ in range(episodes):
+        obs = env.reset()
+        for _ in range(env.episode_length):
+            actions = {}
+            for key, o in obs.items():
+                if key == "p":
+                    continue  # free market and US federal planners take no actions
+                actions[key] = int(rng.choice(np.flatnonzero(np.asarray(o["action_mask"]))))
+            obs, _, _, _ = env.step(actions)
+        agents = env.world.agents
+        coin = np.array([a.total_endowment("Coin") for a in agents])
+        pay = np.array([a.state["build_payment"] for a in agents])
+        rank = np.argsort(np.argsort(pay))
+        eq = 1 - np.abs(coin[:, None] - coin[None]).sum() / (2 * 4 * coin.sum() + 1e-10) / 0.75
+        stats = {
+            "coin_sum": coin.sum(),
+            "equality": eq,
+            "swf": eq * coin.mean(),
+            "builds": float((env.world.maps.get("House") > 0).sum()),
+            "labour": np.mean([a.state["endogenous"]["Labor"] for a in agents]),
+            "tax": float(getattr(env.get_component("PeriodicBracketTax"), "total_collected_taxes", 0.0)),
+        }
+        if tier == "gather_trade_build":
+            stats["trades"] = float(sum(len(t) for t in env.get_component("ContinuousDoubleAuction").executed_trades))
+        for k in range(4):
+            stats[f"coin_rank{k}"] = coin[rank == k].sum()
+        for name, value in stats.items():
+            rows.setdefault(name, []).append(float(value))
+    return {k: np.array(v) for k, v in rows.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--envs", type=int, default=200, help="parallel episodes of our env")
+    parser.add_argument("--reference-episodes", type=int, default=20, help="episodes of the original")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    has_original = importlib.util.find_spec("ai_economist") is not None
+    print(f"original ai-economist installed: {has_original}; ours: {args.envs} episodes per row")
+    for (tier, planner), (n_ref, reference) in REFERENCE_RANDOM_POLICY.items():
+        env = EconomyEnv(args.envs, tier=tier, planner_action="rates", spatial_observation=False, seed=args.seed)
+        start = time.perf_counter()
+        stats = random_policy_statistics(env, PLANNERS[planner]())
+        elapsed = time.perf_counter() - start
+        print(f"\n== {tier} / {planner} ({elapsed:.1f} s) ==")
+        print(f"{'statistic':<12}{'ours':>18}{'recorded reference':>24}{'z':>7}", end="")
+        original = original_statistics(tier, planner, args.reference_episodes, args.seed) if has_original else None
+        print(f"{'original (live)':>22}" if original else "")
+        for name, (ours, se, ref, ref_se, z) in compare_to_reference(stats, reference, n_ref).items():
+            line = f"{name:<12}{ours:>10.3f} +- {se:<6.3f}{ref:>14.3f} +- {ref_se:<7.3f}{z:>7.2f}"
+            if original and name in original:
+                values = original[name]
+                line += f"{values.mean():>13.3f} +- {values.std(ddof=1) / len(values) ** 0.5:.3f}"
+            print(line)
+
+
+if __name__ == "__main__":
+    main()
