@@ -98,7 +98,11 @@ class DeviationPolicy(TensorDictModuleBase):
             tensordict = self.planner_policy(tensordict)
         batch = tensordict.batch_size
         worlds = tensordict.reshape(self.n_agents, -1)
-        dist = self.dists.actor.build_dist_from_params(self.dists.merged(self.params, worlds))
+        if self.params is None:  # every agent plays the current policy
+            dist_params = self.dists.current(worlds)
+        else:
+            dist_params = self.dists.merged(self.params, worlds)
+        dist = self.dists.actor.build_dist_from_params(dist_params)
         probs = dist.probs  # [W, B, N, A]
         mask = broadcast_world_mask(world_mask(self.n_agents, probs.device), probs)
         explore = (1 - self.exploration) * probs + self.exploration / probs.shape[-1]

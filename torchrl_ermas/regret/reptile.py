@@ -74,7 +74,10 @@ class ReptileRegretEstimator:
         max_step_norm (float): the longest step tried by the line search, in parameter
             norm. Defaults to ``16.0``.
         line_search_points (int): number of step lengths tried, halving from
-            ``max_step_norm``. Defaults to ``16``.
+            ``max_step_norm``. Defaults to ``12``.
+        line_search_samples (int): transitions per world on which the line search
+            evaluates the surrogate and the KL (a random subset of the step's data).
+            Defaults to ``1024``.
         meta_scale (float): Reptile scale ``beta`` of :meth:`meta_step`; ``0`` disables it.
             Defaults to ``0.2``.
         meta_cap (float): cap of the per-agent meta step ``min(beta * lambda_i, cap)``.
@@ -117,7 +120,8 @@ class ReptileRegretEstimator:
         exploration: float = 0.2,
         gamma: float = 0.95,
         max_step_norm: float = 16.0,
-        line_search_points: int = 16,
+        line_search_points: int = 12,
+        line_search_samples: int = 1024,
         meta_scale: float = 0.2,
         meta_cap: float = 2.0,
         group: str = "agents",
@@ -132,6 +136,10 @@ class ReptileRegretEstimator:
         if not isinstance(line_search_points, int) or line_search_points < 1:
             raise ValueError(
                 f"line_search_points must be an int >= 1, got {line_search_points!r}."
+            )
+        if not isinstance(line_search_samples, int) or line_search_samples < 1:
+            raise ValueError(
+                f"line_search_samples must be an int >= 1, got {line_search_samples!r}."
             )
         if not 0.0 <= exploration < 1.0:
             raise ValueError(f"exploration must be in [0, 1), got {exploration!r}.")
@@ -163,6 +171,7 @@ class ReptileRegretEstimator:
         self.exploration = exploration
         self.gamma = gamma
         self.step_norms = max_step_norm * 0.5 ** torch.arange(line_search_points)
+        self.line_search_samples = line_search_samples
         self.meta_scale = meta_scale
         self.meta_cap = meta_cap
         self.group = group
@@ -205,7 +214,7 @@ class ReptileRegretEstimator:
             data = self._rollout(deviation, exploration=self.exploration)
             deviation, kl = self._deviation_step(deviation, data, budget)
         eval_seed = self._next_seed()
-        current_return = self._returns(self._rollout(current.expand(self.n_agents), seed=eval_seed))
+        current_return = self._returns(self._rollout(None, seed=eval_seed))
         deviation_return = self._returns(self._rollout(deviation, seed=eval_seed))
         return TensorDict(
             {
@@ -250,8 +259,13 @@ class ReptileRegretEstimator:
 
     @torch.no_grad()
     def _rollout(
-        self, deviation: TensorDictBase, *, exploration: float = 0.0, seed: int | None = None
+        self,
+        deviation: TensorDictBase | None,
+        *,
+        exploration: float = 0.0,
+        seed: int | None = None,
     ) -> TensorDictBase:
+        """Rollout of the deviation worlds (``deviation=None``: everyone plays current)."""
         seed = self._next_seed() if seed is None else seed
         self.policy.params = deviation
         self.policy.exploration = exploration
@@ -264,10 +278,11 @@ class ReptileRegretEstimator:
             )
         return data.reshape(self.n_agents, -1, self.horizon)  # [W, B, T]
 
-    def _own(self, x: torch.Tensor) -> torch.Tensor:
-        """Selects agent ``i`` in world ``i``: ``[W, B, T, N] -> [W, B, T]``."""
-        mask = world_mask(self.n_agents, x.device).view(self.n_agents, 1, 1, self.n_agents)
-        return (x * mask).sum(-1)
+    def _own(self, x: torch.Tensor, world_dim: int = 0) -> torch.Tensor:
+        """Selects agent ``i`` in world ``i`` (the agent dim is last and is removed)."""
+        shape = [1] * x.dim()
+        shape[world_dim] = shape[-1] = self.n_agents
+        return (x * world_mask(self.n_agents, x.device).view(shape)).sum(-1)
 
     def _returns(self, data: TensorDictBase) -> torch.Tensor:
         reward = data.get(("next", *self.reward_key)).squeeze(-1)  # [W, B, T, N]
@@ -283,16 +298,16 @@ class ReptileRegretEstimator:
     def _deviation_step(
         self, deviation: TensorDictBase, data: TensorDictBase, budget: float
     ) -> tuple[TensorDictBase, torch.Tensor]:
-        advantage = self._advantages(data)
+        advantage = self._advantages(data).flatten(1)  # [W, B * T]
+        data = data.flatten(1, 2)
         action = data.get(self.action_key)
         behaviour = self._own(data.get((self.group, _BEHAVIOUR_LOG_PROB)))
         obs = data.exclude("next")
-        with torch.no_grad():
-            reference = self.actor.build_dist_from_params(self.dists.current(obs))
 
-        def log_prob(dist_params: TensorDictBase) -> tuple:
+        def log_prob(dist_params: TensorDictBase, world_dim: int = 0) -> tuple:
             dist = self.actor.build_dist_from_params(dist_params)
-            return dist, self._own(dist.log_prob(action.expand(*dist.batch_shape)))
+            lp = dist.log_prob(action.expand(*dist.batch_shape))
+            return dist, self._own(lp, world_dim)
 
         # Direction: sum_t (A_t / behaviour_t) grad log pi'(a_t), whose expectation is
         # sum_a A(s, a) grad log pi'(a | s): every action is weighted by its advantage
@@ -300,9 +315,14 @@ class ReptileRegretEstimator:
         # towards the actions it no longer takes.
         leaves = deviation.clone().requires_grad_()
         _, lp = log_prob(self.dists.deviating(leaves, obs))
-        weights = advantage / behaviour.exp()
-        direction_objective = (weights * lp).flatten(1).mean(-1).sum()
+        direction_objective = (advantage / behaviour.exp() * lp).mean(-1).sum()
         grads = torch.autograd.grad(direction_objective, list(leaves.values(True, True)))
+        subset = torch.randperm(obs.shape[1], device=advantage.device)[: self.line_search_samples]
+        obs, action, behaviour, advantage = (
+            x[:, subset] for x in (obs, action, behaviour, advantage)
+        )
+        with torch.no_grad():
+            reference = self.actor.build_dist_from_params(self.dists.current(obs))
         grad = deviation.empty().update(dict(zip(deviation.keys(True, True), grads)))
         norm = torch.stack(
             [g.flatten(1).square().sum(-1) for g in grad.values(True, True)]
@@ -314,9 +334,9 @@ class ReptileRegretEstimator:
             [deviation + direction * step for step in step_norms.tolist()]
         )  # [C, W]
         with torch.no_grad():  # importance-weighted surrogate and KL of each candidate
-            dist, lp = log_prob(self.dists.candidates(candidates, obs))  # [C, W, ...]
-            surr = ((lp - behaviour).exp() * advantage).flatten(2).mean(-1)  # [C, W]
-            kl = self._own(kl_divergence(reference, dist)).flatten(2).mean(-1)
+            dist, lp = log_prob(self.dists.candidates(candidates, obs), 1)  # [C, W, S]
+            surr = ((lp - behaviour).exp() * advantage).mean(-1)  # [C, W]
+            kl = self._own(kl_divergence(reference, dist), 1).mean(-1)
         score = torch.where(kl <= budget, surr, -torch.inf)
         score[0] = surr[0]  # staying put is always allowed
         best = score.argmax(0)
