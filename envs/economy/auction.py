@@ -124,27 +124,25 @@ class DoubleAuction:
         base = (self.order_duration + 2) * n
         bid_key = price * base + age * n + tie
         ask_key = (self.n_prices - 1 - price) * base + age * n + tie
-        excluded = torch.zeros(n_envs, self.n_resources, n, dtype=torch.bool, device=device)
+        excluded = torch.zeros_like(active)  # slots of buyers excluded for this step
         trades = torch.zeros(n_envs, device=device)
-        agent_hot = F.one_hot(torch.arange(n, device=device), n).bool()
+        slots = torch.arange(n * k, device=device)
+        agents = torch.arange(n, device=device)
         for _ in range(2 * n):
-            bid_ok = active & is_bid & ~excluded.repeat_interleave(k, -1)
-            bk, b_slot = torch.where(bid_ok, bid_key, -1).max(-1, keepdim=True)
-            buyer = owner[b_slot]  # [B, R, 1]
-            ask_ok = active & ~is_bid & (owner != buyer)
-            ak, a_slot = torch.where(ask_ok, ask_key, -1).max(-1, keepdim=True)
+            bk, b_slot = torch.where(active & is_bid & ~excluded, bid_key, -1).max(-1, keepdim=True)
             has_bid = bk >= 0
             if not has_bid.any():
                 break
+            buyer = owner[b_slot]  # [B, R, 1]
+            ak, a_slot = torch.where(active & ~is_bid & (owner != buyer), ask_key, -1).max(-1, keepdim=True)
             b_price, a_price = price.gather(-1, b_slot), price.gather(-1, a_slot)
             trade = has_bid & (ak >= 0) & (b_price >= a_price)
-            excluded |= agent_hot[buyer.squeeze(-1)] & (has_bid & ~trade)
+            excluded |= (owner == buyer) & has_bid & ~trade
             deal = torch.where(age.gather(-1, b_slot) <= age.gather(-1, a_slot), a_price, b_price)
-            active = active & ~((F.one_hot(b_slot.squeeze(-1), n * k).bool() | F.one_hot(a_slot.squeeze(-1), n * k).bool()) & trade)
-            seller = owner[a_slot]
+            active = active & ~(((slots == b_slot) | (slots == a_slot)) & trade)
             tf = trade.float()  # [B, R, 1]
-            buy_hot = agent_hot[buyer.squeeze(-1)].float() * tf  # [B, R, N]
-            sell_hot = agent_hot[seller.squeeze(-1)].float() * tf
+            buy_hot = (agents == buyer).float() * tf  # [B, R, N]
+            sell_hot = (agents == owner[a_slot]).float() * tf
             inventory[..., 1:] += buy_hot.transpose(1, 2)
             escrow[..., 1:] -= sell_hot.transpose(1, 2)
             escrow[..., 0] -= (buy_hot * b_price).sum(1)
@@ -177,11 +175,10 @@ class DoubleAuction:
 
     def order_histograms(self, book: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Open bids and asks per price of each agent, ``[B, R, N, P]`` each."""
-        hot = F.one_hot(book["price"], self.n_prices).float()
-        live = book["active"].unsqueeze(-1)
-        bids = (hot * (live & book["is_bid"].unsqueeze(-1))).sum(-2)
-        asks = (hot * (live & ~book["is_bid"].unsqueeze(-1))).sum(-2)
-        return bids, asks
+        bins = book["price"] + book["is_bid"].long() * self.n_prices
+        counts = torch.zeros(*bins.shape[:-1], 2 * self.n_prices, device=bins.device)
+        counts.scatter_add_(-1, bins, book["active"].float())
+        return counts[..., self.n_prices :], counts[..., : self.n_prices]
 
     def market_rate(self, book: dict[str, torch.Tensor]) -> torch.Tensor:
         """Average traded price under the decayed price history, ``[B, R]``."""

@@ -315,8 +315,9 @@ class EconomyEnv(EnvBase):
         b, n = self.batch_size[0], self.n_agents
         coin = s["inventory"][..., 0] + s["escrow"][..., 0]
         period_start = (s["t"] % self.period == 0).view(b, 1, 1)
+        orders = self.auction.order_histograms(s) if self.trade else None
         agents = {
-            "observation": agent_observation(self, s),
+            "observation": agent_observation(self, s, orders),
             "action_mask": self._agent_mask(),
             "coin": coin.unsqueeze(-1),
             "labour": s["labour"].unsqueeze(-1),
@@ -327,7 +328,7 @@ class EconomyEnv(EnvBase):
         if self.spatial_observation:
             agents["world_map"] = self.world.views(s["pos"], s["resource"], s["house"])
         planner = {
-            "observation": planner_observation(self, s),
+            "observation": planner_observation(self, s, orders),
             "period_start": period_start,
             "taxes_enacted": period_start & (s["t"] > 0).view(b, 1, 1),
             "income": s["last_income"].unsqueeze(1),

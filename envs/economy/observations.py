@@ -34,15 +34,21 @@ def _current_marginal_rate(env: EconomyEnv, s: dict[str, torch.Tensor]) -> torch
     return env.tax.marginal_rate(income, s["rates"])
 
 
-def agent_observation(env: EconomyEnv, s: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``[B, N, obs]`` agent features (see the module docstring)."""
+def agent_observation(
+    env: EconomyEnv, s: dict[str, torch.Tensor], orders: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> torch.Tensor:
+    """``[B, N, obs]`` agent features (see the module docstring).
+
+    ``orders`` are the trade tier's :meth:`~.auction.DoubleAuction.order_histograms`,
+    computed here if not given.
+    """
     b, n = s["t"].shape[0], env.n_agents
     per_agent: list[torch.Tensor] = []
     if env.map_tier:
         pay = s["payment"] / 10
         per_agent += [torch.stack([pay, (pay - 1) / 2, s["bonus"]], -1)]
     if env.trade:
-        bids, asks = env.auction.order_histograms(s)  # [B, R, N, P]
+        bids, asks = env.auction.order_histograms(s) if orders is None else orders  # [B, R, N, P]
         full_bids, full_asks = bids.sum(2, keepdim=True), asks.sum(2, keepdim=True)
         rate = env.auction.market_rate(s).unsqueeze(-1).unsqueeze(-1).expand(-1, -1, n, 1)
         hist = (s["price_history"].sum(2, keepdim=True) * 0.01).expand(-1, -1, n, -1)
@@ -63,8 +69,11 @@ def agent_observation(env: EconomyEnv, s: dict[str, torch.Tensor]) -> torch.Tens
     return torch.cat(per_agent, -1)
 
 
-def planner_observation(env: EconomyEnv, s: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``[B, 1, obs_p]`` planner features (see the module docstring)."""
+def planner_observation(
+    env: EconomyEnv, s: dict[str, torch.Tensor], orders: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> torch.Tensor:
+    """``[B, 1, obs_p]`` planner features (see the module docstring); ``orders`` as in
+    :func:`agent_observation`."""
     b = s["t"].shape[0]
     agents = torch.cat(
         [
@@ -77,7 +86,7 @@ def planner_observation(env: EconomyEnv, s: dict[str, torch.Tensor]) -> torch.Te
     ).flatten(1)
     parts = [(s["t"].float() / env.episode_length).unsqueeze(-1), _tax_block(env, s), agents]
     if env.trade:
-        bids, asks = env.auction.order_histograms(s)
+        bids, asks = env.auction.order_histograms(s) if orders is None else orders
         rate = env.auction.market_rate(s).unsqueeze(-1)
         hist = s["price_history"].sum(2) * 0.01
         parts.append(torch.cat([rate, hist, asks.sum(2), bids.sum(2)], -1).flatten(1))
