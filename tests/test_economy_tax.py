@@ -249,7 +249,7 @@ class TestSaez:
 
 @pytest.mark.parametrize(
     "module",
-    ["tax", "social", "saez", "planners", "layout", "gather", "auction", "skills", "env"],
+    ["tax", "social", "saez", "planners", "layout", "gather", "auction", "skills", "env", "reference"],
 )
 def test_docstring_examples(module):
     mod = importlib.import_module(f"torchrl_ermas.envs.economy.{module}")
