@@ -7,10 +7,24 @@ Every environment here is a batched TorchRL :class:`~torchrl.envs.EnvBase` with 
 from __future__ import annotations
 
 from .bimatrix import dilemma_payoffs, seed0_payoffs, SequentialBimatrixEnv
+from .economy import (
+    BracketTax,
+    EconomyEnv,
+    FixedRatePlanner,
+    FreeMarketPlanner,
+    SaezPlanner,
+    USFederalPlanner,
+)
 from .nmatrix import NMatrixGameEnv, nmatrix_payoffs
 
 __all__ = [
+    "BracketTax",
+    "EconomyEnv",
+    "FixedRatePlanner",
+    "FreeMarketPlanner",
     "NMatrixGameEnv",
+    "SaezPlanner",
+    "USFederalPlanner",
     "SequentialBimatrixEnv",
     "dilemma_payoffs",
     "nmatrix_payoffs",

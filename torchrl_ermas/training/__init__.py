@@ -11,6 +11,7 @@ from .config import (
     TrainConfig,
     validate,
 )
+from .experiments import mean_sem, run, run_many, transfer_config, with_overrides
 from .trainer import ErmasTrainer, NonFiniteError
 
 __all__ = [
@@ -22,7 +23,12 @@ __all__ = [
     "RewardConfig",
     "TrainConfig",
     "load_checkpoint",
+    "mean_sem",
     "register_configs",
+    "run",
+    "run_many",
     "save_checkpoint",
+    "transfer_config",
     "validate",
+    "with_overrides",
 ]

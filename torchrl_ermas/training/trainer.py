@@ -134,6 +134,8 @@ class ErmasTrainer:
             )
         }
         self.start_iteration = 0
+        #: extra final metrics written to ``results.json`` (e.g. by an experiment hook)
+        self.extra_final: dict[str, Any] = {}
         if cfg.planner_checkpoint:
             self.load_planner(cfg.planner_checkpoint)
         if cfg.resume and (self.output_dir / CHECKPOINT_NAME).exists():
@@ -470,7 +472,7 @@ class ErmasTrainer:
             "config": self._config_dict(),
             "seed": self.cfg.seed,
             "variant": self.cfg.variant,
-            "final": self.final_metrics(),
+            "final": {**self.final_metrics(), **self.extra_final},
             "history": self.history,
         }
         self.output_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,143 @@
+"""Robust planner in the augmented bimatrix game (the ERMAS paper's Figure 4).
+
+Planners are trained in the officers game at ``Q_train`` by ERMAS and by the baselines
+(MARL at two ``Q_train``, domain randomization, risk robustness). Each trained planner is
+then frozen and transferred to every ``Q_test``, where fresh agents are trained with plain
+MARL; the planner's episode reward after the agents converge is reported per method and
+``Q_test`` (mean and standard error over seeds), as a table, ``summary.json`` and a figure.
+
+    python examples/bimatrix_robust_planner.py                      # small default
+    python examples/bimatrix_robust_planner.py --config-name bimatrix_robust_planner_paper
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from hydra.core.config_store import ConfigStore  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from torchrl_ermas.training import (  # noqa: E402
+    mean_sem,
+    run_many,
+    TrainConfig,
+    transfer_config,
+    with_overrides,
+)
+
+
+@dataclass
+class RobustPlannerConfig:
+    """Schema of the experiment.
+
+    Attributes:
+        train: the base training run shared by every method.
+        methods: name -> overrides of ``train`` defining the method.
+        transfer: overrides of ``train`` for the transfer runs (fresh MARL agents).
+        reference: the method the right panel is relative to.
+        q_test: the test reality gaps.
+        seeds: training seeds; each seed's planner is transferred with the same seed.
+        workers: runs in parallel (processes).
+    """
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+    methods: dict[str, Any] = field(default_factory=dict)
+    transfer: dict[str, Any] = field(default_factory=dict)
+    reference: str = "marl_q0"
+    q_test: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    workers: int = 2
+
+
+ConfigStore.instance().store(name="robust_planner_schema", node=RobustPlannerConfig)
+
+
+def train_configs(cfg: RobustPlannerConfig, out: Path) -> dict[tuple[str, int], TrainConfig]:
+    return {
+        (name, seed): with_overrides(
+            cfg.train, {**overrides, "seed": seed, "output_dir": str(out / "train" / name / f"seed{seed}")}
+        )
+        for name, overrides in cfg.methods.items()
+        for seed in cfg.seeds
+    }
+
+
+def transfer_configs(cfg: RobustPlannerConfig, trained: dict, out: Path) -> dict:
+    base = with_overrides(cfg.train, cfg.transfer)
+    return {
+        (name, seed, q): transfer_config(
+            base,
+            Path(run_cfg.output_dir) / "checkpoint.pt",
+            {"reward.q": q, "seed": seed, "output_dir": str(out / "transfer" / name / f"q{q:g}" / f"seed{seed}")},
+        )
+        for (name, seed), run_cfg in trained.items()
+        for q in cfg.q_test
+    }
+
+
+def summarize(cfg: RobustPlannerConfig, results: dict) -> dict[str, dict[str, list[float]]]:
+    """Per method: mean and s.e. of the planner reward at each Q_test, and vs the reference."""
+    summary = {}
+    for name in cfg.methods:
+        rewards = [[results[name, s, q]["final"]["planner_reward"] for s in cfg.seeds] for q in cfg.q_test]
+        gaps = [
+            [results[name, s, q]["final"]["planner_reward"] - results[cfg.reference, s, q]["final"]["planner_reward"] for s in cfg.seeds]
+            for q in cfg.q_test
+        ]
+        summary[name] = {
+            "mean": [mean_sem(r)[0] for r in rewards],
+            "sem": [mean_sem(r)[1] for r in rewards],
+            "relative_mean": [mean_sem(g)[0] for g in gaps],
+            "relative_sem": [mean_sem(g)[1] for g in gaps],
+        }
+    return summary
+
+
+def plot(cfg: RobustPlannerConfig, summary: dict, path: Path) -> None:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, stats in summary.items():
+        for axis, key in ((left, ""), (right, "relative_")):
+            mean, sem = stats[f"{key}mean"], stats[f"{key}sem"]
+            axis.errorbar(cfg.q_test, mean, yerr=sem, label=name, capsize=3, marker="o", ms=3)
+    left.set(xlabel="Q_test", ylabel="planner episode reward", title="Planner reward after transfer")
+    right.set(xlabel="Q_test", ylabel=f"planner reward - {cfg.reference}", title=f"Relative to {cfg.reference}")
+    right.axhline(0.0, color="gray", lw=0.8)
+    left.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def print_table(cfg: RobustPlannerConfig, summary: dict) -> None:
+    width = max(len(n) for n in summary) + 2
+    print("planner episode reward after transfer (mean ± s.e. over seeds)")
+    print("Q_test".ljust(width) + "".join(f"{q:>15g}" for q in cfg.q_test))
+    for name, stats in summary.items():
+        cells = "".join(f"{m:>8.1f} ± {s:<4.1f}" for m, s in zip(stats["mean"], stats["sem"]))
+        print(name.ljust(width) + cells)
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="bimatrix_robust_planner")
+def main(cfg: RobustPlannerConfig) -> None:
+    cfg = OmegaConf.to_object(cfg)
+    out = Path(HydraConfig.get().runtime.output_dir)
+    trained = train_configs(cfg, out)
+    run_many(list(trained.values()), workers=cfg.workers, desc="train planners")
+    tests = transfer_configs(cfg, trained, out)
+    results = dict(zip(tests, run_many(list(tests.values()), workers=cfg.workers, desc="transfer")))
+    summary = summarize(cfg, results)
+    (out / "summary.json").write_text(json.dumps({"q_test": cfg.q_test, "methods": summary}, indent=1))
+    plot(cfg, summary, out / "robust_planner.png")
+    print_table(cfg, summary)
+    print(f"results in {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Running grids of training runs together, transfer evaluation, and statistics over seeds."""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import as_completed, ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from tqdm.auto import tqdm
+
+from .config import TrainConfig
+from .trainer import _as_config, ErmasTrainer
+
+PostHook = Callable[[ErmasTrainer], dict[str, Any]]
+
+
+def with_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    """A copy of ``cfg`` with overrides, type-checked against the schema.
+
+    Keys may be dotted (``"reward.q"``) and values may be nested dicts
+    (``{"reward": {"q": 0.3}}``); unknown keys raise.
+
+    Examples:
+        >>> cfg = with_overrides(TrainConfig(), {"reward.q": 0.3, "ermas": {"epsilon": 5.0}})
+        >>> cfg.reward.q, cfg.ermas.epsilon
+        (0.3, 5.0)
+    """
+    nested: dict[str, Any] = {}
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return _as_config(OmegaConf.merge(OmegaConf.structured(cfg), nested))
+
+
+def transfer_config(
+    cfg: TrainConfig, planner_checkpoint: str | Path, overrides: dict[str, Any] | None = None
+) -> TrainConfig:
+    """The ERMAS transfer test: a frozen trained planner with fresh agents trained by MARL.
+
+    The returned run loads the planner of ``planner_checkpoint``, freezes it, and trains
+    new agents with plain multi-agent PPO in the test environment given by ``overrides``
+    (for example ``{"reward.q": 0.4}``).
+    """
+    settings = {"variant": "marl", "train_planner": False, "resume": False}
+    settings["planner_checkpoint"] = str(planner_checkpoint)
+    return with_overrides(cfg, {**settings, **(overrides or {})})
+
+
+def run(cfg: TrainConfig, post: PostHook | None = None) -> dict[str, Any]:
+    """Trains one configuration (one torch thread) and returns its results.
+
+    ``post(trainer)`` may add entries to ``results["final"]`` (e.g. exact regrets).
+    """
+    torch.set_num_threads(1)
+    trainer = ErmasTrainer(cfg)
+    results = trainer.train()
+    if post is not None:
+        trainer.extra_final.update(post(trainer))
+        results = trainer.write_results()
+    return results
+
+
+def run_many(
+    configs: Sequence[TrainConfig],
+    *,
+    workers: int = 1,
+    post: PostHook | None = None,
+    desc: str = "runs",
+) -> list[dict[str, Any]]:
+    """Runs ``configs`` together on ``workers`` processes; results in input order.
+
+    Each run is single-threaded, so ``workers`` equal to the number of cores uses the
+    machine fully. ``post`` must be a module-level function (it crosses processes).
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be an int >= 1, got {workers!r}.")
+    results: list[dict[str, Any] | None] = [None] * len(configs)
+    bar = tqdm(total=len(configs), desc=desc)
+    if workers == 1:
+        for i, cfg in enumerate(configs):
+            results[i] = run(cfg, post)
+            bar.update()
+    else:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(run, cfg, post): i for i, cfg in enumerate(configs)}
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                bar.update()
+    bar.close()
+    return results
+
+
+def mean_sem(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and standard error of the mean (``0`` for a single value).
+
+    Examples:
+        >>> mean, sem = mean_sem([1.0, 2.0, 3.0])
+        >>> mean, round(sem, 4)
+        (2.0, 0.5774)
+    """
+    values = [float(v) for v in values]
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, math.sqrt(var / len(values))
