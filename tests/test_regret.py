@@ -173,7 +173,7 @@ class TestBadInput:
             (dict(meta_scale=-0.2), "meta_scale"),
             (dict(meta_cap=-1.0), "meta_cap"),
             (dict(horizon=0), "horizon"),
-            (dict(max_step_norm=0.0), "max_step_norm"),
+            (dict(max_step_scale=0.0), "max_step_scale"),
             (dict(line_search_points=0), "line_search_points"),
             (dict(group="players"), "group"),
         ],

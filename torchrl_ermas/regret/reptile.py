@@ -24,6 +24,22 @@ def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> Non
         raise ValueError(f"{name} must be a finite number {bound}, got {value!r}.")
 
 
+def _world_norm(params: TensorDictBase) -> torch.Tensor:
+    """Euclidean norm of each world's parameters, ``[W]``."""
+    squares = [x.flatten(1).square().sum(-1) for x in params.values(True, True)]
+    return torch.stack(squares).sum(0).sqrt()
+
+
+def _select(mask: torch.Tensor, a: TensorDictBase, b: TensorDictBase) -> TensorDictBase:
+    """Per world ``w``: ``a[w]`` where ``mask[w]`` else ``b[w]``."""
+    return a.apply(lambda x, y: torch.where(mask.view(-1, *(1,) * (x.dim() - 1)), x, y), b)
+
+
+def _scale(params: TensorDictBase, factor: torch.Tensor) -> TensorDictBase:
+    """Multiplies each world's parameters by ``factor[w]``."""
+    return params.apply(lambda x: x * factor.view(-1, *(1,) * (x.dim() - 1)))
+
+
 class ReptileRegretEstimator:
     """Estimates each agent's regret by a trust-region unilateral deviation (ERMAS).
 
@@ -71,10 +87,15 @@ class ReptileRegretEstimator:
             training rollouts, in ``[0, 1)``. Defaults to ``0.2``.
         gamma (float): discount of the reward-to-go in the deviation gradient.
             Defaults to ``0.95``.
-        max_step_norm (float): the longest step tried by the line search, in parameter
-            norm. Defaults to ``16.0``.
+        max_step_scale (float): the longest step tried by the line search, relative to
+            the norm of the parameters (at least 1): saturated policies with large
+            weights get proportionally longer steps. Defaults to ``2.0``.
         line_search_points (int): number of step lengths tried, halving from
-            ``max_step_norm``. Defaults to ``12``.
+            ``max_step_scale``. Defaults to ``12``.
+        bisection_steps (int): bisection steps refining the longest feasible length
+            between the grid points around the trust-region boundary (the KL of a
+            saturated policy can jump by orders of magnitude between two grid points).
+            Defaults to ``6``.
         line_search_samples (int): transitions per world on which the line search
             evaluates the surrogate and the KL (a random subset of the step's data).
             Defaults to ``1024``.
@@ -119,16 +140,17 @@ class ReptileRegretEstimator:
         num_steps: int = 3,
         exploration: float = 0.2,
         gamma: float = 0.95,
-        max_step_norm: float = 16.0,
+        max_step_scale: float = 2.0,
         line_search_points: int = 12,
         line_search_samples: int = 1024,
+        bisection_steps: int = 6,
         meta_scale: float = 0.2,
         meta_cap: float = 2.0,
         group: str = "agents",
         seed: int = 0,
     ) -> None:
         _check_positive("trust_region", trust_region)
-        _check_positive("max_step_norm", max_step_norm)
+        _check_positive("max_step_scale", max_step_scale)
         _check_positive("meta_scale", meta_scale, allow_zero=True)
         _check_positive("meta_cap", meta_cap, allow_zero=True)
         if not isinstance(num_steps, int) or num_steps < 1:
@@ -137,6 +159,8 @@ class ReptileRegretEstimator:
             raise ValueError(
                 f"line_search_points must be an int >= 1, got {line_search_points!r}."
             )
+        if not isinstance(bisection_steps, int) or bisection_steps < 0:
+            raise ValueError(f"bisection_steps must be an int >= 0, got {bisection_steps!r}.")
         if not isinstance(line_search_samples, int) or line_search_samples < 1:
             raise ValueError(
                 f"line_search_samples must be an int >= 1, got {line_search_samples!r}."
@@ -170,8 +194,9 @@ class ReptileRegretEstimator:
         self.num_steps = num_steps
         self.exploration = exploration
         self.gamma = gamma
-        self.step_norms = max_step_norm * 0.5 ** torch.arange(line_search_points)
+        self.step_scales = max_step_scale * 0.5 ** torch.arange(line_search_points)
         self.line_search_samples = line_search_samples
+        self.bisection_steps = bisection_steps
         self.meta_scale = meta_scale
         self.meta_cap = meta_cap
         self.group = group
@@ -324,21 +349,39 @@ class ReptileRegretEstimator:
         with torch.no_grad():
             reference = self.actor.build_dist_from_params(self.dists.current(obs))
         grad = deviation.empty().update(dict(zip(deviation.keys(True, True), grads)))
-        norm = torch.stack(
-            [g.flatten(1).square().sum(-1) for g in grad.values(True, True)]
-        ).sum(0).sqrt()
-        norm = norm.clamp_min(1e-12)
-        direction = grad.apply(lambda g: g / norm.view(-1, *(1,) * (g.dim() - 1)))
-        step_norms = torch.cat([torch.zeros(1), self.step_norms]).to(norm.device)
-        candidates = torch.stack(
-            [deviation + direction * step for step in step_norms.tolist()]
-        )  # [C, W]
-        with torch.no_grad():  # importance-weighted surrogate and KL of each candidate
+        direction = _scale(grad, 1.0 / _world_norm(grad).clamp_min(1e-12))
+        unit = _world_norm(deviation).clamp_min(1.0)  # steps are relative to the weights
+
+        @torch.no_grad()
+        def evaluate(lengths: torch.Tensor) -> tuple:
+            """Candidates ``deviation + lengths[c, w] * direction``: surrogate and KL."""
+            candidates = torch.stack(
+                [deviation + _scale(direction, length * unit) for length in lengths]
+            )  # [C, W]
             dist, lp = log_prob(self.dists.candidates(candidates, obs), 1)  # [C, W, S]
-            surr = ((lp - behaviour).exp() * advantage).mean(-1)  # [C, W]
+            surrogate = ((lp - behaviour).exp() * advantage).mean(-1)  # [C, W]
             kl = self._own(kl_divergence(reference, dist), 1).mean(-1)
-        score = torch.where(kl <= budget, surr, -torch.inf)
-        score[0] = surr[0]  # staying put is always allowed
-        best = score.argmax(0)
+            feasible = kl <= budget  # false for NaN
+            feasible[0] |= (lengths[0] == 0)  # staying put is always allowed
+            return candidates, surrogate, kl, feasible
+
+        # coarse grid of halving lengths, then bisection on the trust-region boundary
+        grid = torch.cat([torch.zeros(1), self.step_scales.flip(0)]).to(unit.device)
+        grid = grid[:, None].expand(-1, self.n_agents)  # [C, W]: 0, then small to large
+        candidates, surrogate, kl, feasible = evaluate(grid)
+        best_score = torch.where(feasible, surrogate, -torch.inf)
+        best = best_score.argmax(0)
         worlds = torch.arange(self.n_agents, device=best.device)
-        return candidates[best, worlds], kl[best, worlds]
+        chosen, chosen_kl, chosen_score = candidates[best, worlds], kl[best, worlds], best_score[best, worlds]
+        last_feasible = feasible.long().cumprod(0).sum(0) - 1  # end of the feasible prefix
+        low = grid[last_feasible, worlds]
+        high = grid[(last_feasible + 1).clamp_max(grid.shape[0] - 1), worlds]
+        for _ in range(self.bisection_steps):
+            mid = (low + high) / 2
+            candidate, score, mid_kl, ok = evaluate(mid[None])
+            better = ok[0] & (score[0] > chosen_score)
+            chosen = _select(better, candidate[0], chosen)
+            chosen_kl = torch.where(better, mid_kl[0], chosen_kl)
+            chosen_score = torch.where(better, score[0], chosen_score)
+            low, high = torch.where(ok[0], mid, low), torch.where(ok[0], high, mid)
+        return chosen, chosen_kl
