@@ -429,12 +429,6 @@ def test_resume_after_stop_equals_uninterrupted(tmp_path):
     assert_tree_equal(resumed_ckpt["optimizers"], full_ckpt["optimizers"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DomainRandomizedReward's generator is neither re-seeded per iteration "
-    "(TransformedEnv.set_seed does not reach transforms) nor checkpointed, so a resumed "
-    "DR run draws different reward noise",
-)
 def test_resume_with_domain_randomization_equals_uninterrupted(tmp_path):
     """Regression: resuming a DR run must replay the uninterrupted run exactly.
 
@@ -633,11 +627,6 @@ def _as_dataclass_kwargs(cfg: dict) -> dict:
     return {k: groups[k](**v) if k in groups else v for k, v in cfg.items()}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="validate() does not check ermas.regret_horizon; 0 is silently replaced by the "
-    "env horizon and -1 fails later in the estimator without naming the setting",
-)
 @pytest.mark.parametrize("horizon", [0, -1])
 def test_invalid_regret_horizon_raises_naming_field(tmp_path, horizon):
     """Regression: ``ermas.regret_horizon`` must be ``None`` or an int >= 1."""
@@ -645,11 +634,6 @@ def test_invalid_regret_horizon_raises_naming_field(tmp_path, horizon):
         ErmasTrainer(make_cfg(tmp_path, ermas={"regret_horizon": horizon}))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="minibatches larger than num_envs * rollout steps give empty minibatches that "
-    "crash inside torchrl instead of a ValueError naming the setting",
-)
 def test_too_many_minibatches_raises_naming_field(tmp_path):
     """Regression: 4 envs x 10 steps = 40 transitions cannot be split into 64 minibatches.
 
@@ -727,11 +711,6 @@ def test_nan_regret_raises_and_keeps_lambda(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------- env_fn
-@pytest.mark.xfail(
-    strict=True,
-    reason="_make_env nests the user's TransformedEnv without passing auto_unwrap, so "
-    "torchrl warns (an error under filterwarnings=error)",
-)
 def test_env_fn_may_return_a_transformed_env(tmp_path, monkeypatch):
     """Regression: ``env_fn`` may return a ``TransformedEnv`` (the usual way to wrap an env
     in TorchRL) without warnings.

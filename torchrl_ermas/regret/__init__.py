@@ -2,6 +2,6 @@
 from __future__ import annotations
 
 from .deviation import DeviationPolicy
-from .reptile import ReptileRegretEstimator
+from .reptile import ReptileRegretEstimator, seed_env
 
-__all__ = ["DeviationPolicy", "ReptileRegretEstimator"]
+__all__ = ["DeviationPolicy", "ReptileRegretEstimator", "seed_env"]

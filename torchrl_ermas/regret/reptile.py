@@ -40,6 +40,18 @@ def _scale(params: TensorDictBase, factor: torch.Tensor) -> TensorDictBase:
     return params.apply(lambda x: x * factor.view(-1, *(1,) * (x.dim() - 1)))
 
 
+def seed_env(env: EnvBase, seed: int) -> None:
+    """Seeds ``env`` and every transform of it that draws its own random numbers.
+
+    ``TransformedEnv.set_seed`` seeds the base environment only; transforms with a
+    generator of their own (e.g. domain randomization) expose ``set_seed`` too.
+    """
+    env.set_seed(seed)
+    for transform in getattr(env, "transform", ()):
+        if hasattr(transform, "set_seed"):
+            transform.set_seed(seed)
+
+
 class ReptileRegretEstimator:
     """Estimates each agent's regret by a trust-region unilateral deviation (ERMAS).
 
@@ -297,7 +309,7 @@ class ReptileRegretEstimator:
         devices = [self._device] if self._device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
-            self.env.set_seed(seed)
+            seed_env(self.env, seed)
             data = self.env.rollout(
                 self.horizon, self.policy, auto_reset=True, break_when_any_done=False
             )

@@ -170,6 +170,12 @@ def validate(cfg: TrainConfig) -> None:
     for name in ("regret_interval", "regret_envs", "deviation_steps"):
         if not isinstance(getattr(e, name), int) or getattr(e, name) < 1:
             raise ValueError(f"ermas.{name} must be an int >= 1, got {getattr(e, name)!r}.")
+    if e.regret_horizon is not None and (
+        not isinstance(e.regret_horizon, int) or e.regret_horizon < 1
+    ):
+        raise ValueError(
+            f"ermas.regret_horizon must be None or an int >= 1, got {e.regret_horizon!r}."
+        )
     _positive("ermas.trust_region", e.trust_region)
     _positive("ermas.meta_scale", e.meta_scale, strict=False)
     _positive("ermas.meta_cap", e.meta_cap, strict=False)

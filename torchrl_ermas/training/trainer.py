@@ -24,7 +24,7 @@ from torchrl.record.loggers import get_logger
 from tqdm.auto import tqdm
 
 from torchrl_ermas.objectives import ErmasLoss, LagrangeMultiplier
-from torchrl_ermas.regret import ReptileRegretEstimator
+from torchrl_ermas.regret import ReptileRegretEstimator, seed_env
 from torchrl_ermas.transforms import (
     ConcavePlannerReward,
     DomainRandomizedReward,
@@ -113,6 +113,13 @@ class ErmasTrainer:
         self.horizon = cfg.rollout_steps or getattr(self.env.base_env, "max_steps", None)
         if self.horizon is None:
             raise ValueError("rollout_steps must be set for environments without max_steps.")
+        for group in ("agents", "planner"):
+            minibatches = getattr(cfg, group).minibatches
+            if minibatches > cfg.num_envs * self.horizon:
+                raise ValueError(
+                    f"{group}.minibatches={minibatches} exceeds the "
+                    f"{cfg.num_envs * self.horizon} transitions collected per iteration."
+                )
         self.n_agents = self.env.full_action_spec["agents", "action"].shape[-1]
         self.planner_acts = has_action(self.env, "planner")
         self.uses_planner_advantage = cfg.variant != "marl"
@@ -157,7 +164,9 @@ class ErmasTrainer:
             transforms.append(
                 DomainRandomizedReward(reward.dr_scale, resample=reward.dr_resample)
             )
-        return TransformedEnv(self._env_fn(batch_size, self.device), Compose(*transforms))
+        return TransformedEnv(
+            self._env_fn(batch_size, self.device), Compose(*transforms), auto_unwrap=True
+        )
 
     def _ppo_loss(self, cls, actor, critic, ppo: PPOConfig, group: str, **kwargs):
         loss = cls(
@@ -239,7 +248,7 @@ class ErmasTrainer:
             self.agent_policy,
             self._make_env(e.regret_envs * self.n_agents),
             planner_policy=self.planner_policy,
-            horizon=e.regret_horizon or self.horizon,
+            horizon=e.regret_horizon if e.regret_horizon is not None else self.horizon,
             trust_region=e.trust_region,
             num_steps=e.deviation_steps,
             exploration=e.exploration,
@@ -302,7 +311,7 @@ class ErmasTrainer:
 
     @torch.no_grad()
     def _collect(self, seed: int) -> TensorDictBase:
-        self.env.set_seed(seed)
+        seed_env(self.env, seed)
         with set_exploration_type(ExplorationType.RANDOM):
             return self.env.rollout(
                 self.horizon, self.collection_policy, auto_reset=True,
