@@ -1,0 +1,166 @@
+"""Agent-Adv-Search in the sequential bimatrix game (the ERMAS paper's Figure 2).
+
+A passive planner and two agents play the ``"dilemma"`` game at ``Q = 0``. For each
+``epsilon`` ERMAS searches for the worst epsilon-equilibrium for the planner (learned
+multipliers); plain MARL and runs with fixed multipliers are the comparisons. Per run the
+script reports the final planner reward, the combined agent reward, each agent's regret
+(estimated by the trust-region deviation, and exact by dynamic programming over the
+small game) and ``lambda``; it prints a table, writes ``summary.json`` and draws three
+panels (planner vs agent reward, regret vs epsilon, fixed lambda).
+
+    python examples/bimatrix_adversarial_search.py
+    python examples/bimatrix_adversarial_search.py --config-name bimatrix_adversarial_search_paper
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from hydra.core.config_store import ConfigStore  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from torchrl_ermas.envs.bimatrix_analysis import exact_values, policy_table  # noqa: E402
+from torchrl_ermas.training import mean_sem, run_many, TrainConfig, with_overrides  # noqa: E402
+
+
+@dataclass
+class AdversarialSearchConfig:
+    """Schema of the experiment.
+
+    Attributes:
+        train: the base run (the ERMAS variant); each run overrides epsilon, lambda, seed.
+        epsilons: the ERMAS sweep (learned multipliers).
+        fixed_lambdas: the fixed-multiplier ablation (``variant=fixed_lambda``).
+        marl: add plain MARL runs.
+        seeds: seeds of every configuration.
+        workers: runs in parallel (processes).
+    """
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+    epsilons: list[float] = field(default_factory=lambda: [-10.0, 0.0, 5.0, 10.0, 20.0])
+    fixed_lambdas: list[float] = field(default_factory=lambda: [0.0, 1.0, 10.0])
+    marl: bool = True
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    workers: int = 2
+
+
+ConfigStore.instance().store(name="adversarial_search_schema", node=AdversarialSearchConfig)
+
+
+def exact_regret_hook(trainer) -> dict[str, Any]:
+    """Exact values of the final agent policies in the training game (by DP)."""
+    env = trainer.env.base_env
+    values = exact_values(env, policy_table(trainer.agent_policy, env))
+    return {
+        "exact_regret": (values[:, 1] - values[:, 0]).tolist(),
+        "exact_agent_reward": values[:, 0].tolist(),
+    }
+
+
+def run_configs(cfg: AdversarialSearchConfig, out: Path) -> dict[tuple, TrainConfig]:
+    runs: dict[tuple, dict[str, Any]] = {}
+    for seed in cfg.seeds:
+        for eps in cfg.epsilons:
+            runs["ermas", eps, seed] = {"variant": "ermas", "ermas.epsilon": eps}
+        for lam in cfg.fixed_lambdas:
+            runs["fixed_lambda", lam, seed] = {"variant": "fixed_lambda", "ermas.lambda_init": lam}
+        if cfg.marl:
+            runs["marl", None, seed] = {"variant": "marl"}
+    return {
+        key: with_overrides(
+            cfg.train,
+            {**overrides, "seed": key[2], "output_dir": str(out / key[0] / f"{key[1]}" / f"seed{key[2]}")},
+        )
+        for key, overrides in runs.items()
+    }
+
+
+def summarize(results: dict[tuple, dict]) -> list[dict[str, Any]]:
+    """One row per (method, value): means and standard errors over seeds."""
+    rows = []
+    for method, value in dict.fromkeys((k[0], k[1]) for k in results):
+        finals = [r["final"] for k, r in results.items() if k[:2] == (method, value)]
+        row: dict[str, Any] = {"method": method, "value": value}
+        for name in ("planner_reward", "combined_agent_reward"):
+            row[name], row[f"{name}_sem"] = mean_sem(f[name] for f in finals)
+        for name in ("exact_regret", "regret", "lambda"):
+            if finals[0].get(name) is None:
+                continue
+            per_agent = [max(f[name]) for f in finals]  # the agent with the largest value
+            row[f"max_{name}"], row[f"max_{name}_sem"] = mean_sem(per_agent)
+        rows.append(row)
+    return rows
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    learned = [r for r in rows if r["method"] == "ermas"]
+    fixed = [r for r in rows if r["method"] == "fixed_lambda"]
+    marl = [r for r in rows if r["method"] == "marl"]
+
+    def scatter(axis, group, label, marker):
+        for r in group:
+            axis.errorbar(
+                r["combined_agent_reward"], r["planner_reward"],
+                xerr=r["combined_agent_reward_sem"], yerr=r["planner_reward_sem"],
+                marker=marker, capsize=3, linestyle="none",
+                label=f"{label} {r['value']:g}" if r["value"] is not None else label,
+            )
+
+    scatter(axes[0], learned, "ERMAS eps=", "o")
+    scatter(axes[0], marl, "MARL", "*")
+    axes[0].set(xlabel="combined agent reward", ylabel="planner reward",
+                title="Equilibria found (learned lambda)")
+    eps = [r["value"] for r in learned]
+    for key, label in (("max_exact_regret", "exact"), ("max_regret", "estimated")):
+        if all(key in r for r in learned):
+            axes[1].errorbar(eps, [r[key] for r in learned], yerr=[r[f"{key}_sem"] for r in learned],
+                             marker="o", capsize=3, label=f"{label} regret (max over agents)")
+    axes[1].plot(eps, [max(e, 0.0) for e in eps], "k--", lw=0.8, label="max(epsilon, 0)")
+    axes[1].set(xlabel="epsilon", ylabel="regret (episode return)", title="Regret vs epsilon")
+    scatter(axes[2], fixed, "fixed lambda=", "s")
+    scatter(axes[2], learned, "ERMAS eps=", "o")
+    axes[2].set(xlabel="combined agent reward", ylabel="planner reward", title="Fixed lambda")
+    for axis in axes:
+        axis.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    print(f"{'method':>13} {'value':>6} {'planner':>14} {'agents':>14} {'exact regret':>14} "
+          f"{'est. regret':>12} {'lambda':>8}")
+    for r in rows:
+        value = "-" if r["value"] is None else f"{r['value']:g}"
+        exact = f"{r['max_exact_regret']:.1f} ± {r['max_exact_regret_sem']:.1f}"
+        est = f"{r['max_regret']:.1f}" if "max_regret" in r else "-"
+        lam = f"{r['max_lambda']:.2f}" if "max_lambda" in r else "-"
+        print(f"{r['method']:>13} {value:>6} {r['planner_reward']:>7.1f} ± {r['planner_reward_sem']:<4.1f} "
+              f"{r['combined_agent_reward']:>7.1f} ± {r['combined_agent_reward_sem']:<4.1f} "
+              f"{exact:>14} {est:>12} {lam:>8}")
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="bimatrix_adversarial_search")
+def main(cfg: AdversarialSearchConfig) -> None:
+    cfg = OmegaConf.to_object(cfg)
+    out = Path(HydraConfig.get().runtime.output_dir)
+    configs = run_configs(cfg, out)
+    results = dict(zip(configs, run_many(list(configs.values()), workers=cfg.workers,
+                                          post=exact_regret_hook, desc="runs")))
+    rows = summarize(results)
+    (out / "summary.json").write_text(json.dumps(rows, indent=1))
+    plot(rows, out / "adversarial_search.png")
+    print_table(rows)
+    print(f"results in {out}")
+
+
+if __name__ == "__main__":
+    main()
