@@ -30,6 +30,18 @@ def _world_norm(params: TensorDictBase) -> torch.Tensor:
     return torch.stack(squares).sum(0).sqrt()
 
 
+def _feasible(kl: torch.Tensor, budget: float) -> torch.Tensor:
+    """``kl <= budget`` (false for NaN), with the zero step (row 0) always allowed."""
+    feasible = kl <= budget
+    feasible[0] = True
+    return feasible
+
+
+def _best_within(surrogate: torch.Tensor, kl: torch.Tensor, budget: float) -> torch.Tensor:
+    """Per world, the row of the best surrogate among candidates with ``kl <= budget``."""
+    return torch.where(_feasible(kl, budget), surrogate, -torch.inf).argmax(0)
+
+
 def _select(mask: torch.Tensor, a: TensorDictBase, b: TensorDictBase) -> TensorDictBase:
     """Per world ``w``: ``a[w]`` where ``mask[w]`` else ``b[w]``."""
     return a.apply(lambda x, y: torch.where(mask.view(-1, *(1,) * (x.dim() - 1)), x, y), b)
@@ -113,6 +125,10 @@ class ReptileRegretEstimator:
             Defaults to ``1024``.
         meta_scale (float): Reptile scale ``beta`` of :meth:`meta_step`; ``0`` disables it.
             Defaults to ``0.2``.
+        meta_trust_region (float): KL bound of the inner adaptation returned as
+            ``meta_params`` (the first deviation step, restricted to this bound): a short
+            adaptation, like the authors' two PPO iterations, rather than the long
+            regret-measuring deviation. Defaults to ``0.02``.
         meta_cap (float): cap of the per-agent meta step ``min(beta * lambda_i, cap)``.
             Defaults to ``2.0``.
         group (str): the agents' group in the data. Defaults to ``"agents"``.
@@ -138,7 +154,7 @@ class ReptileRegretEstimator:
         (torch.Size([2]), torch.Size([2]))
         >>> bool((result["kl"] <= 3.0 + 1e-4).all())
         True
-        >>> estimator.meta_step(result["deviation_params"], torch.tensor([8.0, 8.0]))
+        >>> estimator.meta_step(result["meta_params"], torch.tensor([8.0, 8.0]))
     """
 
     def __init__(
@@ -157,6 +173,7 @@ class ReptileRegretEstimator:
         line_search_samples: int = 1024,
         bisection_steps: int = 6,
         meta_scale: float = 0.2,
+        meta_trust_region: float = 0.02,
         meta_cap: float = 2.0,
         group: str = "agents",
         seed: int = 0,
@@ -165,6 +182,7 @@ class ReptileRegretEstimator:
         _check_positive("max_step_scale", max_step_scale)
         _check_positive("meta_scale", meta_scale, allow_zero=True)
         _check_positive("meta_cap", meta_cap, allow_zero=True)
+        _check_positive("meta_trust_region", meta_trust_region)
         if not isinstance(num_steps, int) or num_steps < 1:
             raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}.")
         if not isinstance(line_search_points, int) or line_search_points < 1:
@@ -211,6 +229,7 @@ class ReptileRegretEstimator:
         self.bisection_steps = bisection_steps
         self.meta_scale = meta_scale
         self.meta_cap = meta_cap
+        self.meta_trust_region = meta_trust_region
         self.group = group
         self.reward_key = (group, "reward")
         self.action_key = action_key
@@ -234,8 +253,10 @@ class ReptileRegretEstimator:
     def estimate(self, seed: int | None = None) -> TensorDictBase:
         """Runs the deviations and returns a TensorDict of batch ``[n_agents]``.
 
-        Its entries are ``regret``, ``kl``, ``deviation_return``, ``current_return`` and
-        the stacked ``deviation_params`` (the input of :meth:`meta_step`).
+        Its entries are ``regret``, ``kl``, ``deviation_return``, ``current_return``,
+        the stacked ``deviation_params`` (the deviations whose returns give the regret)
+        and ``meta_params`` (the inner adaptation for :meth:`meta_step`: the first
+        deviation step restricted to ``KL <= meta_trust_region``).
 
         Args:
             seed (int, optional): re-seeds the estimator first, which makes this call
@@ -246,10 +267,14 @@ class ReptileRegretEstimator:
         current = self.params.data
         deviation = current.expand(self.n_agents).clone()
         kl = torch.zeros(self.n_agents, device=self._device)
+        meta = deviation
         for k in range(self.num_steps):
             budget = self.trust_region * (k + 1) / self.num_steps
             data = self._rollout(deviation, exploration=self.exploration)
-            deviation, kl = self._deviation_step(deviation, data, budget)
+            deviation, kl, small = self._deviation_step(
+                deviation, data, budget, self.meta_trust_region if k == 0 else None
+            )
+            meta = small if k == 0 else meta
         eval_seed = self._next_seed()
         current_return = self._returns(self._rollout(None, seed=eval_seed))
         deviation_return = self._returns(self._rollout(deviation, seed=eval_seed))
@@ -260,6 +285,7 @@ class ReptileRegretEstimator:
                 "deviation_return": deviation_return,
                 "current_return": current_return,
                 "deviation_params": deviation,
+                "meta_params": meta,
             },
             batch_size=[self.n_agents],
         )
@@ -271,9 +297,13 @@ class ReptileRegretEstimator:
         Applied in place to the actor's parameters for each agent in turn, as the ERMAS
         authors' code does; ``meta_scale = 0`` leaves them unchanged.
 
+        The Reptile step is meant for a short inner adaptation (the authors used two PPO
+        iterations): pass ``estimate()["meta_params"]``, not the long trust-region
+        deviation ``deviation_params``, which can be far from ``theta``.
+
         Args:
-            deviation_params (TensorDictBase): the stacked ``[n_agents]`` parameters from
-                :meth:`estimate`.
+            deviation_params (TensorDictBase): stacked ``[n_agents]`` adapted parameters,
+                usually ``estimate()["meta_params"]``.
             lagrange (torch.Tensor): the multipliers ``lambda`` of shape ``[n_agents]``.
         """
         lagrange = torch.as_tensor(lagrange).reshape(-1)
@@ -333,8 +363,13 @@ class ReptileRegretEstimator:
         return advantage / advantage.flatten(1).std(-1).clamp_min(1e-8).view(-1, 1, 1)
 
     def _deviation_step(
-        self, deviation: TensorDictBase, data: TensorDictBase, budget: float
-    ) -> tuple[TensorDictBase, torch.Tensor]:
+        self,
+        deviation: TensorDictBase,
+        data: TensorDictBase,
+        budget: float,
+        meta_budget: float | None = None,
+    ) -> tuple[TensorDictBase, torch.Tensor, TensorDictBase | None]:
+        """One KL-sized step; also the best grid candidate within ``meta_budget``."""
         advantage = self._advantages(data).flatten(1)  # [W, B * T]
         data = data.flatten(1, 2)
         action = data.get(self.action_key)
@@ -373,27 +408,31 @@ class ReptileRegretEstimator:
             dist, lp = log_prob(self.dists.candidates(candidates, obs), 1)  # [C, W, S]
             surrogate = ((lp - behaviour).exp() * advantage).mean(-1)  # [C, W]
             kl = self._own(kl_divergence(reference, dist), 1).mean(-1)
-            feasible = kl <= budget  # false for NaN
-            feasible[0] |= (lengths[0] == 0)  # staying put is always allowed
-            return candidates, surrogate, kl, feasible
+            return candidates, surrogate, kl
 
         # coarse grid of halving lengths, then bisection on the trust-region boundary
         grid = torch.cat([torch.zeros(1), self.step_scales.flip(0)]).to(unit.device)
         grid = grid[:, None].expand(-1, self.n_agents)  # [C, W]: 0, then small to large
-        candidates, surrogate, kl, feasible = evaluate(grid)
-        best_score = torch.where(feasible, surrogate, -torch.inf)
-        best = best_score.argmax(0)
-        worlds = torch.arange(self.n_agents, device=best.device)
-        chosen, chosen_kl, chosen_score = candidates[best, worlds], kl[best, worlds], best_score[best, worlds]
-        last_feasible = feasible.long().cumprod(0).sum(0) - 1  # end of the feasible prefix
+        candidates, surrogate, kl = evaluate(grid)
+        worlds = torch.arange(self.n_agents, device=kl.device)
+        meta = None
+        if meta_budget is not None:
+            best_small = _best_within(surrogate, kl, meta_budget)
+            meta = candidates[best_small, worlds]
+        best = _best_within(surrogate, kl, budget)
+        chosen, chosen_kl = candidates[best, worlds], kl[best, worlds]
+        chosen_score = surrogate[best, worlds]
+        # end of the feasible prefix of the grid: bisect between it and the next length
+        last_feasible = _feasible(kl, budget).long().cumprod(0).sum(0) - 1
         low = grid[last_feasible, worlds]
         high = grid[(last_feasible + 1).clamp_max(grid.shape[0] - 1), worlds]
         for _ in range(self.bisection_steps):
             mid = (low + high) / 2
-            candidate, score, mid_kl, ok = evaluate(mid[None])
+            candidate, score, mid_kl = evaluate(mid[None])
+            ok = mid_kl <= budget
             better = ok[0] & (score[0] > chosen_score)
             chosen = _select(better, candidate[0], chosen)
             chosen_kl = torch.where(better, mid_kl[0], chosen_kl)
             chosen_score = torch.where(better, score[0], chosen_score)
             low, high = torch.where(ok[0], mid, low), torch.where(ok[0], high, mid)
-        return chosen, chosen_kl
+        return chosen, chosen_kl, meta

@@ -55,6 +55,7 @@ class ErmasConfig:
     deviation_steps: int = 3
     exploration: float = 0.2
     meta_scale: float = 0.2
+    meta_trust_region: float = 0.02
     meta_cap: float = 2.0
 
 
@@ -179,6 +180,7 @@ def validate(cfg: TrainConfig) -> None:
     _positive("ermas.trust_region", e.trust_region)
     _positive("ermas.meta_scale", e.meta_scale, strict=False)
     _positive("ermas.meta_cap", e.meta_cap, strict=False)
+    _positive("ermas.meta_trust_region", e.meta_trust_region)
     if not 0 <= e.exploration < 1:
         raise ValueError(f"ermas.exploration must be in [0, 1), got {e.exploration!r}.")
     r = cfg.reward

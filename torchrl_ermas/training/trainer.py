@@ -253,6 +253,7 @@ class ErmasTrainer:
             num_steps=e.deviation_steps,
             exploration=e.exploration,
             meta_scale=e.meta_scale,
+            meta_trust_region=e.meta_trust_region,
             meta_cap=e.meta_cap,
             seed=self.cfg.seed,
         )
@@ -395,7 +396,7 @@ class ErmasTrainer:
             raise NonFiniteError(f"non-finite regret estimate {regret.tolist()}")
         self.lagrange.update(regret, e.epsilon)
         if e.meta_scale > 0:
-            self.estimator.meta_step(result["deviation_params"], self.lagrange.value)
+            self.estimator.meta_step(result["meta_params"], self.lagrange.value)
             self._check_finite_params("agents")
         return {
             "regret": regret.tolist(),
