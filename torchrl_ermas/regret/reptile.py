@@ -128,7 +128,7 @@ class ReptileRegretEstimator:
         meta_trust_region (float): KL bound of the inner adaptation returned as
             ``meta_params`` (the first deviation step, restricted to this bound): a short
             adaptation, like the authors' two PPO iterations, rather than the long
-            regret-measuring deviation. Defaults to ``0.02``.
+            regret-measuring deviation. Defaults to ``0.002``.
         meta_cap (float): cap of the per-agent meta step ``min(beta * lambda_i, cap)``.
             Defaults to ``2.0``.
         group (str): the agents' group in the data. Defaults to ``"agents"``.
@@ -173,7 +173,7 @@ class ReptileRegretEstimator:
         line_search_samples: int = 1024,
         bisection_steps: int = 6,
         meta_scale: float = 0.2,
-        meta_trust_region: float = 0.02,
+        meta_trust_region: float = 0.002,
         meta_cap: float = 2.0,
         group: str = "agents",
         seed: int = 0,

@@ -55,7 +55,7 @@ class ErmasConfig:
     deviation_steps: int = 3
     exploration: float = 0.2
     meta_scale: float = 0.2
-    meta_trust_region: float = 0.02
+    meta_trust_region: float = 0.002
     meta_cap: float = 2.0
 
 
