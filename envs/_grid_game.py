@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 from tensordict import TensorDict, TensorDictBase
-from torchrl.data import Categorical, Composite
+from torchrl.data import Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
 #: Coordinate change of the actions ``0: stay``, ``1: +1``, ``2: -1``.
@@ -95,12 +95,18 @@ class GridGameEnv(EnvBase):
         self._rng = torch.Generator(device=self.device)
         self._rng.seed()
 
-    @staticmethod
-    def _done_spec(batch_size: torch.Size, device) -> Composite:
-        flag = Categorical(2, shape=(*batch_size, 1), dtype=torch.bool, device=device)
-        return Composite(
-            done=flag, terminated=flag.clone(), truncated=flag.clone(),
-            shape=batch_size, device=device,
+    def _set_reward_and_done_specs(self) -> None:
+        """Per-agent and planner rewards ``[*B, N, 1]`` / ``[*B, 1, 1]``, root done flags."""
+        bs, dev = self.batch_size, self.device
+        agents, planner = (*bs, self.n_agents), (*bs, 1)
+        self.full_reward_spec = Composite(
+            agents=Composite(reward=Unbounded(shape=(*agents, 1), device=dev), shape=agents),
+            planner=Composite(reward=Unbounded(shape=(*planner, 1), device=dev), shape=planner),
+            shape=bs, device=dev,
+        )
+        flag = Categorical(2, shape=(*bs, 1), dtype=torch.bool, device=dev)
+        self.full_done_spec = Composite(
+            done=flag, terminated=flag.clone(), truncated=flag.clone(), shape=bs, device=dev
         )
 
     # ------------------------------------------------------------------ EnvBase API

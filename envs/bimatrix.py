@@ -7,7 +7,7 @@ from typing import Literal
 import numpy as np
 import torch
 from tensordict import TensorDictBase
-from torchrl.data import Bounded, Categorical, Composite, Unbounded
+from torchrl.data import Bounded, Categorical, Composite
 
 from ._grid_game import as_batch_size, check_int, GridGameEnv, one_hot
 
@@ -220,12 +220,7 @@ class SequentialBimatrixEnv(GridGameEnv):
                 shape=planner,
             )
         self.full_action_spec = actions
-        self.full_reward_spec = Composite(
-            agents=Composite(reward=Unbounded(shape=(*agents, 1), device=dev), shape=agents),
-            planner=Composite(reward=Unbounded(shape=(*planner, 1), device=dev), shape=planner),
-            shape=bs, device=dev,
-        )
-        self.full_done_spec = self._done_spec(bs, dev)
+        self._set_reward_and_done_specs()
 
     # ------------------------------------------------------------------ dynamics
     def _move(self, position: torch.Tensor, tensordict: TensorDictBase) -> torch.Tensor:
