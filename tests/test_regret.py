@@ -121,6 +121,22 @@ class TestMechanics:
                 assert value[1 - world] == 0
             assert sum(v[world] for v in changed.values(True, True)) > 0
 
+    def test_meta_params_are_a_short_adaptation(self):
+        """The Reptile input moves towards the deviation but stays much closer to theta."""
+        env = make_env(32)
+        actor = make_actor()
+        make_deterministic(actor, UP, confidence=3.0)
+        result = ReptileRegretEstimator(actor, env).estimate()
+        theta = TensorDict.from_module(actor).data
+
+        def distance(params):  # per world
+            diff = params - theta.expand(2)
+            return torch.stack([x.flatten(1).square().sum(-1) for x in diff.values(True, True)]).sum(0).sqrt()
+
+        meta, deviation = distance(result["meta_params"]), distance(result["deviation_params"])
+        assert (meta > 0).all()
+        assert (meta < 0.25 * deviation).all(), (meta, deviation)
+
     def test_with_planner_policy(self):
         env = SequentialBimatrixEnv(2 * 8, planner="officers", max_steps=10)
         actor = make_actor()
