@@ -219,7 +219,7 @@ def test_marl_results_schema(marl_run):
 
 VARIANTS = {
     "ermas-passive": {"planner_mode": "passive"},
-    "ermas-no-meta": {"planner_mode": "passive", "ermas": {"meta_scale": 0.0}},
+    "ermas-meta": {"planner_mode": "passive", "ermas": {"meta_scale": 0.2}},
     "fixed_lambda": {"variant": "fixed_lambda", "ermas": {"lambda_init": 3.0}},
     # the baselines of examples/configs/bimatrix_robust_planner.yaml
     "domain-randomization": {"variant": "marl", "reward": {"dr_scale": 1.0}},
@@ -254,7 +254,7 @@ def test_variant_runs_and_writes_results(tmp_path, monkeypatch, name):
     if cfg["variant"] == "ermas":
         assert history["regret"][0] is None
         assert all(row is not None for row in history["regret"][1:])
-        if cfg["ermas"].get("meta_scale", 0.2) > 0:
+        if cfg["ermas"].get("meta_scale", ErmasConfig().meta_scale) > 0:
             assert len(meta_steps) == cfg["iterations"] - 1  # one per regret estimate
         else:
             assert not any(meta_steps)  # meta_scale=0: no Reptile step moves the agents
