@@ -100,12 +100,7 @@ class PlannerFromAgents(Transform):
         agent_group: str = "agents",
         planner_group: str = "planner",
     ) -> None:
-        if isinstance(rule, str):
-            if rule not in BUILTIN_RULES:
-                raise ValueError(
-                    f"rule must be one of {BUILTIN_RULES} or a callable, got {rule!r}."
-                )
-        elif not callable(rule):
+        if not (callable(rule) or (isinstance(rule, str) and rule in BUILTIN_RULES)):
             raise ValueError(f"rule must be one of {BUILTIN_RULES} or a callable, got {rule!r}.")
         if features is not None:
             ok = (
@@ -170,14 +165,10 @@ class PlannerFromAgents(Transform):
 
     def _group(self, tensordict: TensorDictBase) -> TensorDictBase:
         """The planner sub-tensordict of ``tensordict``, created with its group dim of 1."""
-        group = tensordict.get(self.planner_group, None)
-        if group is None:
-            group = TensorDict(
-                {}, batch_size=[*tensordict.batch_size, 1], device=tensordict.device
-            )
+        if self.planner_group not in tensordict.keys():
+            group = TensorDict({}, [*tensordict.batch_size, 1], device=tensordict.device)
             tensordict.set(self.planner_group, group)
-            group = tensordict.get(self.planner_group)
-        return group
+        return tensordict.get(self.planner_group)
 
     def _observe(self, tensordict: TensorDictBase, *, reward: bool) -> TensorDictBase:
         observation = tensordict.get(self.agent_observation_key)
@@ -209,7 +200,7 @@ class PlannerFromAgents(Transform):
         output_spec = output_spec.clone()
         observation_spec = output_spec["full_observation_spec"]
         reward_spec = output_spec["full_reward_spec"]
-        if self.planner_group in observation_spec.keys() or self.planner_group in reward_spec.keys():
+        if any(self.planner_group in spec.keys() for spec in (observation_spec, reward_spec)):
             raise ValueError(
                 f"planner_group={self.planner_group!r}: the environment already has this "
                 f"group; choose another planner_group."
