@@ -103,6 +103,12 @@ class ReptileRegretEstimator:
     Keyword Args:
         planner_policy (nn.Module, optional): the planner's policy, frozen during the
             estimate; ``None`` for a passive planner. Defaults to ``None``.
+        value_network (TensorDictModule, optional): a state-value network of the agents'
+            own rewards (e.g. the critic of :class:`~torchrl_ermas.objectives.ErmasLoss`),
+            writing ``(group, "state_value")``. When given, the deviation advantages are
+            ``reward-to-go - V(s)`` (a state-dependent baseline; use the critic's discount
+            as ``gamma``); otherwise the baseline is the mean reward-to-go of the world's
+            environments at the same time step. Defaults to ``None``.
         horizon (int, optional): rollout length in steps; defaults to ``env.max_steps``.
         trust_region (float): the KL bound ``eta`` (nats, mean over visited states).
             Defaults to ``3.0``.
@@ -163,6 +169,7 @@ class ReptileRegretEstimator:
         env: EnvBase,
         *,
         planner_policy: nn.Module | None = None,
+        value_network: nn.Module | None = None,
         horizon: int | None = None,
         trust_region: float = 3.0,
         num_steps: int = 3,
@@ -219,6 +226,7 @@ class ReptileRegretEstimator:
         self.actor = actor
         self.env = env
         self.planner_policy = planner_policy
+        self.value_network = value_network
         self.horizon = horizon
         self.trust_region = trust_region
         self.num_steps = num_steps
@@ -359,7 +367,13 @@ class ReptileRegretEstimator:
         reward = self._own(data.get(("next", *self.reward_key)).squeeze(-1))  # [W, B, T]
         done = data.get(("next", "done")).squeeze(-1)
         togo = reward2go(reward, done, self.gamma, time_dim=-1)
-        advantage = togo - togo.mean(1, keepdim=True)  # per-time baseline over the world
+        if self.value_network is None:  # per-time baseline over the world's environments
+            baseline = togo.mean(1, keepdim=True)
+        else:
+            with torch.no_grad():
+                values = self.value_network(data.exclude("next").copy())
+            baseline = self._own(values.get((self.group, "state_value")).squeeze(-1))
+        advantage = togo - baseline
         return advantage / advantage.flatten(1).std(-1).clamp_min(1e-8).view(-1, 1, 1)
 
     def _deviation_step(

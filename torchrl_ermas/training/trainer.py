@@ -180,7 +180,7 @@ class ErmasTrainer:
     def _build_agents(self) -> None:
         cfg = self.cfg
         self.agent_policy = make_policy(self.env, "agents", cfg.agents, self.device)
-        critic = make_critic(self.env, "agents", cfg.agents, self.device)
+        self.agent_critic = critic = make_critic(self.env, "agents", cfg.agents, self.device)
         if cfg.variant == "marl":
             self.lagrange = None
             loss = self._ppo_loss(MAPPOLoss, self.agent_policy, critic, cfg.agents, "agents")
@@ -248,6 +248,8 @@ class ErmasTrainer:
             self.agent_policy,
             self._make_env(e.regret_envs * self.n_agents),
             planner_policy=self.planner_policy,
+            value_network=self.agent_critic,
+            gamma=self.cfg.agents.gamma,
             horizon=e.regret_horizon if e.regret_horizon is not None else self.horizon,
             trust_region=e.trust_region,
             num_steps=e.deviation_steps,
