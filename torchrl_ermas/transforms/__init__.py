@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .kl import KLToReference
+from .planner import PlannerFromAgents
 from .reward import (
     ConcavePlannerReward,
     DomainRandomizedReward,
@@ -13,6 +14,7 @@ __all__ = [
     "ConcavePlannerReward",
     "DomainRandomizedReward",
     "KLToReference",
+    "PlannerFromAgents",
     "PlannerRewardGap",
     "isoelastic",
 ]
