@@ -274,15 +274,15 @@ class ReptileRegretEstimator:
             self._seeds.manual_seed(seed)
         current = self.params.data
         deviation = current.expand(self.n_agents).clone()
-        kl = torch.zeros(self.n_agents, device=self._device)
-        meta = deviation
         for k in range(self.num_steps):
             budget = self.trust_region * (k + 1) / self.num_steps
             data = self._rollout(deviation, exploration=self.exploration)
+            first = k == 0
             deviation, kl, small = self._deviation_step(
-                deviation, data, budget, self.meta_trust_region if k == 0 else None
+                deviation, data, budget, self.meta_trust_region if first else None
             )
-            meta = small if k == 0 else meta
+            if first:
+                meta = small
         eval_seed = self._next_seed()
         current_return = self._returns(self._rollout(None, seed=eval_seed))
         deviation_return = self._returns(self._rollout(deviation, seed=eval_seed))
