@@ -18,7 +18,6 @@ import random
 import time
 
 import torch
-from tensordict import TensorDict
 
 from torchrl_ermas.envs import dilemma_payoffs, SequentialBimatrixEnv
 

@@ -9,6 +9,7 @@ import pytest
 MODULES = [
     "torchrl_ermas.envs.bimatrix",
     "torchrl_ermas.envs.nmatrix",
+    "torchrl_ermas._validation",
     "torchrl_ermas.objectives.lagrange",
     "torchrl_ermas.objectives.ermas",
     "torchrl_ermas.regret.reptile",

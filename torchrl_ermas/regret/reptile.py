@@ -1,8 +1,6 @@
 """Per-agent regret of the current agent policy, and the Reptile meta step of ERMAS."""
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -12,16 +10,10 @@ from torch.distributions import kl_divergence
 from torchrl.envs import EnvBase
 from torchrl.objectives.value.functional import reward2go
 
+from .._validation import check_int, check_number
 from .deviation import DeviationDistributions, DeviationPolicy, world_mask
 
 _BEHAVIOUR_LOG_PROB = "behaviour_log_prob"
-
-
-def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
-    ok = math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}.")
 
 
 def _world_norm(params: TensorDictBase) -> torch.Tensor:
@@ -185,32 +177,21 @@ class ReptileRegretEstimator:
         group: str = "agents",
         seed: int = 0,
     ) -> None:
-        _check_positive("trust_region", trust_region)
-        _check_positive("max_step_scale", max_step_scale)
-        _check_positive("meta_scale", meta_scale, allow_zero=True)
-        _check_positive("meta_cap", meta_cap, allow_zero=True)
-        _check_positive("meta_trust_region", meta_trust_region)
-        if not isinstance(num_steps, int) or num_steps < 1:
-            raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}.")
-        if not isinstance(line_search_points, int) or line_search_points < 1:
-            raise ValueError(
-                f"line_search_points must be an int >= 1, got {line_search_points!r}."
-            )
-        if not isinstance(bisection_steps, int) or bisection_steps < 0:
-            raise ValueError(f"bisection_steps must be an int >= 0, got {bisection_steps!r}.")
-        if not isinstance(line_search_samples, int) or line_search_samples < 1:
-            raise ValueError(
-                f"line_search_samples must be an int >= 1, got {line_search_samples!r}."
-            )
+        check_number("trust_region", trust_region)
+        check_number("max_step_scale", max_step_scale)
+        check_number("meta_scale", meta_scale, strict=False)
+        check_number("meta_cap", meta_cap, strict=False)
+        check_number("meta_trust_region", meta_trust_region)
+        check_int("num_steps", num_steps, 1)
+        check_int("line_search_points", line_search_points, 1)
+        check_int("line_search_samples", line_search_samples, 1)
+        check_int("bisection_steps", bisection_steps, 0)
         if not 0.0 <= exploration < 1.0:
             raise ValueError(f"exploration must be in [0, 1), got {exploration!r}.")
         if not 0.0 < gamma <= 1.0:
             raise ValueError(f"gamma must be in (0, 1], got {gamma!r}.")
         horizon = getattr(env, "max_steps", None) if horizon is None else horizon
-        if not isinstance(horizon, int) or horizon < 1:
-            raise ValueError(
-                f"horizon must be an int >= 1 (or None to use env.max_steps), got {horizon!r}."
-            )
+        check_int("horizon (or env.max_steps when horizon is None)", horizon, 1)
         action_key = (group, "action")
         if action_key not in env.full_action_spec.keys(True, True):
             raise ValueError(

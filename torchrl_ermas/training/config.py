@@ -14,6 +14,8 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
+from .._validation import check_int, check_number
+
 VARIANTS = ("ermas", "fixed_lambda", "marl")
 
 
@@ -130,71 +132,50 @@ class TrainConfig:
     history_window: int = 10
 
 
-def _positive(name: str, value: float, *, strict: bool = True) -> None:
-    ok = isinstance(value, (int, float)) and math.isfinite(value)
-    ok = ok and (value > 0 if strict else value >= 0)
-    if not ok:
-        bound = "> 0" if strict else ">= 0"
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}.")
-
-
 def validate(cfg: TrainConfig) -> None:
     """Raises a ``ValueError`` naming the first invalid setting of ``cfg``."""
     if cfg.variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {cfg.variant!r}.")
     for name in ("iterations", "num_envs", "checkpoint_interval", "history_window"):
-        value = getattr(cfg, name)
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
-    if cfg.rollout_steps is not None and cfg.rollout_steps < 1:
-        raise ValueError(f"rollout_steps must be None or an int >= 1, got {cfg.rollout_steps!r}.")
+        check_int(name, getattr(cfg, name), 1)
+    check_int("rollout_steps", cfg.rollout_steps, 1, optional=True)
     for group in ("agents", "planner"):
         ppo = getattr(cfg, group)
         for name in ("lr", "clip_epsilon", "max_grad_norm"):
-            _positive(f"{group}.{name}", getattr(ppo, name))
+            check_number(f"{group}.{name}", getattr(ppo, name))
         for name in ("entropy_coeff", "critic_coeff"):
-            _positive(f"{group}.{name}", getattr(ppo, name), strict=False)
+            check_number(f"{group}.{name}", getattr(ppo, name), strict=False)
         for name in ("gamma", "lmbda"):
             value = getattr(ppo, name)
             if not 0 < value <= 1:
                 raise ValueError(f"{group}.{name} must be in (0, 1], got {value!r}.")
         for name in ("epochs", "minibatches", "hidden", "depth"):
-            value = getattr(ppo, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{group}.{name} must be an int >= 1, got {value!r}.")
+            check_int(f"{group}.{name}", getattr(ppo, name), 1)
     e = cfg.ermas
     if not math.isfinite(e.epsilon):
         raise ValueError(f"ermas.epsilon must be finite, got {e.epsilon!r}.")
-    _positive("ermas.lambda_lr", e.lambda_lr, strict=False)
-    _positive("ermas.lambda_max", e.lambda_max)
+    check_number("ermas.lambda_lr", e.lambda_lr, strict=False)
+    check_number("ermas.lambda_max", e.lambda_max)
     if not 0 <= e.lambda_init <= e.lambda_max:
         raise ValueError(
             f"ermas.lambda_init must be in [0, ermas.lambda_max={e.lambda_max}], "
             f"got {e.lambda_init!r}."
         )
-    for name in ("warmup_iters",):
-        if not isinstance(getattr(e, name), int) or getattr(e, name) < 0:
-            raise ValueError(f"ermas.{name} must be an int >= 0, got {getattr(e, name)!r}.")
+    check_int("ermas.warmup_iters", e.warmup_iters, 0)
     for name in ("regret_interval", "regret_envs", "deviation_steps"):
-        if not isinstance(getattr(e, name), int) or getattr(e, name) < 1:
-            raise ValueError(f"ermas.{name} must be an int >= 1, got {getattr(e, name)!r}.")
-    if e.regret_horizon is not None and (
-        not isinstance(e.regret_horizon, int) or e.regret_horizon < 1
-    ):
-        raise ValueError(
-            f"ermas.regret_horizon must be None or an int >= 1, got {e.regret_horizon!r}."
-        )
-    _positive("ermas.trust_region", e.trust_region)
-    _positive("ermas.meta_scale", e.meta_scale, strict=False)
-    _positive("ermas.meta_cap", e.meta_cap, strict=False)
-    _positive("ermas.meta_trust_region", e.meta_trust_region)
+        check_int(f"ermas.{name}", getattr(e, name), 1)
+    check_int("ermas.regret_horizon", e.regret_horizon, 1, optional=True)
+    check_number("ermas.trust_region", e.trust_region)
+    check_number("ermas.meta_scale", e.meta_scale, strict=False)
+    check_number("ermas.meta_cap", e.meta_cap, strict=False)
+    check_number("ermas.meta_trust_region", e.meta_trust_region)
     if not 0 <= e.exploration < 1:
         raise ValueError(f"ermas.exploration must be in [0, 1), got {e.exploration!r}.")
     r = cfg.reward
     if not math.isfinite(r.q):
         raise ValueError(f"reward.q must be finite, got {r.q!r}.")
-    _positive("reward.dr_scale", r.dr_scale, strict=False)
-    _positive("reward.rr_eta", r.rr_eta, strict=False)
+    check_number("reward.dr_scale", r.dr_scale, strict=False)
+    check_number("reward.rr_eta", r.rr_eta, strict=False)
     if r.dr_resample not in ("episode", "step"):
         raise ValueError(
             f"reward.dr_resample must be 'episode' or 'step', got {r.dr_resample!r}."
