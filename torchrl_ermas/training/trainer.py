@@ -141,6 +141,7 @@ class ErmasTrainer:
             )
         }
         self.start_iteration = 0
+        self._config_json = json.dumps(self._config_dict())
         #: extra final metrics written to ``results.json`` (e.g. by an experiment hook)
         self.extra_final: dict[str, Any] = {}
         if cfg.planner_checkpoint:
@@ -270,7 +271,11 @@ class ErmasTrainer:
             total=cfg.iterations, disable=not cfg.progress, desc=cfg.variant,
         )
         for iteration in bar:
-            good_state = copy.deepcopy(self.state(iteration))
+            # parameters and optimizer states are live references: copy them; the history
+            # is only appended to once the iteration succeeds, so it needs no copy
+            good_state = self.state(iteration)
+            for key in ("modules", "optimizers", "planner_policy"):
+                good_state[key] = copy.deepcopy(good_state[key])
             try:
                 row = self._iteration(iteration)
             except NonFiniteError as err:
@@ -417,7 +422,7 @@ class ErmasTrainer:
             "planner_policy": (
                 self.planner_policy.state_dict() if self.planner_policy is not None else None
             ),
-            "config": json.dumps(self._config_dict()),
+            "config": self._config_json,
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
