@@ -357,19 +357,21 @@ class ErmasTrainer:
         if "planner" in self.optimizers:
             steps.append(("planner", self.planner_loss, self.cfg.planner))
         for group, loss_module, ppo in steps:
+            optimizer, params = self.optimizers[group], self._params(group)
             size = flat.shape[0] // ppo.minibatches
             for _ in range(ppo.epochs):
                 order = torch.randperm(flat.shape[0], device=flat.device)
                 for k in range(ppo.minibatches):
                     batch = flat[order[k * size:(k + 1) * size]]
                     loss = self._loss(group, loss_module, batch)
-                    optimizer = self.optimizers[group]
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
-                    params = [p for g in optimizer.param_groups for p in g["params"]]
                     torch.nn.utils.clip_grad_norm_(params, ppo.max_grad_norm)
                     optimizer.step()
             self._check_finite_params(group)
+
+    def _params(self, group: str) -> list[torch.Tensor]:
+        return [p for g in self.optimizers[group].param_groups for p in g["params"]]
 
     def _loss(self, group: str, loss_module, batch: TensorDictBase) -> torch.Tensor:
         if loss_module is None:  # the planner critic alone
@@ -385,7 +387,7 @@ class ErmasTrainer:
         return sum(losses.values())
 
     def _check_finite_params(self, group: str) -> None:
-        for p in (p for g in self.optimizers[group].param_groups for p in g["params"]):
+        for p in self._params(group):
             if not torch.isfinite(p).all():
                 raise NonFiniteError(f"non-finite {group} parameters")
 
