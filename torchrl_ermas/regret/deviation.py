@@ -42,7 +42,6 @@ class DeviationDistributions:
 
     def deviating(self, params: TensorDictBase, td: TensorDictBase) -> TensorDictBase:
         """Distribution parameters under per-world ``params`` (``[W]``) for ``td`` (``[W, ...]``)."""
-
         return torch.vmap(self._call, (0, 0))(params, td.copy())
 
     def candidates(self, params: TensorDictBase, td: TensorDictBase) -> TensorDictBase:

@@ -340,12 +340,15 @@ class ReptileRegretEstimator:
         shape[world_dim] = shape[-1] = self.n_agents
         return (x * world_mask(self.n_agents, x.device).view(shape)).sum(-1)
 
+    def _own_reward(self, data: TensorDictBase) -> torch.Tensor:
+        """Agent ``i``'s reward in world ``i``, ``[W, B, T]``."""
+        return self._own(data.get(("next", *self.reward_key)).squeeze(-1))
+
     def _returns(self, data: TensorDictBase) -> torch.Tensor:
-        reward = data.get(("next", *self.reward_key)).squeeze(-1)  # [W, B, T, N]
-        return self._own(reward).sum(-1).mean(-1)
+        return self._own_reward(data).sum(-1).mean(-1)
 
     def _advantages(self, data: TensorDictBase) -> torch.Tensor:
-        reward = self._own(data.get(("next", *self.reward_key)).squeeze(-1))  # [W, B, T]
+        reward = self._own_reward(data)
         done = data.get(("next", "done")).squeeze(-1)
         togo = reward2go(reward, done, self.gamma, time_dim=-1)
         if self.value_network is None:  # per-time baseline over the world's environments
