@@ -8,6 +8,7 @@ import pytest
 
 MODULES = [
     "torchrl_ermas.envs.bimatrix",
+    "torchrl_ermas.envs.bimatrix_frontier",
     "torchrl_ermas.envs.nmatrix",
     "torchrl_ermas._validation",
     "torchrl_ermas.objectives.lagrange",
