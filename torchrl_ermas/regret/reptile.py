@@ -264,6 +264,16 @@ class ReptileRegretEstimator:
             )
             if first:
                 meta = small
+        # keep a world's deviation only if it beats the current policy on a selection
+        # rollout, then measure on an independent one: the choice among {current,
+        # deviation} does not bias the reported regret, and a deviation made worse by a
+        # noisy step does not show up as a negative regret
+        selection_seed = self._next_seed()
+        better = self._returns(self._rollout(deviation, seed=selection_seed)) > self._returns(
+            self._rollout(None, seed=selection_seed)
+        )
+        deviation = _select(better, deviation, current.expand(self.n_agents))
+        kl = torch.where(better, kl, torch.zeros_like(kl))
         eval_seed = self._next_seed()
         current_return = self._returns(self._rollout(None, seed=eval_seed))
         deviation_return = self._returns(self._rollout(deviation, seed=eval_seed))
@@ -357,8 +367,13 @@ class ReptileRegretEstimator:
             with torch.no_grad():
                 values = self.value_network(data.exclude("next").copy())
             baseline = self._own(values.get((self.group, "state_value")).squeeze(-1))
-        advantage = togo - baseline
-        return advantage / advantage.flatten(1).std(-1).clamp_min(1e-8).view(-1, 1, 1)
+        # centred per world: a state-independent offset would add c * grad sum_a log pi(a)
+        # to the advantage-weighted direction (which does not vanish, unlike under pi)
+        advantage = (togo - baseline).flatten(1)
+        advantage = (advantage - advantage.mean(-1, keepdim=True)) / advantage.std(
+            -1, keepdim=True
+        ).clamp_min(1e-8)
+        return advantage.view_as(togo)
 
     def _deviation_step(
         self,
