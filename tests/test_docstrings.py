@@ -16,6 +16,7 @@ MODULES = [
     "torchrl_ermas.regret.reptile",
     "torchrl_ermas.training.checkpoint",
     "torchrl_ermas.training.experiments",
+    "torchrl_ermas.training.models",
     "torchrl_ermas.transforms.kl",
     "torchrl_ermas.transforms.planner",
     "torchrl_ermas.transforms.reward",

@@ -24,6 +24,15 @@ def broadcast_world_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor
     return mask.view(n_worlds, *(1,) * (like.dim() - 3), n_agents, 1)
 
 
+def _uniform_over_support(dist: torch.distributions.Categorical) -> torch.Tensor:
+    """Uniform probabilities over the actions ``dist`` allows (its ``mask``, if masked)."""
+    support = getattr(dist, "mask", None)
+    if support is None:
+        return torch.full_like(dist.probs, 1.0 / dist.probs.shape[-1])
+    support = support.to(dist.probs.dtype).expand_as(dist.probs)
+    return support / support.sum(-1, keepdim=True)
+
+
 class DeviationDistributions:
     """Distribution parameters of the agents in stacked deviation worlds.
 
@@ -66,8 +75,8 @@ class DeviationPolicy(TensorDictModuleBase):
     """Acts in ``n_agents`` stacked deviation worlds (env batch ``[n_agents * B]``).
 
     The deviating agent of each world samples from its deviation policy mixed with the
-    uniform distribution (weight ``exploration``), so that actions the current policy no
-    longer takes are still tried; the behaviour log-probability of every agent's action is
+    uniform distribution over its allowed actions (weight ``exploration``), so that actions
+    the current policy no longer takes are still tried; the behaviour log-probability of every agent's action is
     written to ``behaviour_log_prob_key`` for importance weighting. The planner (if any)
     acts first with its own policy.
     """
@@ -104,7 +113,7 @@ class DeviationPolicy(TensorDictModuleBase):
         dist = self.dists.actor.build_dist_from_params(dist_params)
         probs = dist.probs  # [W, B, N, A]
         mask = broadcast_world_mask(world_mask(self.n_agents, probs.device), probs)
-        explore = (1 - self.exploration) * probs + self.exploration / probs.shape[-1]
+        explore = (1 - self.exploration) * probs + self.exploration * _uniform_over_support(dist)
         behaviour = torch.where(mask, explore, probs)
         action = torch.distributions.Categorical(probs=behaviour).sample()
         log_prob = behaviour.gather(-1, action.unsqueeze(-1)).squeeze(-1).log()

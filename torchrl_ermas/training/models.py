@@ -1,12 +1,48 @@
 """Policies and critics of a group (the agents or the planner), built from the env specs."""
 from __future__ import annotations
 
+import math
+
 import torch
 from tensordict.nn import TensorDictModule
+from torch import distributions as D
 from torchrl.envs import EnvBase
-from torchrl.modules import MultiAgentMLP, ProbabilisticActor
+from torchrl.modules import MaskedCategorical, MultiAgentMLP, ProbabilisticActor
 
 from .config import PPOConfig
+
+
+class IndependentMaskedCategorical(D.Independent):
+    """Independent masked categoricals over the trailing ``event_dims`` action dims.
+
+    A multi-discrete action (for example one tax rate per bracket, ``[..., K]``) is one
+    event: its log-probability and entropy are sums over the ``K`` components.
+
+    Args:
+        logits: ``[..., K, n]`` unnormalized log-probabilities.
+        mask: ``[..., K, n]`` boolean mask, ``False`` for forbidden choices.
+        event_dims: number of trailing action dims forming one event. Defaults to ``1``.
+
+    Examples:
+        >>> logits = torch.zeros(2, 3, 4)
+        >>> mask = torch.tensor([True, True, False, False]).expand(2, 3, 4)
+        >>> dist = IndependentMaskedCategorical(logits, mask)
+        >>> dist.sample().shape, dist.log_prob(torch.zeros(2, 3, dtype=torch.long))
+        (torch.Size([2, 3]), tensor([-2.0794, -2.0794]))
+    """
+
+    def __init__(self, logits: torch.Tensor, mask: torch.Tensor, event_dims: int = 1) -> None:
+        super().__init__(MaskedCategorical(logits=logits, mask=mask), event_dims)
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """The mask of the component distributions."""
+        return self.base_dist.mask
+
+    @property
+    def deterministic_sample(self) -> torch.Tensor:
+        """The most likely choice of each component."""
+        return self.base_dist.mode
 
 
 def group_sizes(env: EnvBase, group: str) -> tuple[int, int]:
@@ -23,18 +59,46 @@ def has_action(env: EnvBase, group: str) -> bool:
 def make_policy(
     env: EnvBase, group: str, cfg: PPOConfig, device: torch.device
 ) -> ProbabilisticActor:
-    """A categorical policy over ``(group, "action")`` reading ``(group, "observation")``."""
+    """A categorical policy over ``(group, "action")`` reading ``(group, "observation")``.
+
+    If the environment exposes ``(group, "action_mask")`` the policy is masked
+    (:class:`~torchrl.modules.MaskedCategorical`). Actions with dims beyond the group's
+    (``[*B, n_members, *event]``, e.g. one choice per tax bracket) get one independent
+    categorical per component (:class:`IndependentMaskedCategorical`, which needs the mask).
+    """
     n, obs_dim = group_sizes(env, group)
     action_spec = env.full_action_spec[group, "action"]
+    if not isinstance(getattr(action_spec.space, "n", None), int):
+        raise ValueError(
+            f"({group!r}, 'action') must be categorical to build a policy, got {action_spec}."
+        )
+    event = action_spec.shape[len(env.full_action_spec[group].shape):]
+    choices = action_spec.space.n
     net = MultiAgentMLP(
-        obs_dim, action_spec.space.n, n_agents=n, centralized=False,
+        obs_dim, math.prod(event) * choices, n_agents=n, centralized=False,
         share_params=cfg.share_params, depth=cfg.depth, num_cells=cfg.hidden,
         activation_class=torch.nn.Tanh, device=device,
     )
+    if event:
+        net = torch.nn.Sequential(net, torch.nn.Unflatten(-1, (*event, choices)))
     module = TensorDictModule(net, [(group, "observation")], [(group, "logits")])
+    dist_keys = {"logits": (group, "logits")}
+    kwargs = {}
+    masked = (group, "action_mask") in env.full_observation_spec.keys(True, True)
+    if masked:
+        dist_keys["mask"] = (group, "action_mask")
+    if event:
+        if not masked:
+            raise ValueError(
+                f"({group!r}, 'action') has component dims {list(event)}: the environment "
+                f"must expose ({group!r}, 'action_mask') for them."
+            )
+        distribution, kwargs = IndependentMaskedCategorical, {"event_dims": len(event)}
+    else:
+        distribution = MaskedCategorical if masked else D.Categorical
     return ProbabilisticActor(
-        module, in_keys=[(group, "logits")], out_keys=[(group, "action")],
-        distribution_class=torch.distributions.Categorical, return_log_prob=True,
+        module, in_keys=dist_keys, out_keys=[(group, "action")],
+        distribution_class=distribution, distribution_kwargs=kwargs, return_log_prob=True,
     )
 
 
