@@ -44,6 +44,13 @@ class ErmasConfig:
     ``epsilon`` and the regrets are in episode-return units (undiscounted sums of reward
     over ``regret_horizon`` steps).
 
+    The deviation search weights actions by advantages discounted with ``regret_gamma``
+    (``None``: the agents' ``gamma``) against a baseline: ``"critic"`` (the agents'
+    value network) or ``"mean"`` (the mean reward-to-go per time step). Where the agents'
+    discounted objective differs from their episode return, as with the concave utility
+    of the economy, ``regret_gamma=1`` with ``"mean"`` points the search at the return
+    itself.
+
     ``meta_scale`` (the paper's ``beta``) defaults to ``0``: the Reptile step
     ``theta <- theta - min(beta * lambda_i, 2) * (theta_i' - theta)`` reaches its cap at
     ``lambda >= 2 / beta``, where it repeatedly pushes the agents away from their selfish
@@ -60,6 +67,8 @@ class ErmasConfig:
     regret_interval: int = 5
     regret_envs: int = 32
     regret_horizon: int | None = None
+    regret_gamma: float | None = None
+    regret_baseline: str = "critic"
     trust_region: float = 3.0
     deviation_steps: int = 3
     exploration: float = 0.2
@@ -109,6 +118,13 @@ class TrainConfig:
         iterations: training iterations; each collects ``num_envs`` episodes.
         train_planner: train the planner (``False`` freezes it, e.g. in transfer runs).
         planner_checkpoint: optional checkpoint whose planner is loaded before training.
+        fixed_planner: optional hydra node (``_target_``) building a fixed planner policy
+            that acts in place of a learned one (for example
+            ``torchrl_ermas.envs.economy.SaezPlanner``); it is never trained, so it
+            requires ``train_planner=False`` and no ``planner_checkpoint``.
+        episode_metrics: root keys of the environment (one value per environment, such as
+            ``"equality"``) whose values at the end of each rollout are averaged and
+            recorded with the rewards in the history and the final metrics.
     """
 
     env: Any = field(default_factory=lambda: {"_target_": "torchrl_ermas.envs.SequentialBimatrixEnv"})
@@ -120,6 +136,8 @@ class TrainConfig:
     rollout_steps: int | None = None
     train_planner: bool = True
     planner_checkpoint: str | None = None
+    fixed_planner: Any = None
+    episode_metrics: list[str] = field(default_factory=list)
     agents: PPOConfig = field(default_factory=PPOConfig)
     planner: PPOConfig = field(default_factory=lambda: PPOConfig(lr=1e-3, entropy_coeff=0.05))
     ermas: ErmasConfig = field(default_factory=ErmasConfig)
@@ -151,6 +169,12 @@ def validate(cfg: TrainConfig) -> None:
                 raise ValueError(f"{group}.{name} must be in (0, 1], got {value!r}.")
         for name in ("epochs", "minibatches", "hidden", "depth"):
             check_int(f"{group}.{name}", getattr(ppo, name), 1)
+    if cfg.fixed_planner is not None and (cfg.train_planner or cfg.planner_checkpoint):
+        raise ValueError(
+            "fixed_planner is never trained: it requires train_planner=False and "
+            f"planner_checkpoint=None, got train_planner={cfg.train_planner!r}, "
+            f"planner_checkpoint={cfg.planner_checkpoint!r}."
+        )
     e = cfg.ermas
     if not math.isfinite(e.epsilon):
         raise ValueError(f"ermas.epsilon must be finite, got {e.epsilon!r}.")
@@ -165,6 +189,12 @@ def validate(cfg: TrainConfig) -> None:
     for name in ("regret_interval", "regret_envs", "deviation_steps"):
         check_int(f"ermas.{name}", getattr(e, name), 1)
     check_int("ermas.regret_horizon", e.regret_horizon, 1, optional=True)
+    if e.regret_gamma is not None and not 0 < e.regret_gamma <= 1:
+        raise ValueError(f"ermas.regret_gamma must be None or in (0, 1], got {e.regret_gamma!r}.")
+    if e.regret_baseline not in ("critic", "mean"):
+        raise ValueError(
+            f"ermas.regret_baseline must be 'critic' or 'mean', got {e.regret_baseline!r}."
+        )
     check_number("ermas.trust_region", e.trust_region)
     check_number("ermas.meta_scale", e.meta_scale, strict=False)
     check_number("ermas.meta_cap", e.meta_cap, strict=False)

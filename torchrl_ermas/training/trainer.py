@@ -133,11 +133,12 @@ class ErmasTrainer:
         self.collection_policy = TensorDictSequential(
             *([self.planner_policy] if self.planner_acts else []), self.agent_policy
         )
+        self._check_episode_metrics()
         self.history: dict[str, list] = {
             name: []
             for name in (
-                "iteration", "planner_reward", "agent_reward", "lambda", "regret", "kl",
-                "time_collect", "time_train", "time_regret",
+                "iteration", "planner_reward", "agent_reward", *cfg.episode_metrics,
+                "lambda", "regret", "kl", "time_collect", "time_train", "time_regret",
             )
         }
         self.start_iteration = 0
@@ -168,6 +169,18 @@ class ErmasTrainer:
         return TransformedEnv(
             self._env_fn(batch_size, self.device), Compose(*transforms), auto_unwrap=True
         )
+
+    def _check_episode_metrics(self) -> None:
+        available = [
+            key for key, spec in self.env.full_observation_spec.items()
+            if not isinstance(key, tuple) and spec.shape == (*self.env.batch_size, 1)
+        ]
+        for key in self.cfg.episode_metrics:
+            if key not in available:
+                raise ValueError(
+                    f"episode_metrics: {key!r} is not a per-environment root key of the "
+                    f"environment; available: {available}."
+                )
 
     def _ppo_loss(self, cls, actor, critic, ppo: PPOConfig, group: str, **kwargs):
         loss = cls(
@@ -201,10 +214,14 @@ class ErmasTrainer:
 
     def _build_planner(self) -> None:
         cfg = self.cfg
-        self.planner_policy = (
-            make_policy(self.env, "planner", cfg.planner, self.device)
-            if self.planner_acts else None
-        )
+        if cfg.fixed_planner is not None:
+            if not self.planner_acts:
+                raise ValueError("fixed_planner is set but the planner of this env has no action.")
+            self.planner_policy = instantiate(cfg.fixed_planner).to(self.device)
+        elif self.planner_acts:
+            self.planner_policy = make_policy(self.env, "planner", cfg.planner, self.device)
+        else:
+            self.planner_policy = None
         self.planner_loss = None
         self.planner_critic = None
         self.planner_gae = None
@@ -249,8 +266,8 @@ class ErmasTrainer:
             self.agent_policy,
             self._make_env(e.regret_envs * self.n_agents),
             planner_policy=self.planner_policy,
-            value_network=self.agent_critic,
-            gamma=self.cfg.agents.gamma,
+            value_network=self.agent_critic if e.regret_baseline == "critic" else None,
+            gamma=self.cfg.agents.gamma if e.regret_gamma is None else e.regret_gamma,
             horizon=e.regret_horizon if e.regret_horizon is not None else self.horizon,
             trust_region=e.trust_region,
             num_steps=e.deviation_steps,
@@ -330,10 +347,12 @@ class ErmasTrainer:
         planner = data.get(("next", "planner", "reward")).sum(1).mean()
         agents = data.get(("next", "agents", "reward")).sum(1).mean(0).flatten()
         lagrange = self.lagrange.value.tolist() if self.lagrange is not None else None
+        episode_end = data[:, -1].get("next")
         return {
             "iteration": iteration,
             "planner_reward": planner.item(),
             "agent_reward": agents.tolist(),
+            **{key: episode_end.get(key).mean().item() for key in self.cfg.episode_metrics},
             "lambda": lagrange,
             "regret": None,
             "kl": None,
@@ -479,6 +498,10 @@ class ErmasTrainer:
         lambdas = [v for v in self.history["lambda"] if v is not None]
         return {
             "planner_reward": sum(planner) / len(planner),
+            **{
+                key: sum(self.history[key][-window:]) / len(planner)
+                for key in self.cfg.episode_metrics
+            },
             "agent_reward": agents.tolist(),
             "combined_agent_reward": agents.sum().item(),
             "regret": torch.tensor(regrets).mean(0).tolist() if regrets else None,
