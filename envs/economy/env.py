@@ -168,6 +168,11 @@ class EconomyEnv(EnvBase):
 
     # --------------------------------------------------------------- settings
     @property
+    def max_steps(self) -> int:
+        """Steps per episode (``episode_length``), the rollout horizon of the training loop."""
+        return self.episode_length
+
+    @property
     def eta(self) -> torch.Tensor:
         """Per-agent risk aversion ``[B, N]``."""
         return self._eta
@@ -391,3 +396,19 @@ class EconomyEnv(EnvBase):
         else:
             tensordict.set(("planner", "action"), torch.rand(shape, device=self.device, generator=self._generator))
         return tensordict
+
+
+def make_economy_env(
+    batch_size: int, device: torch.device | str | None = None, **kwargs
+) -> EconomyEnv:
+    """:class:`EconomyEnv` with ``batch_size`` environments: the training loop's env factory.
+
+    :class:`~torchrl_ermas.training.ErmasTrainer` builds its environments by calling the
+    ``_target_`` of ``cfg.env`` with ``batch_size`` and ``device``; point it here.
+
+    Examples:
+        >>> env = make_economy_env(4, tier="labour", episode_length=20, period=10)
+        >>> env.batch_size
+        torch.Size([4])
+    """
+    return EconomyEnv(batch_size, device=device, **kwargs)

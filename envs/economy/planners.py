@@ -145,6 +145,25 @@ class SaezPlanner(TensorDictModuleBase):
         ]
         self.out_keys = [_ACTION]
 
+    def get_extra_state(self) -> dict[str, float | int | bool]:
+        """The buffer's bookkeeping and the elasticity estimate (saved in checkpoints)."""
+        return {
+            "elasticity": self.elasticity, "warmed_up": self.warmed_up,
+            "n_samples": self.n_samples, "head": self._head,
+        }
+
+    def set_extra_state(self, state: dict[str, float | int | bool]) -> None:
+        self.elasticity, self.warmed_up = state["elasticity"], state["warmed_up"]
+        self.n_samples, self._head = state["n_samples"], state["head"]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # the buffers are sized by the number of environments at the first call
+        for name in ("income_buffer", "rate_buffer", "rates"):
+            saved = state_dict.get(prefix + name)
+            if saved is not None:
+                setattr(self, name, torch.empty_like(saved))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def _push(self, income: torch.Tensor, rate: torch.Tensor) -> None:
         capacity = self.income_buffer.numel()
         income, rate = income[-capacity:].double(), rate[-capacity:].double()
