@@ -114,6 +114,23 @@ class DoubleAuction:
         labour += ok.float() * self.order_labour
 
     def _match(self, book, inventory, escrow) -> torch.Tensor:
+        """Matches the orders of the environments whose books cross (best bid >= best ask)."""
+        active, is_bid, price = book["active"], book["is_bid"], book["price"]
+        best_bid = torch.where(active & is_bid, price, -1).amax((2, 3))  # [B, R]
+        best_ask = torch.where(active & ~is_bid, price, self.n_prices).amin((2, 3))
+        rows = (best_bid >= best_ask).any(-1).nonzero().squeeze(-1)
+        trades = torch.zeros(active.shape[0], device=active.device)
+        if rows.numel() == 0:
+            return trades
+        sub = {key: book[key][rows] for key in ("active", "is_bid", "price", "age", "price_history")}
+        inv, esc = inventory[rows], escrow[rows]
+        trades[rows] = self._match_rows(sub, inv, esc)
+        book["active"][rows] = sub["active"]
+        book["price_history"][rows] = sub["price_history"]
+        inventory[rows], escrow[rows] = inv, esc
+        return trades
+
+    def _match_rows(self, book, inventory, escrow) -> torch.Tensor:
         n_envs = book["active"].shape[0]
         n, k = self.n_agents, self.max_orders
         flat = lambda x: x.flatten(2)  # noqa: E731  [B, R, N*K]
