@@ -18,10 +18,8 @@ table (mean and standard error over seeds) to the hydra output directory.
 from __future__ import annotations
 
 import json
-from concurrent.futures import as_completed, ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +31,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torchrl.envs import EnvBase, TransformedEnv
-from tqdm.auto import tqdm
 
-from torchrl_ermas.training import ErmasTrainer, TrainConfig
+from torchrl_ermas.training import mean_sem, run_many, TrainConfig
 from torchrl_ermas.transforms.planner import PlannerFromAgents
 
 matplotlib.use("Agg")
@@ -95,17 +92,11 @@ def make_regulator(regulator: RegulatorConfig) -> PlannerFromAgents:
 
 
 def make_env(
-    env: dict[str, Any], regulator: RegulatorConfig, batch_size: int, device: torch.device
+    regulator: RegulatorConfig, cfg: TrainConfig, batch_size: int, device: torch.device
 ) -> EnvBase:
-    """The VMAS scenario of ``env`` with ``batch_size`` worlds, plus the regulator planner."""
-    base = instantiate(env, num_envs=batch_size, device=device)
+    """The VMAS scenario of ``cfg.env`` with ``batch_size`` worlds, plus the regulator planner."""
+    base = instantiate(cfg.env, num_envs=batch_size, device=device)
     return TransformedEnv(base, make_regulator(regulator))
-
-
-def run(cfg: TrainConfig, regulator: RegulatorConfig) -> dict[str, Any]:
-    """Trains one configuration on one torch thread and returns its ``results.json``."""
-    torch.set_num_threads(1)
-    return ErmasTrainer(cfg, env_fn=partial(make_env, cfg.env, regulator)).train()
 
 
 def run_configs(cfg: VmasSearchConfig, out: Path) -> dict[tuple[str, int], TrainConfig]:
@@ -125,28 +116,10 @@ def run_configs(cfg: VmasSearchConfig, out: Path) -> dict[tuple[str, int], Train
 
 def run_all(cfg: VmasSearchConfig, runs: dict[tuple[str, int], TrainConfig]) -> dict:
     """Runs every configuration, ``cfg.workers`` at a time; results keyed like ``runs``."""
-    results = {}
-    with tqdm(total=len(runs), desc="runs") as bar:
-        if cfg.workers == 1:
-            for key, train in runs.items():
-                results[key] = run(train, cfg.regulator)
-                bar.update()
-        else:
-            with ProcessPoolExecutor(cfg.workers, mp_context=get_context("spawn")) as pool:
-                futures = {
-                    pool.submit(run, train, cfg.regulator): key for key, train in runs.items()
-                }
-                for future in as_completed(futures):
-                    results[futures[future]] = future.result()
-                    bar.update()
-    return {key: results[key] for key in runs}
-
-
-def mean_sem(values: list[float]) -> tuple[float, float]:
-    """Mean and standard error of the mean (``0`` for a single value)."""
-    x = torch.tensor(values, dtype=torch.float64)
-    sem = x.std() / len(values) ** 0.5 if len(values) > 1 else torch.zeros(())
-    return x.mean().item(), sem.item()
+    results = run_many(
+        list(runs.values()), workers=cfg.workers, env_factory=partial(make_env, cfg.regulator)
+    )
+    return dict(zip(runs, results))
 
 
 def summarize(cfg: VmasSearchConfig, results: dict) -> dict[str, dict[str, float | None]]:

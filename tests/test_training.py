@@ -757,3 +757,20 @@ if __name__ == "__main__":
     # hydra (imported above) is also a pytest plugin: pytest warns that it cannot rewrite
     # it, and filterwarnings=error would turn that warning into a failure
     pytest.main([__file__, "-q", "-W", "ignore::pytest.PytestAssertRewriteWarning"])
+
+
+def test_run_many_builds_envs_with_the_env_factory(tmp_path):
+    from torchrl_ermas.training import run_many, with_overrides
+
+    calls = []
+
+    def factory(cfg, batch_size, device):
+        calls.append((cfg.seed, batch_size))
+        env = SequentialBimatrixEnv(batch_size=batch_size, max_steps=MAX_STEPS, device=device)
+        return TransformedEnv(env, StepCounter())
+
+    base = TrainConfig(**_as_dataclass_kwargs(make_cfg(tmp_path, variant="marl", iterations=1)))
+    configs = [with_overrides(base, {"seed": s, "output_dir": str(tmp_path / str(s))}) for s in (0, 1)]
+    results = run_many(configs, workers=1, env_factory=factory)
+    assert [r["seed"] for r in results] == [0, 1]
+    assert calls == [(0, 4), (1, 4)]

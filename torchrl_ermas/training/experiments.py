@@ -4,18 +4,22 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import as_completed, ProcessPoolExecutor
+from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import OmegaConf
+from torchrl.envs import EnvBase
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
 from .trainer import _as_config, ErmasTrainer
 
 PostHook = Callable[[ErmasTrainer], dict[str, Any]]
+#: ``env_factory(cfg, batch_size, device)`` builds the environments of the run ``cfg``
+EnvFactory = Callable[[TrainConfig, int, torch.device], EnvBase]
 
 
 def with_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
@@ -53,13 +57,18 @@ def transfer_config(
     return with_overrides(cfg, {**settings, **(overrides or {})})
 
 
-def run(cfg: TrainConfig, post: PostHook | None = None) -> dict[str, Any]:
+def run(
+    cfg: TrainConfig, post: PostHook | None = None, env_factory: EnvFactory | None = None
+) -> dict[str, Any]:
     """Trains one configuration (one torch thread) and returns its results.
 
     ``post(trainer)`` may add entries to ``results["final"]`` (e.g. exact regrets).
+    ``env_factory(cfg, batch_size, device)`` replaces instantiating ``cfg.env`` (for
+    environments that need more than the config node, such as an added transform).
     """
     torch.set_num_threads(1)
-    trainer = ErmasTrainer(cfg)
+    env_fn = None if env_factory is None else partial(env_factory, cfg)
+    trainer = ErmasTrainer(cfg, env_fn=env_fn)
     results = trainer.train()
     if post is not None:
         trainer.extra_final.update(post(trainer))
@@ -72,12 +81,14 @@ def run_many(
     *,
     workers: int = 1,
     post: PostHook | None = None,
+    env_factory: EnvFactory | None = None,
     desc: str = "runs",
 ) -> list[dict[str, Any]]:
     """Runs ``configs`` together on ``workers`` processes; results in input order.
 
     Each run is single-threaded, so ``workers`` equal to the number of cores uses the
-    machine fully. ``post`` must be a module-level function (it crosses processes).
+    machine fully. ``post`` and ``env_factory`` (see :func:`run`) must be picklable, e.g.
+    module-level functions or partials of them (they cross processes).
     """
     if workers < 1:
         raise ValueError(f"workers must be an int >= 1, got {workers!r}.")
@@ -85,11 +96,13 @@ def run_many(
     bar = tqdm(total=len(configs), desc=desc)
     if workers == 1:
         for i, cfg in enumerate(configs):
-            results[i] = run(cfg, post)
+            results[i] = run(cfg, post, env_factory)
             bar.update()
     else:
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(run, cfg, post): i for i, cfg in enumerate(configs)}
+            futures = {
+                pool.submit(run, cfg, post, env_factory): i for i, cfg in enumerate(configs)
+            }
             for future in as_completed(futures):
                 results[futures[future]] = future.result()
                 bar.update()
