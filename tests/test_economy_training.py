@@ -2,8 +2,16 @@
 episode metrics, and the deviation search under action masks."""
 from __future__ import annotations
 
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import MaskedCategorical
 
@@ -147,3 +155,65 @@ def test_saez_planner_state_round_trips_through_a_weights_only_checkpoint(tmp_pa
     state["planner", "period_start"][:] = True
     torch.testing.assert_close(restored(state.clone())["planner", "action"],
                                planner(state.clone())["planner", "action"])
+
+
+# ------------------------------------------------------------ examples/economy_tax_policy.py
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "economy_tax_policy.py"
+
+
+def _load_example():
+    """Imports the example once (which registers its schema in hydra's ConfigStore)."""
+    name = "economy_tax_policy"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, EXAMPLE)
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+@pytest.mark.parametrize("name", ["economy_tax_policy", "economy_tax_policy_paper"])
+def test_example_configs_type_check(name):
+    example = _load_example()
+    with initialize_config_dir(config_dir=str(ROOT / "examples" / "configs"), version_base="1.3"):
+        cfg = OmegaConf.to_object(compose(config_name=name))
+        assert isinstance(cfg, example.TaxPolicyConfig)
+        assert cfg.train.env["eta"] == 0.23 and cfg.eta_test == [0.11, 0.19, 0.23, 0.27, 0.35]
+        assert {"marl", "ermas"} <= set(cfg.methods)
+        assert {"saez", "us_federal", "free_market"} <= set(cfg.baselines)
+        example.validate(cfg)
+        with pytest.raises(Exception, match="bogus"):
+            compose(config_name=name, overrides=["train.bogus=1"])
+
+
+@pytest.mark.parametrize(
+    "changes, name",
+    [({"seeds": []}, "seeds"), ({"eta_test": [0.0]}, "eta_test"), ({"reference": "x"}, "reference")],
+)
+def test_example_validate(changes, name):
+    example = _load_example()
+    cfg = example.TaxPolicyConfig(methods={"marl": {"variant": "marl"}}, **changes)
+    with pytest.raises(ValueError, match=name):
+        example.validate(cfg)
+
+
+@pytest.mark.slow
+def test_example_smoke(tmp_path):
+    overrides = [
+        f"hydra.run.dir={tmp_path}", "workers=1", "seeds=[0]", "eta_test=[0.19,0.27]",
+        "train.iterations=2", "transfer.iterations=1", "train.num_envs=4",
+        "train.env.episode_length=20", "train.env.period=10", "train.ermas.warmup_iters=0",
+        "train.ermas.regret_interval=1", "train.ermas.regret_envs=2",
+        "baselines.saez.buffer_size=4",
+    ]
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLE), *overrides], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary["planners"]) == {"marl", "ermas", "saez", "us_federal", "free_market"}
+    for stats in summary["planners"].values():
+        assert len(stats["planner_reward"]) == 2 and len(stats["equality"]) == 2
+    assert summary["planners"]["marl"]["relative"] == [0.0, 0.0]
+    assert (tmp_path / "economy_tax_policy.png").stat().st_size > 0
+    assert "social welfare" in proc.stdout
