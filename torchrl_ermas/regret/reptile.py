@@ -62,10 +62,12 @@ class ReptileRegretEstimator:
     For every agent ``i`` the estimator copies the current agent policy and takes
     ``num_steps`` policy-gradient steps on agent ``i``'s own reward, with every other agent
     and the planner frozen, inside the trust region ``KL(pi_i || pi_i') <= trust_region``
-    (the mean KL over the states the deviation visits). It then measures
-    ``regret_i = J_i(deviation) - J_i(current)`` on fresh rollouts under the same planner,
-    using the same environment seed and the same sampling seed for both (common random
-    numbers). ``J_i`` is agent ``i``'s undiscounted return over ``horizon`` steps, so the
+    (the mean KL over the states the deviation visits). A selection rollout keeps the
+    deviation only where it beats the current policy (else agent ``i`` keeps the current
+    policy: a noisy step that hurts is not reported as a negative regret). It then measures
+    ``regret_i = J_i(deviation) - J_i(current)`` on independent fresh rollouts under the
+    same planner, using the same environment seed and the same sampling seed for both
+    (common random numbers), so the selection does not bias the reported value. ``J_i`` is agent ``i``'s undiscounted return over ``horizon`` steps, so the
     regret is in the units of the ERMAS ``epsilon``.
 
     All ``n_agents`` deviations run in one batched rollout: the environment batch
