@@ -48,8 +48,8 @@ class FrontierPoint(NamedTuple):
 def information_states(env: SequentialBimatrixEnv) -> tuple[torch.Tensor, int]:
     """Index of each agent's observation at every joint position, and the count per agent.
 
-    Positions an agent cannot tell apart (same observation, e.g. the other's coordinate
-    with ``observe="own"``) share an index. Time is not part of it (see
+    Positions an agent cannot tell apart share an index (with ``observe="own"``, those
+    that differ only in the other agent's coordinate). Time is not part of it (see
     :func:`tabular_policy`).
 
     Returns:
