@@ -1,12 +1,15 @@
 """Experiment-level acceptance: the Figure 2 trend of Agent-Adv-Search, across seeds.
 
-Small budget (the bimatrix example's settings with fewer iterations), three seeds per
-configuration. Marked slow; CI runs it.
+Small budget (the Figure 2 example's settings, read from its yaml, with fewer iterations),
+three seeds per configuration. Marked slow; CI runs it.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from torchrl_ermas.training import mean_sem, run_many, TrainConfig, with_overrides
 
@@ -14,19 +17,16 @@ SEEDS = (0, 1, 2)
 EPSILONS = (-10.0, 20.0)
 
 
+EXAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "examples/configs/bimatrix_adversarial_search.yaml"
+
+
 def base_config(tmp_path) -> TrainConfig:
+    """The Figure 2 example's training run (its yaml), with 50 instead of 80 iterations."""
+    train = OmegaConf.load(EXAMPLE_CONFIG).train
+    overrides = {"iterations": 50, "checkpoint_interval": 50, "logger.backend": ""}
     return with_overrides(
-        TrainConfig(),
-        {
-            "env": {"_target_": "torchrl_ermas.envs.SequentialBimatrixEnv", "max_steps": 100},
-            "iterations": 50,
-            "num_envs": 32,
-            "progress": False,
-            "logger.backend": "",
-            "checkpoint_interval": 50,
-            "ermas": {"lambda_lr": 0.2, "warmup_iters": 10, "regret_interval": 5},
-            "output_dir": str(tmp_path),
-        },
+        with_overrides(TrainConfig(), OmegaConf.to_container(train)),
+        {**overrides, "output_dir": str(tmp_path)},
     )
 
 
