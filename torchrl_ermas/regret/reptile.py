@@ -34,6 +34,18 @@ def _best_within(surrogate: torch.Tensor, kl: torch.Tensor, budget: float) -> to
     return torch.where(_feasible(kl, budget), surrogate, -torch.inf).argmax(0)
 
 
+def _centred_logit(dist: torch.distributions.Categorical, action: torch.Tensor) -> torch.Tensor:
+    """``log pi(a | s)`` minus its mean over the allowed actions (the logit, centred)."""
+    log_probs = dist.logits
+    support = getattr(dist, "mask", None)
+    if support is None:
+        mean = log_probs.mean(-1)
+    else:
+        support = support.expand_as(log_probs)
+        mean = torch.where(support, log_probs, 0.0).sum(-1) / support.sum(-1)
+    return log_probs.gather(-1, action.unsqueeze(-1)).squeeze(-1) - mean
+
+
 def _select(mask: torch.Tensor, a: TensorDictBase, b: TensorDictBase) -> TensorDictBase:
     """Per world ``w``: ``a[w]`` where ``mask[w]`` else ``b[w]``."""
     return a.apply(lambda x, y: torch.where(mask.view(-1, *(1,) * (x.dim() - 1)), x, y), b)
@@ -396,13 +408,16 @@ class ReptileRegretEstimator:
             lp = dist.log_prob(action.expand(*dist.batch_shape))
             return dist, self._own(lp, world_dim)
 
-        # Direction: sum_t (A_t / behaviour_t) grad log pi'(a_t), whose expectation is
-        # sum_a A(s, a) grad log pi'(a | s): every action is weighted by its advantage
-        # alone, not by its probability, so a saturated policy still gets a direction
-        # towards the actions it no longer takes.
+        # Direction: sum_t (A_t / behaviour_t) grad l'(a_t) with l the logits centred over
+        # the allowed actions; its expectation sum_a A(s, a) grad l'(a | s) weights every
+        # action by its advantage alone, not by its probability, so a saturated policy
+        # still gets a direction towards the actions it no longer takes. Centring makes it
+        # blind to any baseline error c(s) (sum_a grad l'(a | s) = 0), which with log-probs
+        # instead would add c(s) grad sum_a log pi'(a | s) and can reverse the direction.
         leaves = deviation.clone().requires_grad_()
-        _, lp = log_prob(self.dists.deviating(leaves, obs))
-        direction_objective = (advantage / behaviour.exp() * lp).mean(-1).sum()
+        dist = self.actor.build_dist_from_params(self.dists.deviating(leaves, obs))
+        centred = self._own(_centred_logit(dist, action.expand(*dist.batch_shape)))
+        direction_objective = (advantage / behaviour.exp() * centred).mean(-1).sum()
         grads = torch.autograd.grad(direction_objective, list(leaves.values(True, True)))
         subset = torch.randperm(obs.shape[1], device=advantage.device)[: self.line_search_samples]
         obs, action, behaviour, advantage = (
