@@ -57,7 +57,7 @@ class RobustPlannerConfig:
     transfer: dict[str, Any] = field(default_factory=dict)
     reference: str = "marl_q0"
     q_test: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
-    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     workers: int = 2
     gap: str = "payoff"
 
