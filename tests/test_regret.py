@@ -5,11 +5,12 @@ import pytest
 import torch
 from tensordict import TensorDict
 from tensordict.nn import TensorDictModule
-from torchrl.modules import MultiAgentMLP, ProbabilisticActor
+from torchrl.modules import MaskedCategorical, MultiAgentMLP, ProbabilisticActor
 
 from torchrl_ermas.envs import SequentialBimatrixEnv
 from torchrl_ermas.envs.bimatrix_analysis import exact_regret, policy_table
 from torchrl_ermas.regret import ReptileRegretEstimator
+from torchrl_ermas.regret.reptile import _centred_logit
 
 STAY, UP, DOWN = 0, 1, 2  # UP cooperates (towards n-1), DOWN defects in "dilemma"
 HORIZON = 50
@@ -207,6 +208,22 @@ class TestBadInput:
         theta = TensorDict.from_module(estimator.actor).data
         with pytest.raises(ValueError, match="lagrange"):
             estimator.meta_step(theta.expand(2).clone(), torch.ones(3))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_centred_logit_is_blind_to_a_state_baseline(masked):
+    """sum_a grad l(a | s) = 0 over the allowed actions: a baseline c(s) adds nothing."""
+    logits = torch.randn(5, 4, requires_grad=True)
+    mask = torch.tensor([True, False, True, True]).expand(5, 4)
+    dist = MaskedCategorical(logits=logits, mask=mask) if masked else torch.distributions.Categorical(logits=logits)
+    allowed = [0, 2, 3] if masked else [0, 1, 2, 3]
+    total = sum(_centred_logit(dist, torch.full((5,), a)) for a in allowed)
+    torch.testing.assert_close(total, torch.zeros(5), atol=1e-5, rtol=0)
+    (grad,) = torch.autograd.grad((torch.randn(5) * total).sum(), logits, retain_graph=True)
+    torch.testing.assert_close(grad, torch.zeros_like(grad), atol=1e-5, rtol=0)
+    # the actions themselves still get a gradient (unlike grad pi for a saturated policy)
+    (grad,) = torch.autograd.grad(_centred_logit(dist, torch.zeros(5, dtype=torch.long)).sum(), logits)
+    assert (grad[:, 0] > 0).all()
 
 
 if __name__ == "__main__":
