@@ -84,11 +84,12 @@ def main() -> None:
         original, source = RECORDED_ORIGINAL_STEPS_PER_S, "recorded (package not installed)"
     print(f"device={args.device} threads={args.threads} spatial_observation={not args.no_spatial}")
     print(f"original ai-economist, 1 env, Gather-Trade-Build: {original:,.0f} steps/s ({source})")
-    print(f"{'envs':>7}" + "".join(f"{tier:>22}" for tier in args.tiers))
+    print(f"env-steps/s (x per core: rate / {args.threads} thread(s) / original)")
+    print(f"{'envs':>7}" + "".join(f"{tier:>28}" for tier in args.tiers))
     for n in args.sizes:
         row = [steps_per_second(t, n, args.device, not args.no_spatial, args.min_time) for t in args.tiers]
-        print(f"{n:>7}" + "".join(f"{r:>22,.0f}" for r in row), flush=True)
-    print(f"ratio to the original per core = rate / {args.threads} thread(s) / {original:,.0f}")
+        cells = (f"{r:>18,.0f} ({r / args.threads / original:5.1f}x)" for r in row)
+        print(f"{n:>7}" + "".join(cells), flush=True)
 
 
 if __name__ == "__main__":
