@@ -21,7 +21,6 @@ import json
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import hydra
 import matplotlib

@@ -19,12 +19,7 @@ EPSILONS = (-1.0, 0.0, 0.25, 0.5, 1.0, 2.0)
 PLANNER_COST_PER_REGRET = 0.4 / 0.3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def nash_returns(env: SequentialBimatrixEnv):

@@ -4,7 +4,6 @@ reproduced within 2 standard errors."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from torchrl_ermas.envs.economy import EconomyEnv, FreeMarketPlanner, USFederalPlanner
 from torchrl_ermas.envs.economy.reference import (
@@ -16,13 +15,7 @@ from torchrl_ermas.envs.economy.reference import (
 PLANNERS = {"free_market": FreeMarketPlanner, "us_federal": USFederalPlanner}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Per-step tensors are small; one thread avoids OpenMP spinning on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("tier,planner", list(REFERENCE_RANDOM_POLICY))
