@@ -2,6 +2,7 @@
 episode metrics, and the deviation search under action masks."""
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import subprocess
@@ -217,3 +218,41 @@ def test_example_smoke(tmp_path):
     assert summary["planners"]["marl"]["relative"] == [0.0, 0.0]
     assert (tmp_path / "economy_tax_policy.png").stat().st_size > 0
     assert "social welfare" in proc.stdout
+
+
+def test_saez_planner_keeps_its_samples_when_the_batch_changes():
+    planner = SaezPlanner(fixed_elasticity=3.0, buffer_size=4)
+    env = EconomyEnv(2, tier="labour", planner_action="rates", episode_length=20, period=5, seed=0)
+    td = env.reset()
+    for _ in range(20):
+        _, td = env.step_and_maybe_reset(planner(env.rand_action(td)))
+    income, _ = planner._ordered_samples()
+    bigger = EconomyEnv(6, tier="labour", planner_action="rates", episode_length=20, period=5, seed=1)
+    state = bigger.reset()
+    rates = planner(state)["planner", "action"]
+    assert planner.warmed_up and planner.n_samples == income.numel()
+    torch.testing.assert_close(planner._ordered_samples()[0], income)
+    assert torch.isfinite(rates).all() and (rates == rates[:1]).all()  # one shared schedule
+
+
+def test_ermas_against_a_fixed_saez_planner_leaves_the_planner_untouched(tmp_path):
+    cfg = _labour_cfg(
+        tmp_path, variant="ermas", train_planner=False, iterations=3,
+        fixed_planner={"_target_": "torchrl_ermas.envs.economy.SaezPlanner",
+                       "fixed_elasticity": 3.0, "buffer_size": 2},
+    )
+    cfg["env"]["planner_action"] = "rates"
+    trainer = ErmasTrainer(cfg)
+    trainer._collect(0)  # warms the planner up on the training batch
+    before = copy.deepcopy(trainer.planner_policy.state_dict())
+    result = trainer.estimator.estimate(seed=0)
+    assert torch.isfinite(result["regret"]).all()
+    after = trainer.planner_policy.state_dict()
+    assert before.keys() == after.keys()
+    for key in before:
+        if isinstance(before[key], torch.Tensor):
+            torch.testing.assert_close(after[key], before[key])
+        else:
+            assert after[key] == before[key]
+    results = trainer.train()
+    assert all(r is not None for r in results["history"]["regret"])

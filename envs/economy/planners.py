@@ -164,6 +164,25 @@ class SaezPlanner(TensorDictModuleBase):
                 setattr(self, name, torch.empty_like(saved))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def _resize(self, n_envs: int, device: torch.device) -> None:
+        """Buffers for ``n_envs`` environments, keeping the newest samples and the schedule."""
+        income, rate = self._ordered_samples()
+        capacity = self.buffer_size * n_envs
+        self.income_buffer = torch.zeros(capacity, dtype=torch.float64, device=device)
+        self.rate_buffer = torch.zeros(capacity, dtype=torch.float64, device=device)
+        self.n_samples, self._head = 0, 0
+        if income.numel():
+            self._push(income.to(device), rate.to(device))
+        schedule = self.rates[:1] if self.rates.shape[0] else torch.zeros(1, self.tax.n_brackets)
+        self.rates = schedule.to(device).expand(n_envs, -1).clone()
+
+    def _ordered_samples(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The buffered (income, rate) samples, oldest first."""
+        capacity = self.income_buffer.numel()
+        order = (self._head - self.n_samples + torch.arange(self.n_samples)) % max(capacity, 1)
+        order = order.to(self.income_buffer.device)
+        return self.income_buffer[order], self.rate_buffer[order]
+
     def _push(self, income: torch.Tensor, rate: torch.Tensor) -> None:
         capacity = self.income_buffer.numel()
         income, rate = income[-capacity:].double(), rate[-capacity:].double()
@@ -195,11 +214,7 @@ class SaezPlanner(TensorDictModuleBase):
         enacted = tensordict.get(self.in_keys[1]).reshape(-1)
         n_envs, device = start.numel(), start.device
         if self.rates.shape[0] != n_envs:
-            capacity = self.buffer_size * n_envs
-            self.income_buffer = torch.zeros(capacity, dtype=torch.float64, device=device)
-            self.rate_buffer = torch.zeros(capacity, dtype=torch.float64, device=device)
-            self.rates = torch.zeros(n_envs, self.tax.n_brackets, device=device)
-            self.n_samples, self._head = 0, 0
+            self._resize(n_envs, device)
         if enacted.any():
             n_agents = tensordict.get(self.in_keys[2]).shape[-1]
             income = tensordict.get(self.in_keys[2]).reshape(n_envs, n_agents)[enacted]

@@ -95,11 +95,15 @@ class DeviationPolicy(TensorDictModuleBase):
         self.n_agents = n_agents
         self.action_key = action_key
         self.behaviour_log_prob_key = behaviour_log_prob_key
-        self.__dict__["planner_policy"] = planner_policy
+        self.set_planner(planner_policy)
         self.in_keys = list(dists.actor.in_keys)
         self.out_keys = [action_key, behaviour_log_prob_key]
         self.params: TensorDictBase | None = None
         self.exploration = 0.0
+
+    def set_planner(self, planner_policy: nn.Module | None) -> None:
+        """Acts with ``planner_policy`` first (kept out of this module's parameters)."""
+        self.__dict__["planner_policy"] = planner_policy
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         if self.planner_policy is not None:

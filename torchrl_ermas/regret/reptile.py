@@ -1,6 +1,7 @@
 """Per-agent regret of the current agent policy, and the Reptile meta step of ERMAS."""
 from __future__ import annotations
 
+import copy
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -108,7 +109,9 @@ class ReptileRegretEstimator:
 
     Keyword Args:
         planner_policy (nn.Module, optional): the planner's policy, frozen during the
-            estimate; ``None`` for a passive planner. Defaults to ``None``.
+            estimate: every rollout acts with a fresh copy of it, so a stateful planner
+            (e.g. the economy's Saez planner) starts each rollout in the same state and
+            is left untouched. ``None`` for a passive planner. Defaults to ``None``.
         value_network (TensorDictModule, optional): a state-value network of the agents'
             own rewards (e.g. the critic of :class:`~torchrl_ermas.objectives.ErmasLoss`),
             writing ``(group, "state_value")``. When given, the deviation advantages are
@@ -212,7 +215,13 @@ class ReptileRegretEstimator:
                 f"group {group!r}: the environment has no action {action_key}; "
                 f"its actions are {list(env.full_action_spec.keys(True, True))}."
             )
-        self.n_agents = env.full_action_spec[action_key].shape[-1]
+        action_spec = env.full_action_spec[action_key]
+        if action_spec.shape != env.full_action_spec[group].shape:
+            raise ValueError(
+                f"{action_key} must hold one categorical action per agent, shape "
+                f"{list(env.full_action_spec[group].shape)}; got {list(action_spec.shape)}."
+            )
+        self.n_agents = action_spec.shape[-1]
         if len(env.batch_size) != 1 or env.batch_size[0] % self.n_agents:
             raise ValueError(
                 f"env.batch_size must be [n_agents * B] = [{self.n_agents} * B] to hold one "
@@ -349,6 +358,8 @@ class ReptileRegretEstimator:
         seed = self._next_seed() if seed is None else seed
         self.policy.params = deviation
         self.policy.exploration = exploration
+        if self.planner_policy is not None:
+            self.policy.set_planner(copy.deepcopy(self.planner_policy))
         devices = [self._device] if self._device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
