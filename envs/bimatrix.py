@@ -7,7 +7,7 @@ from typing import Literal
 import numpy as np
 import torch
 from tensordict import TensorDictBase
-from torchrl.data import Bounded, Categorical, Composite
+from torchrl.data import Bounded, Categorical, Composite, Unbounded
 
 from ._grid_game import as_batch_size, check_int, GridGameEnv, one_hot
 
@@ -85,6 +85,9 @@ class SequentialBimatrixEnv(GridGameEnv):
     ``r_p``; in ``"officers"`` mode it also controls an officer count ``o in [0, 12]``
     (actions change it by ``{-2, -1, 0, +1, +2}``) and earns
     ``r_p * (1 + w * o / 12) - (o / 12) ** 2`` with ``w = officer_weight``.
+    The raw table value ``r_p`` of the current position is observed as
+    ``("planner", "payoff")`` (the reality gap of the ERMAS paper subtracts it from the
+    agents' rewards: ``PlannerRewardGap(q, planner_reward_key=("planner", "payoff"))``).
     Episodes end in ``truncated`` after ``max_steps`` steps.
 
     Reference: "ERMAS: Learning Policies Robust to Reality Gaps in Multi-Agent
@@ -204,6 +207,7 @@ class SequentialBimatrixEnv(GridGameEnv):
             ),
             planner=Composite(
                 observation=Bounded(shape=(*planner, self.planner_obs_dim), **unit),
+                payoff=Unbounded(shape=(*planner, 1), device=dev),
                 shape=planner,
             ),
             shape=bs, device=dev,
@@ -270,4 +274,7 @@ class SequentialBimatrixEnv(GridGameEnv):
             t = self._time_fraction()
             agents = torch.cat([agents, t.unsqueeze(-2).expand(*agents.shape[:-1], 1)], -1)
             planner.append(t)
-        return self._observations(agents, torch.cat(planner, -1).unsqueeze(-2))
+        out = self._observations(agents, torch.cat(planner, -1).unsqueeze(-2))
+        payoff = self.payoff_table[flat, :1].unsqueeze(-1)  # [*B, 1, 1]
+        out.get("planner").set("payoff", payoff)
+        return out

@@ -23,7 +23,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from hydra.core.config_store import ConfigStore  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from hydra.utils import instantiate  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from torchrl_ermas.training import (  # noqa: E402
@@ -47,9 +46,6 @@ class RobustPlannerConfig:
         q_test: the test reality gaps.
         seeds: training seeds; each seed's planner is transferred with the same seed.
         workers: runs in parallel (processes).
-        gap: how ``reward.q`` enters: ``"payoff"`` (``r_i - Q r_p`` on the raw payoff
-            tables, the authors' definition) or ``"reward"`` (``PlannerRewardGap`` on the
-            environment's planner reward, officer terms included).
     """
 
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -59,33 +55,16 @@ class RobustPlannerConfig:
     q_test: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     workers: int = 2
-    gap: str = "payoff"
 
 
 ConfigStore.instance().store(name="robust_planner_schema", node=RobustPlannerConfig)
 
 
-def payoff_gap(run_cfg: TrainConfig, gap: str) -> TrainConfig:
-    """With ``gap="payoff"``, moves ``reward.q`` into the payoff tables: ``r_i - q * r_p``."""
-    if gap not in ("payoff", "reward"):
-        raise ValueError(f"gap must be 'payoff' or 'reward', got {gap!r}.")
-    q = run_cfg.reward.q
-    if gap == "reward" or q == 0:
-        return run_cfg
-    env = instantiate({**OmegaConf.to_container(OmegaConf.create(run_cfg.env)), "_convert_": "all"},
-                      batch_size=1)
-    r_planner, *r_agents = env.payoffs
-    tables = [r_planner] + [r - q * r_planner for r in r_agents]
-    return with_overrides(run_cfg, {
-        "reward.q": 0.0, "env": {"payoffs": [t.tolist() for t in tables], "_convert_": "all"},
-    })
-
-
 def train_configs(cfg: RobustPlannerConfig, out: Path) -> dict[tuple[str, int], TrainConfig]:
     return {
-        (name, seed): payoff_gap(with_overrides(
+        (name, seed): with_overrides(
             cfg.train, {**overrides, "seed": seed, "output_dir": str(out / "train" / name / f"seed{seed}")}
-        ), cfg.gap)
+        )
         for name, overrides in cfg.methods.items()
         for seed in cfg.seeds
     }
@@ -94,11 +73,11 @@ def train_configs(cfg: RobustPlannerConfig, out: Path) -> dict[tuple[str, int], 
 def transfer_configs(cfg: RobustPlannerConfig, trained: dict, out: Path) -> dict:
     base = with_overrides(cfg.train, cfg.transfer)
     return {
-        (name, seed, q): payoff_gap(transfer_config(
+        (name, seed, q): transfer_config(
             base,
             Path(run_cfg.output_dir) / "checkpoint.pt",
             {"reward.q": q, "seed": seed, "output_dir": str(out / "transfer" / name / f"q{q:g}" / f"seed{seed}")},
-        ), cfg.gap)
+        )
         for (name, seed), run_cfg in trained.items()
         for q in cfg.q_test
     }

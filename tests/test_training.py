@@ -605,6 +605,7 @@ INVALID = [
     ("ermas.regret_baseline", {"ermas": {"regret_baseline": "zero"}}),
     ("fixed_planner", {"fixed_planner": {"_target_": "torchrl_ermas.envs.economy.FreeMarketPlanner"}}),
     ("reward.q", {"reward": {"q": float("nan")}}),
+    ("reward.gap_key", {"reward": {"gap_key": []}}),
     ("reward.dr_scale", {"reward": {"dr_scale": -1.0}}),
     ("reward.dr_resample", {"reward": {"dr_resample": "never"}}),
     ("reward.rr_eta", {"reward": {"rr_eta": -1.0}}),
@@ -774,3 +775,25 @@ def test_run_many_builds_envs_with_the_env_factory(tmp_path):
     results = run_many(configs, workers=1, env_factory=factory)
     assert [r["seed"] for r in results] == [0, 1]
     assert calls == [(0, 4), (1, 4)]
+
+
+def test_gap_on_the_raw_payoff_excludes_the_officer_terms(tmp_path):
+    """reward.gap_key=[planner, payoff]: agents earn r_i - q * r_p on the raw table."""
+    q = 0.5
+    base = make_cfg(tmp_path, variant="marl", iterations=1)
+    raw = ErmasTrainer(_merge(base, {"reward": {"q": q, "gap_key": ["planner", "payoff"]}}))
+    plain = ErmasTrainer(_merge(base, {"output_dir": str(tmp_path / "plain")}))
+    torch.manual_seed(0)
+    data = raw._collect(0)
+    torch.manual_seed(0)
+    reference = plain._collect(0)  # same seeds and parameters: the same trajectory
+    expected = reference["next", "agents", "reward"] - q * reference["next", "planner", "payoff"]
+    torch.testing.assert_close(data["next", "agents", "reward"], expected)
+    officers = data["next", "planner", "reward"] != data["next", "planner", "payoff"]
+    assert officers.any()  # the planner reward differs from the raw payoff here
+
+
+def test_unknown_gap_key_raises(tmp_path):
+    cfg = make_cfg(tmp_path, reward={"q": 0.3, "gap_key": ["planner", "payof"]})
+    with pytest.raises(ValueError, match=r"reward.gap_key \['planner', 'payof'\]"):
+        ErmasTrainer(cfg)

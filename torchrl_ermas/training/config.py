@@ -83,6 +83,9 @@ class RewardConfig:
 
     Attributes:
         q: reality gap ``Q``: agents earn ``r_i - q * r_p`` (:class:`PlannerRewardGap`).
+        gap_key: where ``r_p`` is read: the planner's reward (default) or another key of
+            the environment's output, e.g. ``[planner, payoff]`` for the bimatrix game's
+            raw payoff table (the planner reward without the officer terms).
         dr_scale: domain randomization ``U[-dr_scale, dr_scale]`` added to each agent's
             reward (:class:`DomainRandomizedReward`); ``0`` disables it.
         dr_resample: ``"episode"`` or ``"step"``.
@@ -92,6 +95,7 @@ class RewardConfig:
     """
 
     q: float = 0.0
+    gap_key: list[str] = field(default_factory=lambda: ["planner", "reward"])
     dr_scale: float = 0.0
     dr_resample: str = "episode"
     rr_eta: float = 0.0
@@ -204,6 +208,8 @@ def validate(cfg: TrainConfig) -> None:
     r = cfg.reward
     if not math.isfinite(r.q):
         raise ValueError(f"reward.q must be finite, got {r.q!r}.")
+    if not r.gap_key or not all(isinstance(k, str) and k for k in r.gap_key):
+        raise ValueError(f"reward.gap_key must be a non-empty list of names, got {r.gap_key!r}.")
     check_number("reward.dr_scale", r.dr_scale, strict=False)
     check_number("reward.rr_eta", r.rr_eta, strict=False)
     if r.dr_resample not in ("episode", "step"):

@@ -159,16 +159,22 @@ class ErmasTrainer:
 
     def _make_env(self, batch_size: int) -> TransformedEnv:
         reward = self.cfg.reward
+        env = self._env_fn(batch_size, self.device)
         transforms = []
         if reward.q != 0:
-            transforms.append(PlannerRewardGap(reward.q))
+            gap_key = tuple(reward.gap_key)
+            outputs = [*env.full_observation_spec.keys(True, True), *env.reward_keys]
+            if gap_key not in outputs:
+                raise ValueError(
+                    f"reward.gap_key {list(gap_key)} is not an output of the environment; "
+                    f"its outputs are {outputs}."
+                )
+            transforms.append(PlannerRewardGap(reward.q, planner_reward_key=gap_key))
         if reward.dr_scale > 0:
             transforms.append(
                 DomainRandomizedReward(reward.dr_scale, resample=reward.dr_resample)
             )
-        return TransformedEnv(
-            self._env_fn(batch_size, self.device), Compose(*transforms), auto_unwrap=True
-        )
+        return TransformedEnv(env, Compose(*transforms), auto_unwrap=True)
 
     def _check_episode_metrics(self) -> None:
         available = [
