@@ -76,9 +76,9 @@ class DeviationPolicy(TensorDictModuleBase):
 
     The deviating agent of each world samples from its deviation policy mixed with the
     uniform distribution over its allowed actions (weight ``exploration``), so that actions
-    the current policy no longer takes are still tried; the behaviour log-probability of every agent's action is
-    written to ``behaviour_log_prob_key`` for importance weighting. The planner (if any)
-    acts first with its own policy.
+    the current policy no longer takes are still tried; the behaviour log-probability of
+    every agent's action is written to ``behaviour_log_prob_key`` for importance
+    weighting. The planner (if any) acts first with its own policy.
     """
 
     def __init__(

@@ -80,8 +80,9 @@ class ReptileRegretEstimator:
     policy: a noisy step that hurts is not reported as a negative regret). It then measures
     ``regret_i = J_i(deviation) - J_i(current)`` on independent fresh rollouts under the
     same planner, using the same environment seed and the same sampling seed for both
-    (common random numbers), so the selection does not bias the reported value. ``J_i`` is agent ``i``'s undiscounted return over ``horizon`` steps, so the
-    regret is in the units of the ERMAS ``epsilon``.
+    (common random numbers), so the selection does not bias the reported value. ``J_i``
+    is agent ``i``'s undiscounted return over ``horizon`` steps, so the regret is in the
+    units of the ERMAS ``epsilon``.
 
     All ``n_agents`` deviations run in one batched rollout: the environment batch
     ``[n_agents * B]`` is split into ``n_agents`` worlds of ``B`` environments, agent ``i``
@@ -392,8 +393,8 @@ class ReptileRegretEstimator:
             with torch.no_grad():
                 values = self.value_network(data.exclude("next").copy())
             baseline = self._own(values.get((self.group, "state_value")).squeeze(-1))
-        # centred per world: a state-independent offset would add c * grad sum_a log pi(a)
-        # to the advantage-weighted direction (which does not vanish, unlike under pi)
+        # centred and scaled per world: an offset common to all transitions only adds
+        # variance to the importance-weighted surrogate of the line search
         advantage = (togo - baseline).flatten(1)
         advantage = (advantage - advantage.mean(-1, keepdim=True)) / advantage.std(
             -1, keepdim=True

@@ -353,12 +353,14 @@ class ErmasTrainer:
         planner = data.get(("next", "planner", "reward")).sum(1).mean()
         agents = data.get(("next", "agents", "reward")).sum(1).mean(0).flatten()
         lagrange = self.lagrange.value.tolist() if self.lagrange is not None else None
-        episode_end = data[:, -1].get("next")
         return {
             "iteration": iteration,
             "planner_reward": planner.item(),
             "agent_reward": agents.tolist(),
-            **{key: episode_end.get(key).mean().item() for key in self.cfg.episode_metrics},
+            **{
+                key: data.get(("next", key))[:, -1].mean().item()
+                for key in self.cfg.episode_metrics
+            },
             "lambda": lagrange,
             "regret": None,
             "kl": None,
