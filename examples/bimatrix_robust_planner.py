@@ -27,6 +27,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from torchrl_ermas.training import (  # noqa: E402
     mean_sem,
+    method_seed_configs,
     run_many,
     TrainConfig,
     transfer_config,
@@ -61,13 +62,8 @@ ConfigStore.instance().store(name="robust_planner_schema", node=RobustPlannerCon
 
 
 def train_configs(cfg: RobustPlannerConfig, out: Path) -> dict[tuple[str, int], TrainConfig]:
-    return {
-        (name, seed): with_overrides(
-            cfg.train, {**overrides, "seed": seed, "output_dir": str(out / "train" / name / f"seed{seed}")}
-        )
-        for name, overrides in cfg.methods.items()
-        for seed in cfg.seeds
-    }
+    """The planner-training runs, keyed by (method, seed)."""
+    return method_seed_configs(cfg.train, cfg.methods, cfg.seeds, out / "train")
 
 
 def transfer_configs(cfg: RobustPlannerConfig, trained: dict, out: Path) -> dict:

@@ -36,6 +36,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from torchrl_ermas.training import (  # noqa: E402
     mean_sem,
+    method_seed_configs,
     run_many,
     TrainConfig,
     transfer_config,
@@ -89,14 +90,7 @@ def validate(cfg: TaxPolicyConfig) -> None:
 
 def train_configs(cfg: TaxPolicyConfig, out: Path) -> dict[tuple[str, int], TrainConfig]:
     """The planner-training runs, keyed by (method, seed)."""
-    return {
-        (name, seed): with_overrides(
-            cfg.train,
-            {**overrides, "seed": seed, "output_dir": str(out / "train" / name / f"seed{seed}")},
-        )
-        for name, overrides in cfg.methods.items()
-        for seed in cfg.seeds
-    }
+    return method_seed_configs(cfg.train, cfg.methods, cfg.seeds, out / "train")
 
 
 def evaluation_configs(

@@ -18,7 +18,7 @@ table (mean and standard error over seeds) to the hydra output directory.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -31,7 +31,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torchrl.envs import EnvBase, TransformedEnv
 
-from torchrl_ermas.training import mean_sem, run_many, TrainConfig
+from torchrl_ermas.training import mean_sem, method_seed_configs, run_many, TrainConfig
 from torchrl_ermas.transforms.planner import PlannerFromAgents
 
 matplotlib.use("Agg")
@@ -102,15 +102,8 @@ def run_configs(cfg: VmasSearchConfig, out: Path) -> dict[tuple[str, int], Train
     """The runs of the sweep, keyed by (point name, seed); MARL first."""
     points = {MARL: {"variant": "marl"}} if cfg.marl else {}
     for epsilon in cfg.epsilons:
-        ermas = replace(cfg.train.ermas, epsilon=epsilon)
-        points[f"{epsilon:g}"] = {"variant": "ermas", "ermas": ermas}
-    return {
-        (name, seed): replace(
-            cfg.train, **changes, seed=seed, output_dir=str(out / name / f"seed{seed}")
-        )
-        for name, changes in points.items()
-        for seed in cfg.seeds
-    }
+        points[f"{epsilon:g}"] = {"variant": "ermas", "ermas.epsilon": epsilon}
+    return method_seed_configs(cfg.train, points, cfg.seeds, out)
 
 
 def run_all(cfg: VmasSearchConfig, runs: dict[tuple[str, int], TrainConfig]) -> dict:

@@ -11,7 +11,14 @@ from .config import (
     TrainConfig,
     validate,
 )
-from .experiments import mean_sem, run, run_many, transfer_config, with_overrides
+from .experiments import (
+    mean_sem,
+    method_seed_configs,
+    run,
+    run_many,
+    transfer_config,
+    with_overrides,
+)
 from .trainer import ErmasTrainer, NonFiniteError
 
 __all__ = [
@@ -24,6 +31,7 @@ __all__ = [
     "TrainConfig",
     "load_checkpoint",
     "mean_sem",
+    "method_seed_configs",
     "register_configs",
     "run",
     "run_many",

@@ -43,6 +43,26 @@ def with_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
     return _as_config(OmegaConf.merge(OmegaConf.structured(cfg), nested))
 
 
+def method_seed_configs(
+    cfg: TrainConfig, methods: dict[str, dict[str, Any]], seeds: Sequence[int], root: str | Path
+) -> dict[tuple[str, int], TrainConfig]:
+    """One run per method and seed, keyed ``(method, seed)``, writing to ``root/method/seed{s}``.
+
+    Examples:
+        >>> runs = method_seed_configs(TrainConfig(), {"marl": {"variant": "marl"}}, [0, 1], "out")
+        >>> sorted(runs), runs["marl", 1].seed, runs["marl", 1].output_dir
+        ([('marl', 0), ('marl', 1)], 1, 'out/marl/seed1')
+    """
+    root = Path(root)
+    return {
+        (name, seed): with_overrides(
+            cfg, {**overrides, "seed": seed, "output_dir": str(root / name / f"seed{seed}")}
+        )
+        for name, overrides in methods.items()
+        for seed in seeds
+    }
+
+
 def transfer_config(
     cfg: TrainConfig, planner_checkpoint: str | Path, overrides: dict[str, Any] | None = None
 ) -> TrainConfig:
