@@ -285,6 +285,25 @@ def test_trainconfig_dataclass_is_accepted(tmp_path):
     assert results["config"]["agents"]["hidden"] == 16
 
 
+@pytest.mark.parametrize("critic_depth", [None, 2])
+def test_depth_zero_gives_linear_planner_that_trains(tmp_path, critic_depth):
+    """``planner.depth=0``: a policy linear in the observation (the critic too, unless
+    ``critic_depth`` sets it apart)."""
+    planner = {"depth": 0, "critic_depth": critic_depth}
+    trainer = ErmasTrainer(make_cfg(tmp_path, variant="marl", iterations=2, planner=planner))
+    before = copy.deepcopy(trainer.planner_policy.state_dict())
+    trainer.train()
+
+    def linear_layers(module):
+        return [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
+
+    (layer,) = linear_layers(trainer.planner_policy)
+    assert layer.in_features == trainer.env.base_env.planner_obs_dim
+    assert len(linear_layers(trainer.planner_critic)) == (1 if critic_depth is None else 3)
+    after = trainer.planner_policy.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
 def test_reward_baselines_report_untransformed_planner_reward(tmp_path, marl_run):
     """RR and the reality gap train on transformed rewards but report the planner's own.
 
@@ -588,6 +607,8 @@ INVALID = [
     ("agents.epochs", {"agents": {"epochs": 0}}),
     ("planner.lmbda", {"planner": {"lmbda": -0.5}}),
     ("planner.minibatches", {"planner": {"minibatches": 0}}),
+    ("planner.depth", {"planner": {"depth": -1}}),
+    ("agents.critic_depth", {"agents": {"critic_depth": -1}}),
     ("ermas.lambda_init", {"ermas": {"lambda_init": 200.0, "lambda_max": 100.0}}),
     ("ermas.lambda_init", {"ermas": {"lambda_init": -1.0}}),
     ("ermas.lambda_lr", {"ermas": {"lambda_lr": -0.1}}),

@@ -21,7 +21,13 @@ VARIANTS = ("ermas", "fixed_lambda", "marl")
 
 @dataclass
 class PPOConfig:
-    """PPO settings of one group (the agents or the planner)."""
+    """PPO settings of one group (the agents or the planner).
+
+    ``hidden`` and ``depth`` size the policy and critic networks (``MultiAgentMLP``):
+    ``depth`` hidden layers of ``hidden`` units; ``depth=0`` makes a network linear in the
+    observation (the ERMAS authors' bimatrix policies). ``critic_depth`` sets the critic's
+    depth apart (``None``: ``depth``).
+    """
 
     lr: float = 3e-3
     clip_epsilon: float = 0.2
@@ -34,6 +40,7 @@ class PPOConfig:
     max_grad_norm: float = 10.0
     hidden: int = 64
     depth: int = 2
+    critic_depth: int | None = None
     share_params: bool = True
 
 
@@ -171,8 +178,10 @@ def validate(cfg: TrainConfig) -> None:
             value = getattr(ppo, name)
             if not 0 < value <= 1:
                 raise ValueError(f"{group}.{name} must be in (0, 1], got {value!r}.")
-        for name in ("epochs", "minibatches", "hidden", "depth"):
+        for name in ("epochs", "minibatches", "hidden"):
             check_int(f"{group}.{name}", getattr(ppo, name), 1)
+        check_int(f"{group}.depth", ppo.depth, 0)
+        check_int(f"{group}.critic_depth", ppo.critic_depth, 0, optional=True)
     if cfg.fixed_planner is not None and (cfg.train_planner or cfg.planner_checkpoint):
         raise ValueError(
             "fixed_planner is never trained: it requires train_planner=False and "

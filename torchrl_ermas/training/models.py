@@ -107,8 +107,9 @@ def make_critic(
 ) -> TensorDictModule:
     """A per-member state-value network writing ``(group, "state_value")``."""
     n, obs_dim = group_sizes(env, group)
+    depth = cfg.depth if cfg.critic_depth is None else cfg.critic_depth
     net = MultiAgentMLP(
         obs_dim, 1, n_agents=n, centralized=False, share_params=cfg.share_params,
-        depth=cfg.depth, num_cells=cfg.hidden, activation_class=torch.nn.Tanh, device=device,
+        depth=depth, num_cells=cfg.hidden, activation_class=torch.nn.Tanh, device=device,
     )
     return TensorDictModule(net, [(group, "observation")], [(group, "state_value")])
