@@ -285,11 +285,11 @@ def test_trainconfig_dataclass_is_accepted(tmp_path):
     assert results["config"]["agents"]["hidden"] == 16
 
 
-@pytest.mark.parametrize("critic_depth", [None, 2])
-def test_depth_zero_gives_linear_planner_that_trains(tmp_path, critic_depth):
+@pytest.mark.parametrize(("critic_depth", "policy_bias"), [(None, True), (2, False)])
+def test_depth_zero_gives_linear_planner_that_trains(tmp_path, critic_depth, policy_bias):
     """``planner.depth=0``: a policy linear in the observation (the critic too, unless
-    ``critic_depth`` sets it apart)."""
-    planner = {"depth": 0, "critic_depth": critic_depth}
+    ``critic_depth`` sets it apart), with or without a bias."""
+    planner = {"depth": 0, "critic_depth": critic_depth, "policy_bias": policy_bias}
     trainer = ErmasTrainer(make_cfg(tmp_path, variant="marl", iterations=2, planner=planner))
     before = copy.deepcopy(trainer.planner_policy.state_dict())
     trainer.train()
@@ -299,6 +299,7 @@ def test_depth_zero_gives_linear_planner_that_trains(tmp_path, critic_depth):
 
     (layer,) = linear_layers(trainer.planner_policy)
     assert layer.in_features == trainer.env.base_env.planner_obs_dim
+    assert (layer.bias is not None) == policy_bias
     assert len(linear_layers(trainer.planner_critic)) == (1 if critic_depth is None else 3)
     after = trainer.planner_policy.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)

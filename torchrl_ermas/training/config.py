@@ -26,7 +26,10 @@ class PPOConfig:
     ``hidden`` and ``depth`` size the policy and critic networks (``MultiAgentMLP``):
     ``depth`` hidden layers of ``hidden`` units; ``depth=0`` makes a network linear in the
     observation (the ERMAS authors' bimatrix policies). ``critic_depth`` sets the critic's
-    depth apart (``None``: ``depth``).
+    depth apart (``None``: ``depth``). ``policy_bias=False`` drops the bias of the policy's
+    output layer: a linear policy of concatenated one-hot observations does not need it
+    (every one-hot block already adds one weight row per value), and without it what is
+    learned in some states cannot leak into unvisited ones through the shared bias.
     """
 
     lr: float = 3e-3
@@ -41,6 +44,7 @@ class PPOConfig:
     hidden: int = 64
     depth: int = 2
     critic_depth: int | None = None
+    policy_bias: bool = True
     share_params: bool = True
 
 

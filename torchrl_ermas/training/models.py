@@ -77,7 +77,7 @@ def make_policy(
     net = MultiAgentMLP(
         obs_dim, math.prod(event) * choices, n_agents=n, centralized=False,
         share_params=cfg.share_params, depth=cfg.depth, num_cells=cfg.hidden,
-        activation_class=torch.nn.Tanh, device=device,
+        activation_class=torch.nn.Tanh, bias_last_layer=cfg.policy_bias, device=device,
     )
     if event:
         net = torch.nn.Sequential(net, torch.nn.Unflatten(-1, (*event, choices)))
