@@ -3,7 +3,6 @@ episode metrics, and the deviation search under action masks."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import subprocess
 import sys
@@ -163,19 +162,9 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "economy_tax_policy.py"
 
 
-def _load_example():
-    """Imports the example once (which registers its schema in hydra's ConfigStore)."""
-    name = "economy_tax_policy"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, EXAMPLE)
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
-
-
 @pytest.mark.parametrize("name", ["economy_tax_policy", "economy_tax_policy_paper"])
-def test_example_configs_type_check(name):
-    example = _load_example()
+def test_example_configs_type_check(name, import_example):
+    example = import_example("economy_tax_policy")
     with initialize_config_dir(config_dir=str(ROOT / "examples" / "configs"), version_base="1.3"):
         cfg = OmegaConf.to_object(compose(config_name=name))
         assert isinstance(cfg, example.TaxPolicyConfig)
@@ -191,8 +180,8 @@ def test_example_configs_type_check(name):
     "changes, name",
     [({"seeds": []}, "seeds"), ({"eta_test": [0.0]}, "eta_test"), ({"reference": "x"}, "reference")],
 )
-def test_example_validate(changes, name):
-    example = _load_example()
+def test_example_validate(changes, name, import_example):
+    example = import_example("economy_tax_policy")
     cfg = example.TaxPolicyConfig(methods={"marl": {"variant": "marl"}}, **changes)
     with pytest.raises(ValueError, match=name):
         example.validate(cfg)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import doctest
-import importlib.util
 import json
 import subprocess
 import sys
@@ -229,19 +228,9 @@ def test_docstring_example():
 
 
 # ------------------------------------------------------------------------ the example
-def _load_example():
-    """Imports the example once (which registers its schema in hydra's ConfigStore)."""
-    name = "vmas_adversarial_search"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, EXAMPLE)
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
-
-
 @pytest.mark.parametrize("name", ["vmas_adversarial_search", "vmas_adversarial_search_paper"])
-def test_example_configs_type_check(name):
-    example = _load_example()
+def test_example_configs_type_check(name, import_example):
+    example = import_example("vmas_adversarial_search")
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         cfg = OmegaConf.to_object(compose(config_name=name, overrides=["hydra.job.chdir=false"]))
         assert isinstance(cfg, example.VmasSearchConfig)
@@ -252,8 +241,8 @@ def test_example_configs_type_check(name):
                 compose(config_name=name, overrides=[f"{key}=1"])
 
 
-def test_example_yaml_rejects_unknown_keys(tmp_path):
-    _load_example()
+def test_example_yaml_rejects_unknown_keys(tmp_path, import_example):
+    import_example("vmas_adversarial_search")
     (tmp_path / "typo.yaml").write_text(
         "defaults:\n  - vmas_search_schema\n  - _self_\nregulator:\n  rulle: speed\n"
     )
@@ -270,8 +259,8 @@ def test_example_yaml_rejects_unknown_keys(tmp_path):
         ({"epsilons": [], "marl": False}, "epsilons"),
     ],
 )
-def test_example_validate(changes, name):
-    example = _load_example()
+def test_example_validate(changes, name, import_example):
+    example = import_example("vmas_adversarial_search")
     with pytest.raises(ValueError, match=name):
         example.validate(example.VmasSearchConfig(**changes))
     regulator = example.RegulatorConfig(rule="fast")
