@@ -40,7 +40,8 @@ def _run(example: str, tmp_path, *overrides: str) -> subprocess.CompletedProcess
     proc = subprocess.run(
         [sys.executable, str(EXAMPLES / f"{example}.py"), f"hydra.run.dir={tmp_path}",
          "workers=1", "seeds=[0]", "train.iterations=2", "train.num_envs=4",
-         "train.env.max_steps=10", *overrides],
+         "train.env.max_steps=10", "train.ermas.warmup_iters=0",
+         "train.ermas.regret_interval=1", "train.ermas.regret_envs=2", *overrides],
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -50,11 +51,7 @@ def _run(example: str, tmp_path, *overrides: str) -> subprocess.CompletedProcess
 @pytest.mark.slow
 def test_robust_planner_example_smoke(tmp_path):
     """The README's main job: every method, transferred to every Q_test, in one table."""
-    proc = _run(
-        "bimatrix_robust_planner", tmp_path, "q_test=[0.0,0.6]", "transfer.iterations=2",
-        "train.ermas.warmup_iters=0", "train.ermas.regret_interval=1",
-        "train.ermas.regret_envs=2",
-    )
+    proc = _run("bimatrix_robust_planner", tmp_path, "q_test=[0.0,0.6]", "transfer.iterations=2")
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["q_test"] == [0.0, 0.6]
     assert set(summary["methods"]) == {"ermas", "marl_q0", "marl_q05", "dr", "rr"}
@@ -70,11 +67,7 @@ def test_robust_planner_example_smoke(tmp_path):
 @pytest.mark.slow
 def test_adversarial_search_example_smoke(tmp_path):
     """Fig. 2: the epsilon sweep, MARL and fixed lambda, with the exact frontier."""
-    proc = _run(
-        "bimatrix_adversarial_search", tmp_path, "epsilons=[5.0]", "fixed_lambdas=[0.0]",
-        "train.ermas.warmup_iters=0", "train.ermas.regret_interval=1",
-        "train.ermas.regret_envs=2",
-    )
+    proc = _run("bimatrix_adversarial_search", tmp_path, "epsilons=[5.0]", "fixed_lambdas=[0.0]")
     rows = json.loads((tmp_path / "summary.json").read_text())
     assert {(r["method"], r["value"]) for r in rows} == {
         ("ermas", 5.0), ("fixed_lambda", 0.0), ("marl", None), ("frontier", 5.0)
@@ -86,11 +79,7 @@ def test_adversarial_search_example_smoke(tmp_path):
 @pytest.mark.slow
 def test_meta_ablation_example_smoke(tmp_path):
     """Fig. 3: learning curves per beta, mean and standard error over seeds."""
-    _run(
-        "bimatrix_meta_ablation", tmp_path, "meta_scales=[0.0,1.0]",
-        "train.ermas.warmup_iters=0", "train.ermas.regret_interval=1",
-        "train.ermas.regret_envs=2",
-    )
+    _run("bimatrix_meta_ablation", tmp_path, "meta_scales=[0.0,1.0]")
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert set(summary) == {"0.0", "1.0"}
     for curves in summary.values():
