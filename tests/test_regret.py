@@ -152,6 +152,27 @@ class TestMechanics:
         assert result["regret"].shape == (2,)
         assert torch.isfinite(result["regret"]).all()
 
+    def test_planner_samples_its_actions_in_the_estimate(self):
+        """The estimate faces the planner the agents train against: its actions are sampled
+        (TorchRL's default interaction type would play the mode)."""
+        env = SequentialBimatrixEnv(2 * 8, planner="officers", max_steps=10)
+        linear = torch.nn.Linear(16 + 13, 5)
+        torch.nn.init.zeros_(linear.weight)
+        torch.nn.init.zeros_(linear.bias)  # uniform over the five officer moves
+        planner = ProbabilisticActor(
+            TensorDictModule(linear, [("planner", "observation")], [("planner", "logits")]),
+            in_keys=[("planner", "logits")], out_keys=[("planner", "action")],
+            distribution_class=torch.distributions.Categorical,
+        )
+        seen = []  # outside the module: every rollout acts with a deep copy of the planner
+
+        def record(module, args, output):
+            seen.append(output.get(("planner", "action")).clone())
+
+        planner.register_forward_hook(record)
+        ReptileRegretEstimator(make_actor(), env, planner_policy=planner, num_steps=1).estimate()
+        assert torch.cat(seen).unique().tolist() == [0, 1, 2, 3, 4]
+
     def test_meta_step_matches_formula(self):
         env = make_env(4)
         actor = make_actor()

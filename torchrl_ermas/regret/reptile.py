@@ -9,6 +9,7 @@ from tensordict.nn import ProbabilisticTensorDictSequential
 from torch import nn
 from torch.distributions import kl_divergence
 from torchrl.envs import EnvBase
+from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.objectives.value.functional import reward2go
 
 from .._validation import check_int, check_number
@@ -110,7 +111,8 @@ class ReptileRegretEstimator:
 
     Keyword Args:
         planner_policy (nn.Module, optional): the planner's policy, frozen during the
-            estimate: every rollout acts with a fresh copy of it, so a stateful planner
+            estimate: every rollout acts with a fresh copy of it, sampling its actions as
+            in training (``ExplorationType.RANDOM``), so a stateful planner
             (e.g. the economy's Saez planner) starts each rollout in the same state and
             is left untouched. ``None`` for a passive planner. Defaults to ``None``.
         value_network (TensorDictModule, optional): a state-value network of the agents'
@@ -362,7 +364,8 @@ class ReptileRegretEstimator:
         if self.planner_policy is not None:
             self.policy.set_planner(copy.deepcopy(self.planner_policy))
         devices = [self._device] if self._device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        # the planner samples its actions, as when the agents train against it
+        with torch.random.fork_rng(devices=devices), set_exploration_type(ExplorationType.RANDOM):
             torch.manual_seed(seed)
             seed_env(self.env, seed)
             data = self.env.rollout(
