@@ -1,7 +1,8 @@
-"""Experiment-level acceptance: the Figure 2 trend of Agent-Adv-Search, across seeds.
+"""Experiment-level acceptance across seeds: the Figure 2 trend of Agent-Adv-Search, and
+the Figure 4 robustness of the ERMAS planner.
 
-Small budget (the Figure 2 example's settings, read from its yaml, with fewer iterations),
-three seeds per configuration. Marked slow; CI runs it.
+Small budgets (the examples' settings, read from their yaml files), three seeds per
+configuration. Marked slow; CI runs them.
 """
 from __future__ import annotations
 
@@ -10,14 +11,25 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
+from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-from torchrl_ermas.training import mean_sem, run_many, TrainConfig, with_overrides
+from torchrl_ermas.envs import SequentialBimatrixEnv
+from torchrl_ermas.training import (
+    ErmasTrainer,
+    mean_sem,
+    method_seed_configs,
+    run_many,
+    TrainConfig,
+    transfer_config,
+    with_overrides,
+)
 
 SEEDS = (0, 1, 2)
 EPSILONS = (-10.0, 20.0)
 
 
-EXAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "examples/configs/bimatrix_adversarial_search.yaml"
+CONFIGS = Path(__file__).resolve().parents[1] / "examples" / "configs"
+EXAMPLE_CONFIG = CONFIGS / "bimatrix_adversarial_search.yaml"
 
 
 def base_config(tmp_path) -> TrainConfig:
@@ -77,6 +89,75 @@ class TestAdversarialSearchTrend:
         assert abs(ermas - marl) <= 2 * (se_e + se_m) + 2.0, (ermas, marl)
         lambdas = torch.tensor([f["lambda"] for f in figure2["ermas", -10.0]])
         assert (lambdas > 8.0).all()  # lambda grew from its initial value: the constraint binds
+
+
+# ---------------------------------------------------------------------------- Figure 4
+# The test gaps of Figure 4 make fresh agents defect (Nash, position (0, 0)) for Q_test < 0.3
+# and cooperate fully (position (3, 3)) above. Each trained planner is scored at both with
+# the agents pinned there: the planner reward a transfer measures once the agents converge.
+NASH, COOPERATION = (0, 0), (3, 3)
+
+
+@pytest.fixture(scope="module")
+def figure4(tmp_path_factory) -> dict[str, list[dict[tuple, float]]]:
+    """Per method, per seed: the planner's mean episode reward at each pinned position."""
+    tmp = tmp_path_factory.mktemp("figure4")
+    example = OmegaConf.load(CONFIGS / "bimatrix_robust_planner.yaml")
+    base = with_overrides(
+        with_overrides(TrainConfig(), OmegaConf.to_container(example.train)),
+        {"logger.backend": "", "checkpoint_interval": 10**6},
+    )
+    methods = {
+        name: OmegaConf.to_container(example.methods[name])
+        for name in ("ermas", "marl_q0", "marl_q05")
+    }
+    configs = method_seed_configs(base, methods, SEEDS, tmp)
+    run_many(list(configs.values()), workers=2)
+    scores: dict[str, list[dict[tuple, float]]] = {}
+    for (name, _), cfg in configs.items():
+        planner = ErmasTrainer(
+            transfer_config(cfg, Path(cfg.output_dir) / "checkpoint.pt")
+        ).planner_policy
+        scores.setdefault(name, []).append(
+            {position: pinned_planner_reward(planner, cfg.env, position)
+             for position in (NASH, COOPERATION)}
+        )
+    return scores
+
+
+@torch.no_grad()
+def pinned_planner_reward(planner, env_cfg: dict, position: tuple[int, int]) -> float:
+    """Mean planner episode reward when both agents stay at ``position`` throughout."""
+    kwargs = {k: v for k, v in env_cfg.items() if not k.startswith("_")}
+    env = SequentialBimatrixEnv(64, **{**kwargs, "start_position": position})
+    env.set_seed(0)
+
+    def stay(td):
+        td = planner(td)
+        return td.set(("agents", "action"), torch.zeros(64, 2, dtype=torch.long))
+
+    with set_exploration_type(ExplorationType.RANDOM):  # the planner samples, as in transfer
+        rollout = env.rollout(env.max_steps, stay, break_when_any_done=False)
+    return rollout["next", "planner", "reward"].sum(1).mean().item()
+
+
+@pytest.mark.slow
+class TestRobustPlanner:
+    def test_ermas_planner_is_robust_beyond_the_crossover(self, figure4):
+        """At least as good as MARL (Q_train 0.5) against cooperating agents, unlike MARL (0)."""
+        ermas, se_e = mean_sem(s[COOPERATION] for s in figure4["ermas"])
+        robust, se_r = mean_sem(s[COOPERATION] for s in figure4["marl_q05"])
+        nominal, _ = mean_sem(s[COOPERATION] for s in figure4["marl_q0"])
+        assert ermas >= robust - 2 * (se_e + se_r) - 0.5, (ermas, robust)
+        assert ermas > nominal + 30.0, (ermas, nominal)
+
+    def test_ermas_planner_stays_close_to_marl_at_the_nominal_game(self, figure4):
+        """Close to MARL (Q_train 0) against Nash agents, far above MARL (Q_train 0.5)."""
+        ermas, _ = mean_sem(s[NASH] for s in figure4["ermas"])
+        nominal, _ = mean_sem(s[NASH] for s in figure4["marl_q0"])
+        robust, _ = mean_sem(s[NASH] for s in figure4["marl_q05"])
+        assert ermas >= 0.85 * nominal, (ermas, nominal)
+        assert ermas > robust + 50.0, (ermas, robust)
 
 
 if __name__ == "__main__":
