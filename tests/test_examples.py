@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-# example -> (schema class, its configs)
+# example -> the name of its schema class
 BIMATRIX = {
     "bimatrix_adversarial_search": "AdversarialSearchConfig",
     "bimatrix_meta_ablation": "MetaAblationConfig",

@@ -156,7 +156,7 @@ class TestMechanics:
         """The estimate faces the planner the agents train against: its actions are sampled
         (TorchRL's default interaction type would play the mode)."""
         env = SequentialBimatrixEnv(2 * 8, planner="officers", max_steps=10)
-        linear = torch.nn.Linear(16 + 13, 5)
+        linear = torch.nn.Linear(env.planner_obs_dim, 5)
         torch.nn.init.zeros_(linear.weight)
         torch.nn.init.zeros_(linear.bias)  # uniform over the five officer moves
         planner = ProbabilisticActor(

@@ -23,13 +23,25 @@ VARIANTS = ("ermas", "fixed_lambda", "marl")
 class PPOConfig:
     """PPO settings of one group (the agents or the planner).
 
-    ``hidden`` and ``depth`` size the policy and critic networks (``MultiAgentMLP``):
-    ``depth`` hidden layers of ``hidden`` units; ``depth=0`` makes a network linear in the
-    observation (the ERMAS authors' bimatrix policies). ``critic_depth`` sets the critic's
-    depth apart (``None``: ``depth``). ``policy_bias=False`` drops the bias of the policy's
-    output layer: a linear policy of concatenated one-hot observations does not need it
-    (every one-hot block already adds one weight row per value), and without it what is
-    learned in some states cannot leak into unvisited ones through the shared bias.
+    Attributes:
+        lr: Adam learning rate of the policy and the critic.
+        clip_epsilon: PPO ratio clip.
+        entropy_coeff: weight of the entropy bonus.
+        critic_coeff: weight of the critic loss.
+        gamma: discount of the advantages (GAE).
+        lmbda: GAE lambda.
+        epochs: passes over each iteration's data.
+        minibatches: minibatches per pass.
+        max_grad_norm: gradient-norm clip.
+        hidden: units per hidden layer of the policy and the critic (``MultiAgentMLP``).
+        depth: hidden layers; ``0`` makes a network linear in the observation (the ERMAS
+            authors' bimatrix policies).
+        critic_depth: the critic's depth, if it differs (``None``: ``depth``).
+        policy_bias: whether the policy's output layer has a bias. A linear policy of
+            concatenated one-hot observations does not need one (every one-hot block adds
+            a weight row per value), and without it what is learned in some states cannot
+            leak into unvisited ones through the shared bias.
+        share_params: one network for all members of the group.
     """
 
     lr: float = 3e-3
