@@ -34,8 +34,10 @@ from torchrl_ermas.training import (
     RewardConfig,
     TrainConfig,
     load_checkpoint,
+    run_many,
     save_checkpoint,
     validate,
+    with_overrides,
 )
 
 ENV_TARGET = "torchrl_ermas.envs.SequentialBimatrixEnv"
@@ -776,15 +778,7 @@ def test_no_logger_writes_no_logs(marl_run):
     assert not (out / "logs").exists()
 
 
-if __name__ == "__main__":
-    # hydra (imported above) is also a pytest plugin: pytest warns that it cannot rewrite
-    # it, and filterwarnings=error would turn that warning into a failure
-    pytest.main([__file__, "-q", "-W", "ignore::pytest.PytestAssertRewriteWarning"])
-
-
 def test_run_many_builds_envs_with_the_env_factory(tmp_path):
-    from torchrl_ermas.training import run_many, with_overrides
-
     calls = []
 
     def factory(cfg, batch_size, device):
@@ -819,3 +813,9 @@ def test_unknown_gap_key_raises(tmp_path):
     cfg = make_cfg(tmp_path, reward={"q": 0.3, "gap_key": ["planner", "payof"]})
     with pytest.raises(ValueError, match=r"reward.gap_key \['planner', 'payof'\]"):
         ErmasTrainer(cfg)
+
+
+if __name__ == "__main__":
+    # hydra (imported above) is also a pytest plugin: pytest warns that it cannot rewrite
+    # it, and filterwarnings=error would turn that warning into a failure
+    pytest.main([__file__, "-q", "-W", "ignore::pytest.PytestAssertRewriteWarning"])
