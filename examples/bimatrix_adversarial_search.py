@@ -48,7 +48,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from torchrl_ermas.envs.bimatrix_analysis import exact_values, policy_table  # noqa: E402
 from torchrl_ermas.envs.bimatrix_frontier import epsilon_frontier  # noqa: E402
-from torchrl_ermas.training import mean_sem, run_many, TrainConfig, with_overrides  # noqa: E402
+from torchrl_ermas.training import mean_sem, method_seed_configs, run_many, TrainConfig  # noqa: E402
 
 
 @dataclass
@@ -100,21 +100,18 @@ def frontier_rows(cfg: AdversarialSearchConfig) -> list[dict[str, Any]]:
 
 
 def run_configs(cfg: AdversarialSearchConfig, out: Path) -> dict[tuple, TrainConfig]:
-    runs: dict[tuple, dict[str, Any]] = {}
-    for seed in cfg.seeds:
-        for eps in cfg.epsilons:
-            runs["ermas", eps, seed] = {"variant": "ermas", "ermas.epsilon": eps}
-        for lam in cfg.fixed_lambdas:
-            runs["fixed_lambda", lam, seed] = {"variant": "fixed_lambda", "ermas.lambda_init": lam}
-        if cfg.marl:
-            runs["marl", None, seed] = {"variant": "marl"}
-    return {
-        key: with_overrides(
-            cfg.train,
-            {**overrides, "seed": key[2], "output_dir": str(out / key[0] / f"{key[1]}" / f"seed{key[2]}")},
-        )
-        for key, overrides in runs.items()
+    """The runs of the sweep, keyed by (method, value, seed), in ``out/method/value/seed{s}``."""
+    points: dict[tuple, dict[str, Any]] = {
+        ("ermas", eps): {"variant": "ermas", "ermas.epsilon": eps} for eps in cfg.epsilons
     }
+    for lam in cfg.fixed_lambdas:
+        points["fixed_lambda", lam] = {"variant": "fixed_lambda", "ermas.lambda_init": lam}
+    if cfg.marl:
+        points["marl", None] = {"variant": "marl"}
+    runs = method_seed_configs(
+        cfg.train, {f"{m}/{v}": o for (m, v), o in points.items()}, cfg.seeds, out
+    )
+    return {(m, v, seed): runs[f"{m}/{v}", seed] for m, v in points for seed in cfg.seeds}
 
 
 def summarize(results: dict[tuple, dict]) -> list[dict[str, Any]]:

@@ -45,20 +45,16 @@ def base_config(tmp_path) -> TrainConfig:
 @pytest.fixture(scope="module")
 def figure2(tmp_path_factory) -> dict[tuple, list[dict]]:
     tmp = tmp_path_factory.mktemp("figure2")
-    base = base_config(tmp)
-    runs = {}
-    for seed in SEEDS:
-        for eps in EPSILONS:
-            runs["ermas", eps, seed] = {"variant": "ermas", "ermas.epsilon": eps}
-        runs["marl", None, seed] = {"variant": "marl"}
-    configs = {
-        key: with_overrides(base, {**o, "seed": key[2], "output_dir": str(tmp / f"{key[0]}{key[1]}_{key[2]}")})
-        for key, o in runs.items()
-    }
+    points = {("ermas", eps): {"variant": "ermas", "ermas.epsilon": eps} for eps in EPSILONS}
+    points["marl", None] = {"variant": "marl"}
+    names = {f"{method}{value}": (method, value) for method, value in points}
+    configs = method_seed_configs(
+        base_config(tmp), {f"{m}{v}": o for (m, v), o in points.items()}, SEEDS, tmp
+    )
     results = run_many(list(configs.values()), workers=2)
     grouped: dict[tuple, list[dict]] = {}
-    for key, result in zip(configs, results):
-        grouped.setdefault(key[:2], []).append(result["final"])
+    for (name, _), result in zip(configs, results):
+        grouped.setdefault(names[name], []).append(result["final"])
     return grouped
 
 
