@@ -704,11 +704,11 @@ def _nan_env_fn(after: int | None):
 
 
 def test_nan_reward_raises_and_keeps_last_good_state(tmp_path):
-    """A NaN reward in iteration 2 stops the run with a message naming the loss and the
+    """A NaN reward in iteration 2 stops the run with a message naming the rewards and the
     iteration; the checkpoint holds exactly the state after iterations 0 and 1."""
     cfg = make_cfg(tmp_path / "nan", variant="fixed_lambda", iterations=4)
     trainer = ErmasTrainer(cfg, env_fn=_nan_env_fn(after=2 * MAX_STEPS + 3))
-    with pytest.raises(NonFiniteError, match=r"non-finite agents loss_\w+.*iteration 2"):
+    with pytest.raises(NonFiniteError, match=r"non-finite agent rewards.*iteration 2"):
         trainer.train()
     ckpt = load_checkpoint(tmp_path / "nan" / "checkpoint.pt")
     assert ckpt["iteration"] == 2

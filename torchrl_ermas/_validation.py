@@ -1,24 +1,60 @@
-"""Argument checks shared by the core: each raises a ``ValueError`` naming the argument."""
+"""Argument checks shared by the core and the environments.
+
+Each check raises a ``ValueError`` (a ``TypeError`` for a value of the wrong type) that
+names the argument and the accepted values.
+"""
 from __future__ import annotations
 
 import math
 from numbers import Real
 
+#: seeds accepted everywhere: torch's generators take unsigned 64-bit seeds, kept signed-safe
+MAX_SEED = 2**63 - 1
 
-def check_int(name: str, value, low: int, *, optional: bool = False) -> None:
-    """``value`` must be an int ``>= low`` (or ``None`` when ``optional``).
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_int(
+    name: str, value, low: int, high: int | None = None, *, optional: bool = False
+) -> None:
+    """``value`` must be an int in ``[low, high]`` (``>= low`` without ``high``).
+
+    ``optional`` also accepts ``None``.
 
     Examples:
         >>> check_int("num_steps", 0, 1)
         Traceback (most recent call last):
         ...
         ValueError: num_steps must be an int >= 1, got 0.
+        >>> check_int("workers", "2", 1)
+        Traceback (most recent call last):
+        ...
+        TypeError: workers must be an int >= 1, got '2' (str).
     """
     if optional and value is None:
         return
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        prefix = "None or " if optional else ""
-        raise ValueError(f"{name} must be {prefix}an int >= {low}, got {value!r}.")
+    accepted = f">= {low}" if high is None else f"in [{low}, {high}]"
+    prefix = "None or " if optional else ""
+    if not _is_int(value):
+        raise TypeError(
+            f"{name} must be {prefix}an int {accepted}, got {value!r} ({type(value).__name__})."
+        )
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"{name} must be {prefix}an int {accepted}, got {value!r}.")
+
+
+def check_seed(name: str, value, *, optional: bool = False) -> None:
+    """``value`` must be an int in ``[0, 2**63 - 1]`` (or ``None`` when ``optional``).
+
+    Examples:
+        >>> check_seed("seed", 2**70)
+        Traceback (most recent call last):
+        ...
+        ValueError: seed must be an int in [0, 9223372036854775807], got 1180591620717411303424.
+    """
+    check_int(name, value, 0, MAX_SEED, optional=optional)
 
 
 def check_number(name: str, value, *, strict: bool = True) -> None:
@@ -30,8 +66,72 @@ def check_number(name: str, value, *, strict: bool = True) -> None:
         ...
         ValueError: trust_region must be a finite number > 0, got 0.0.
     """
-    ok = isinstance(value, Real) and math.isfinite(value)
-    ok = ok and (value > 0 if strict else value >= 0)
+    check_real(name, value, low=0, low_inclusive=not strict)
+
+
+def check_real(
+    name: str,
+    value,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_inclusive: bool = True,
+) -> float:
+    """``value`` must be a finite real number in the given bounds; returns it as a float.
+
+    Examples:
+        >>> check_real("q", 0.5)
+        0.5
+        >>> check_real("energy_cost", float("nan"), low=0.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: energy_cost must be a finite number >= 0.0, got nan.
+        >>> check_real("officer_weight", "x")
+        Traceback (most recent call last):
+        ...
+        TypeError: officer_weight must be a finite number, got 'x' (str).
+    """
+    bounds = []
+    if low is not None:
+        bounds.append(f"{'>=' if low_inclusive else '>'} {low}")
+    if high is not None:
+        bounds.append(f"<= {high}")
+    accepted = "a finite number" + (" " + " and ".join(bounds) if bounds else "")
+    if not isinstance(value, Real) or isinstance(value, bool):
+        raise TypeError(f"{name} must be {accepted}, got {value!r} ({type(value).__name__}).")
+    ok = math.isfinite(value)
+    if ok and low is not None:
+        ok = value >= low if low_inclusive else value > low
+    if ok and high is not None:
+        ok = value <= high
     if not ok:
-        bound = "> 0" if strict else ">= 0"
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}.")
+        raise ValueError(f"{name} must be {accepted}, got {value!r}.")
+    return float(value)
+
+
+def check_choice(name: str, value, choices) -> None:
+    """``value`` must be one of ``choices``.
+
+    Examples:
+        >>> check_choice("variant", "ermass", ("ermas", "marl"))
+        Traceback (most recent call last):
+        ...
+        ValueError: variant must be one of ('ermas', 'marl'), got 'ermass'.
+    """
+    if value not in tuple(choices):
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}.")
+
+
+def check_bool(name: str, value) -> None:
+    """``value`` must be a bool.
+
+    Examples:
+        >>> check_bool("agent_id", "no")
+        Traceback (most recent call last):
+        ...
+        TypeError: agent_id must be a bool (True or False), got 'no' (str).
+    """
+    if not isinstance(value, bool):
+        raise TypeError(
+            f"{name} must be a bool (True or False), got {value!r} ({type(value).__name__})."
+        )

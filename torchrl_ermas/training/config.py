@@ -12,11 +12,18 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from hydra.core.config_store import ConfigStore
 
-from .._validation import check_int, check_number
+from .._validation import check_choice, check_int, check_number, check_seed
 
 VARIANTS = ("ermas", "fixed_lambda", "marl")
+#: settings that may differ from a checkpoint's when a run resumes (``iterations`` may only
+#: grow); a ``logger`` entry stands for all of its keys
+RESUMABLE_KEYS = (
+    "iterations", "progress", "resume", "overwrite", "output_dir", "checkpoint_interval",
+    "logger",
+)
 
 
 @dataclass
@@ -152,6 +159,14 @@ class TrainConfig:
         episode_metrics: root keys of the environment (one value per environment, such as
             ``"equality"``) whose values at the end of each rollout are averaged and
             recorded with the rewards in the history and the final metrics.
+        output_dir: the run's folder (checkpoints, ``results.json``, logs). A folder that
+            holds another run is refused unless ``resume`` or ``overwrite`` is set.
+        resume: continue from ``output_dir``'s checkpoint (a fresh start if it has none).
+            Only the settings of :data:`RESUMABLE_KEYS` may differ from the checkpoint's.
+        overwrite: delete the run in ``output_dir`` (checkpoints, ``results.json``, its
+            logs) and start anew.
+
+    Nested nodes (``agents``, ``ermas``, ``logger``, ...) may be given as dicts.
     """
 
     env: Any = field(default_factory=lambda: {"_target_": "torchrl_ermas.envs.SequentialBimatrixEnv"})
@@ -173,17 +188,49 @@ class TrainConfig:
     output_dir: str = "."
     checkpoint_interval: int = 10
     resume: bool = False
+    overwrite: bool = False
     progress: bool = True
     history_window: int = 10
 
 
+def check_device(device: str) -> None:
+    """``device`` must name a torch device that this machine has.
+
+    Examples:
+        >>> check_device("gpu")
+        Traceback (most recent call last):
+        ...
+        ValueError: device must be a torch device such as 'cpu', 'cuda' or 'cuda:1', got 'gpu'.
+    """
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"device must be a torch device such as 'cpu', 'cuda' or 'cuda:1', got {device!r}."
+        ) from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device={device!r}: CUDA is not available on this machine "
+                "(torch.cuda.is_available() is False); use device=cpu."
+            )
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA "
+                "device(s)."
+            )
+
+
 def validate(cfg: TrainConfig) -> None:
     """Raises a ``ValueError`` naming the first invalid setting of ``cfg``."""
-    if cfg.variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}, got {cfg.variant!r}.")
+    check_choice("variant", cfg.variant, VARIANTS)
+    check_seed("seed", cfg.seed)
+    check_device(cfg.device)
     for name in ("iterations", "num_envs", "checkpoint_interval", "history_window"):
         check_int(name, getattr(cfg, name), 1)
     check_int("rollout_steps", cfg.rollout_steps, 1, optional=True)
+    if cfg.resume and cfg.overwrite:
+        raise ValueError("resume and overwrite exclude each other; set at most one of them.")
     for group in ("agents", "planner"):
         ppo = getattr(cfg, group)
         for name in ("lr", "clip_epsilon", "max_grad_norm"):
@@ -215,6 +262,12 @@ def validate(cfg: TrainConfig) -> None:
             f"got {e.lambda_init!r}."
         )
     check_int("ermas.warmup_iters", e.warmup_iters, 0)
+    if cfg.variant == "ermas" and e.warmup_iters >= cfg.iterations:
+        raise ValueError(
+            f"variant=ermas estimates regret first at iteration ermas.warmup_iters, so it "
+            f"must be < iterations={cfg.iterations}, got {e.warmup_iters} (the run would "
+            "never estimate regret: use variant=fixed_lambda for frozen multipliers)."
+        )
     for name in ("regret_interval", "regret_envs", "deviation_steps"):
         check_int(f"ermas.{name}", getattr(e, name), 1)
     check_int("ermas.regret_horizon", e.regret_horizon, 1, optional=True)

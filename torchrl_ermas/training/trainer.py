@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
@@ -31,8 +34,17 @@ from torchrl_ermas.transforms import (
     PlannerRewardGap,
 )
 
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from .config import PPOConfig, TrainConfig, validate
+from .checkpoint import (
+    atomic_write,
+    CHECKPOINT_NAME,
+    CheckpointError,
+    load_checkpoint,
+    load_latest_checkpoint,
+    previous_path,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
+from .config import PPOConfig, RESUMABLE_KEYS, TrainConfig, validate
 from .models import has_action, make_critic, make_policy
 
 RESULTS_NAME = "results.json"
@@ -50,9 +62,58 @@ def _group_keys(group: str) -> dict[str, tuple[str, str]]:
 
 
 def _as_config(cfg: TrainConfig | DictConfig | dict) -> TrainConfig:
-    """Type-checks ``cfg`` against the :class:`TrainConfig` schema (unknown keys raise)."""
+    """Type-checks ``cfg`` against the :class:`TrainConfig` schema (unknown keys raise).
+
+    A :class:`TrainConfig` may hold dicts in place of its nested nodes.
+    """
+    if isinstance(cfg, TrainConfig):
+        cfg = asdict(cfg)
     merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg)
     return OmegaConf.to_object(merged)
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys of a nested dict: ``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    if not isinstance(node, dict) or not node:
+        return {prefix: node}
+    flat = {}
+    for key, value in node.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def _non_finite_entry(node: Any, path: str = "") -> str | None:
+    """The first path in ``node`` that holds a NaN or infinite float, if any."""
+    if isinstance(node, float):
+        return None if math.isfinite(node) else path
+    items = node.items() if isinstance(node, dict) else (
+        enumerate(node) if isinstance(node, (list, tuple)) else ()
+    )
+    for key, value in items:
+        found = _non_finite_entry(value, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
+
+
+def _check_shapes(current: dict[str, Any], stored: dict[str, Any], path: Path) -> None:
+    """Raises a ``ValueError`` naming ``path`` when ``stored`` does not fit ``current``."""
+    current, stored = _flatten(current), _flatten(stored)
+    shape = lambda v: list(v.shape) if isinstance(v, torch.Tensor) else None  # noqa: E731
+    problems = [f"{k} missing" for k in current.keys() - stored.keys()]
+    problems += [f"{k} unexpected" for k in stored.keys() - current.keys()]
+    problems += [
+        f"{k}: {shape(stored[k])} in the checkpoint, {shape(current[k])} now"
+        for k in current.keys() & stored.keys() if shape(current[k]) != shape(stored[k])
+    ]
+    if problems:
+        shown = "; ".join(sorted(problems)[:3]) + ("; ..." if len(problems) > 3 else "")
+        raise ValueError(
+            f"checkpoint {str(path)!r} does not fit this run: {len(problems)} parameter(s) "
+            f"differ ({shown}). It was written for another environment (e.g. n_agents, "
+            "its observations) or other network sizes (hidden, depth, critic_depth, "
+            "policy_bias, share_params)."
+        )
 
 
 class ErmasTrainer:
@@ -77,8 +138,13 @@ class ErmasTrainer:
     transforms of ``cfg.reward``.
 
     Checkpoints are written atomically every ``checkpoint_interval`` iterations to
-    ``output_dir/checkpoint.pt``; with ``resume=True`` the run continues from there. Each
-    run writes ``output_dir/results.json`` (see the README for the schema).
+    ``output_dir/checkpoint.pt``, the one before kept as ``checkpoint.prev.pt``; with
+    ``resume=True`` the run continues from the newest that loads, provided its stored
+    configuration matches ``cfg`` (only :data:`~torchrl_ermas.training.config.RESUMABLE_KEYS`
+    may differ). Before any work the trainer checks that ``output_dir`` is writable,
+    removes the temporary files of writes that a kill interrupted, and refuses a folder
+    that holds another run unless ``resume`` or ``overwrite`` is set. Each run writes
+    ``output_dir/results.json`` (strict JSON; see the README for the schema).
 
     Args:
         cfg (TrainConfig or DictConfig or dict): the run configuration.
@@ -87,12 +153,16 @@ class ErmasTrainer:
             instantiating ``cfg.env`` (a hydra ``_target_`` node).
 
     Examples:
+        >>> import tempfile
         >>> from torchrl_ermas.training import ErmasTrainer, TrainConfig
-        >>> cfg = TrainConfig(iterations=2, num_envs=8, progress=False, output_dir=tmp_path,
+        >>> cfg = TrainConfig(iterations=2, num_envs=8, progress=False, variant="marl",
+        ...                   output_dir=tempfile.mkdtemp(), logger={"backend": ""},
         ...                   env={"_target_": "torchrl_ermas.envs.SequentialBimatrixEnv",
         ...                        "max_steps": 20})
-        >>> results = ErmasTrainer(cfg).train()  # doctest: +SKIP
-        >>> sorted(results["final"])  # doctest: +SKIP
+        >>> trainer = ErmasTrainer(cfg)  # nested nodes may be dicts, as ``logger`` here
+        >>> trainer.cfg.logger
+        LoggerConfig(backend='', project='torchrl-ermas', exp_name=None)
+        >>> sorted(trainer.train()["final"])
         ['agent_reward', 'combined_agent_reward', 'lambda', 'planner_reward', 'regret']
     """
 
@@ -103,9 +173,16 @@ class ErmasTrainer:
     ) -> None:
         cfg = _as_config(cfg)
         validate(cfg)
+        if env_fn is None and not (isinstance(cfg.env, dict) and "_target_" in cfg.env):
+            raise ValueError(
+                "env must be a hydra node with a _target_ building the environment, e.g. "
+                "{'_target_': 'torchrl_ermas.envs.SequentialBimatrixEnv'}, or env_fn must "
+                f"be given; got env={cfg.env!r}."
+            )
         self.cfg = cfg
         self.device = torch.device(cfg.device)
         self.output_dir = Path(cfg.output_dir)
+        self._check_output_dir()
         self._env_fn = env_fn or self._instantiate_env
         torch.manual_seed(cfg.seed)
 
@@ -147,8 +224,56 @@ class ErmasTrainer:
         self.extra_final: dict[str, Any] = {}
         if cfg.planner_checkpoint:
             self.load_planner(cfg.planner_checkpoint)
-        if cfg.resume and (self.output_dir / CHECKPOINT_NAME).exists():
-            self._restore(load_checkpoint(self.output_dir / CHECKPOINT_NAME, self.device))
+        if cfg.overwrite:
+            self._remove_previous_run()
+        found = (
+            load_latest_checkpoint(self.checkpoint_path, self.device) if cfg.resume else None
+        )
+        if found is not None:
+            self._restore(*found)
+
+    # ------------------------------------------------------------------ output folder
+    @property
+    def checkpoint_path(self) -> Path:
+        """``output_dir/checkpoint.pt``."""
+        return self.output_dir / CHECKPOINT_NAME
+
+    def _run_files(self) -> list[Path]:
+        """The files of a run in ``output_dir`` (its checkpoints and results)."""
+        paths = (self.checkpoint_path, previous_path(self.checkpoint_path),
+                 self.output_dir / RESULTS_NAME)
+        return [path for path in paths if path.exists()]
+
+    def _check_output_dir(self) -> None:
+        """Before any work: ``output_dir`` is writable and holds no other run."""
+        try:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.output_dir):
+                pass
+        except OSError as err:
+            raise ValueError(
+                f"output_dir {str(self.output_dir)!r} is not a writable folder ({err})."
+            ) from None
+        remove_stale_temporaries(self.output_dir, (CHECKPOINT_NAME, RESULTS_NAME))
+        existing = self._run_files()
+        if existing and not (self.cfg.resume or self.cfg.overwrite):
+            raise ValueError(
+                f"output_dir {str(self.output_dir)!r} holds another run "
+                f"({', '.join(p.name for p in existing)}): set resume=true to continue it, "
+                "overwrite=true to replace it, or choose another output_dir."
+            )
+
+    def _csv_log_dir(self) -> Path | None:
+        if self.cfg.logger.backend != "csv":
+            return None
+        return self.output_dir / "logs" / self._experiment_name()
+
+    def _remove_previous_run(self) -> None:
+        for path in self._run_files():
+            path.unlink()
+        log_dir = self._csv_log_dir()
+        if log_dir is not None and log_dir.is_dir():
+            shutil.rmtree(log_dir)
 
     # ------------------------------------------------------------------ construction
     def _instantiate_env(self, batch_size: int, device: torch.device) -> EnvBase:
@@ -302,7 +427,7 @@ class ErmasTrainer:
             try:
                 row = self._iteration(iteration)
             except NonFiniteError as err:
-                path = save_checkpoint(good_state, self.output_dir / CHECKPOINT_NAME)
+                path = save_checkpoint(good_state, self.checkpoint_path, keep_previous=True)
                 raise NonFiniteError(
                     f"{err} at iteration {iteration}; the last good state "
                     f"(before iteration {iteration}) is saved in {path}."
@@ -316,7 +441,9 @@ class ErmasTrainer:
                 agents=f"{sum(row['agent_reward']):.2f}",
             )
             if (iteration + 1) % cfg.checkpoint_interval == 0 or iteration + 1 == cfg.iterations:
-                save_checkpoint(self.state(iteration + 1), self.output_dir / CHECKPOINT_NAME)
+                save_checkpoint(
+                    self.state(iteration + 1), self.checkpoint_path, keep_previous=True
+                )
         return self.write_results()
 
     def _iteration_seed(self, iteration: int) -> int:
@@ -353,14 +480,17 @@ class ErmasTrainer:
         planner = data.get(("next", "planner", "reward")).sum(1).mean()
         agents = data.get(("next", "agents", "reward")).sum(1).mean(0).flatten()
         lagrange = self.lagrange.value.tolist() if self.lagrange is not None else None
+        episode = {
+            key: data.get(("next", key))[:, -1].mean() for key in self.cfg.episode_metrics
+        }
+        for name, value in {"planner reward": planner, "agent rewards": agents, **episode}.items():
+            if not torch.isfinite(value).all():
+                raise NonFiniteError(f"non-finite {name} {value.tolist()} in the collected episodes")
         return {
             "iteration": iteration,
             "planner_reward": planner.item(),
             "agent_reward": agents.tolist(),
-            **{
-                key: data.get(("next", key))[:, -1].mean().item()
-                for key in self.cfg.episode_metrics
-            },
+            **{key: value.item() for key, value in episode.items()},
             "lambda": lagrange,
             "regret": None,
             "kl": None,
@@ -428,8 +558,9 @@ class ErmasTrainer:
             self.lagrange.unfreeze()
         result = self.estimator.estimate(seed=seed)
         regret = result["regret"]
-        if not torch.isfinite(regret).all():
-            raise NonFiniteError(f"non-finite regret estimate {regret.tolist()}")
+        for name in ("regret", "kl"):
+            if not torch.isfinite(result[name]).all():
+                raise NonFiniteError(f"non-finite {name} estimate {result[name].tolist()}")
         self.lagrange.update(regret, e.epsilon)
         if e.meta_scale > 0:
             self.estimator.meta_step(result["meta_params"], self.lagrange.value)
@@ -454,35 +585,81 @@ class ErmasTrainer:
             "config": self._config_json,
         }
 
-    def _restore(self, state: dict[str, Any]) -> None:
+    def _restore(self, state: dict[str, Any], path: Path) -> None:
+        self._check_resumable(json.loads(state["config"]), path)
+        _check_shapes(self.modules.state_dict(), state["modules"], path)
         self.modules.load_state_dict(state["modules"])
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
         self.history = state["history"]
         self.start_iteration = state["iteration"]
+        self._truncate_csv_logs(self.start_iteration)
+
+    def _check_resumable(self, stored: dict[str, Any], path: Path) -> None:
+        """Refuses a resume whose settings differ from the checkpoint's run."""
+        old, new = _flatten(stored), _flatten(self._config_dict())
+        free = lambda key: any(key == k or key.startswith(f"{k}.") for k in RESUMABLE_KEYS)  # noqa: E731
+        changed = [k for k in sorted(old.keys() | new.keys()) if not free(k)
+                   and old.get(k, "<absent>") != new.get(k, "<absent>")]
+        if new["iterations"] < old["iterations"]:
+            changed.insert(0, "iterations")
+        if changed:
+            details = "; ".join(
+                f"{k}: {old.get(k, '<absent>')!r} in the checkpoint, {new.get(k, '<absent>')!r} now"
+                for k in changed
+            )
+            raise ValueError(
+                f"cannot resume from {str(path)!r}: its run was configured differently "
+                f"({details}). On resume only {', '.join(RESUMABLE_KEYS)} may change "
+                "(iterations only upwards); start the new configuration in another "
+                "output_dir, or set overwrite=true to replace this run."
+            )
+
+    def _truncate_csv_logs(self, next_iteration: int) -> None:
+        """Drops the CSV rows of iterations after the checkpoint (they are replayed)."""
+        log_dir = self._csv_log_dir()
+        if log_dir is None or not (log_dir / "scalars").is_dir():
+            return
+        for csv in (log_dir / "scalars").glob("*.csv"):
+            rows = []
+            for line in csv.read_text().splitlines():
+                step, _, value = line.partition(",")
+                if step.isdigit() and value and int(step) < next_iteration:
+                    rows.append(line + "\n")
+            atomic_write(csv, lambda handle, rows=rows: handle.write("".join(rows).encode()))
 
     def load_planner(self, path: str | Path) -> None:
         """Loads the planner policy of a checkpoint written by another run."""
-        state = load_checkpoint(path, self.device)
+        try:
+            state = load_checkpoint(path, self.device)
+        except (CheckpointError, FileNotFoundError) as err:
+            raise type(err)(
+                f"planner_checkpoint: {err} Re-run the training run that wrote it, or point "
+                f"planner_checkpoint at its {previous_path(path).name}."
+            ) from None
         if state.get("planner_policy") is None or self.planner_policy is None:
             raise ValueError(
                 f"planner_checkpoint {str(path)!r} and this environment must both have an "
                 f"acting planner."
             )
+        _check_shapes(self.planner_policy.state_dict(), state["planner_policy"], Path(path))
         self.planner_policy.load_state_dict(state["planner_policy"])
 
     def _config_dict(self) -> dict[str, Any]:
         return OmegaConf.to_container(OmegaConf.structured(self.cfg), resolve=True)
 
     # ------------------------------------------------------------------ outputs
+    def _experiment_name(self) -> str:
+        return self.cfg.logger.exp_name or f"{self.cfg.variant}_seed{self.cfg.seed}"
+
     def _logger(self):
         backend = self.cfg.logger.backend
         if not backend:
             return None
-        name = self.cfg.logger.exp_name or f"{self.cfg.variant}_seed{self.cfg.seed}"
         extra = {"project": self.cfg.logger.project} if backend == "wandb" else {}
         return get_logger(
-            backend, logger_name=str(self.output_dir / "logs"), experiment_name=name, **extra
+            backend, logger_name=str(self.output_dir / "logs"),
+            experiment_name=self._experiment_name(), **extra,
         )
 
     @staticmethod
@@ -525,9 +702,12 @@ class ErmasTrainer:
             "final": {**self.final_metrics(), **self.extra_final},
             "history": self.history,
         }
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        path = self.output_dir / RESULTS_NAME
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(results, indent=1))
-        tmp.replace(path)
+        bad = _non_finite_entry(results)
+        if bad is not None:
+            raise ValueError(
+                f"results.json holds strict JSON, but {bad} is not finite; a hook's entry of "
+                "extra_final must be a finite number (or None)."
+            )
+        text = json.dumps(results, indent=1, allow_nan=False)
+        atomic_write(self.output_dir / RESULTS_NAME, lambda handle: handle.write(text.encode()))
         return results

@@ -112,6 +112,25 @@ class PlannerRewardGap(Transform):
         self._call(_transition(tensordict))
         return tensordict
 
+    def set_container(self, container) -> None:
+        super().set_container(container)
+        parent = self.parent
+        if parent is not None:  # attached to an env: check the keys now, not at step time
+            self._check_keys(parent.output_spec)
+
+    def _check_keys(self, output_spec: Composite) -> None:
+        rewards = list(output_spec["full_reward_spec"].keys(True, True))
+        outputs = [*output_spec["full_observation_spec"].keys(True, True), *rewards]
+        for name, key, accepted in (
+            ("agent_reward_key", self.agent_reward_key, rewards),
+            ("planner_reward_key", self.planner_reward_key, outputs),
+        ):
+            if key not in accepted:
+                raise ValueError(
+                    f"{type(self).__name__}: {name}={key} is not an output of the "
+                    f"environment; accepted keys: {accepted}."
+                )
+
     def transform_reward_spec(self, reward_spec: Composite) -> Composite:
         reward_spec[self.agent_reward_key] = _unbounded(reward_spec[self.agent_reward_key])
         return reward_spec
