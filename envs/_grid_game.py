@@ -14,29 +14,26 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
+from torchrl_ermas.validation import check_int
+
 #: Coordinate change of the actions ``0: stay``, ``1: +1``, ``2: -1``.
 MOVES = (0, 1, -1)
 
 
 def as_batch_size(batch_size: int | Sequence[int]) -> torch.Size:
     """Validates a batch size given as an int or a sequence of positive ints."""
-    dims = (batch_size,) if isinstance(batch_size, int) else tuple(batch_size)
-    if len(dims) == 0 or any(not isinstance(d, int) or d <= 0 for d in dims):
+    if isinstance(batch_size, int):
+        dims = (batch_size,)
+    elif isinstance(batch_size, Sequence):
+        dims = tuple(batch_size)
+    else:
+        dims = ()
+    if len(dims) == 0 or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in dims):
         raise ValueError(
             f"batch_size must be a positive int or a non-empty sequence of positive ints, "
             f"got {batch_size!r}."
         )
     return torch.Size(dims)
-
-
-def check_int(name: str, value: int, low: int, high: int | None = None) -> None:
-    """Raises a ``ValueError`` naming ``name`` unless ``low <= value (<= high)``."""
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
-    if ok and high is not None:
-        ok = value <= high
-    if not ok:
-        accepted = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name} must be an int {accepted}, got {value!r}.")
 
 
 def one_hot(index: torch.Tensor, n: int) -> torch.Tensor:

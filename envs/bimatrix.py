@@ -9,7 +9,9 @@ import torch
 from tensordict import TensorDictBase
 from torchrl.data import Bounded, Categorical, Composite, Unbounded
 
-from ._grid_game import as_batch_size, check_int, GridGameEnv, one_hot
+from torchrl_ermas.validation import check_bool, check_int, check_real
+
+from ._grid_game import as_batch_size, GridGameEnv, one_hot
 
 PAYOFF_PRESETS = ("dilemma", "seed0")
 PLANNER_MODES = ("passive", "officers")
@@ -151,8 +153,9 @@ class SequentialBimatrixEnv(GridGameEnv):
         if observe not in OBSERVE_MODES:
             raise ValueError(f"observe must be one of {OBSERVE_MODES}, got {observe!r}.")
         check_int("max_officers", max_officers, 1)
-        if not np.isfinite(officer_weight):
-            raise ValueError(f"officer_weight must be finite, got {officer_weight!r}.")
+        check_real("officer_weight", officer_weight)
+        check_bool("agent_id", agent_id)
+        check_bool("time_obs", time_obs)
         super().__init__(device=device if device is not None else "cpu", batch_size=batch_size)
         self._init_grid(
             n_coords=2, grid_size=grid_size, max_steps=max_steps,

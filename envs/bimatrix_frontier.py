@@ -20,7 +20,8 @@ from typing import NamedTuple
 
 import torch
 
-from ._grid_game import check_int
+from torchrl_ermas.validation import check_int
+
 from .bimatrix import SequentialBimatrixEnv
 from .bimatrix_analysis import exact_returns, ExactReturns
 

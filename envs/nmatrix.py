@@ -8,7 +8,9 @@ import torch
 from tensordict import TensorDictBase
 from torchrl.data import Bounded, Categorical, Composite
 
-from ._grid_game import as_batch_size, check_int, GridGameEnv, MOVES, one_hot
+from torchrl_ermas.validation import check_bool, check_int, check_seed
+
+from ._grid_game import as_batch_size, GridGameEnv, MOVES, one_hot
 
 
 def nmatrix_payoffs(n_agents: int = 3, grid_size: int = 7, seed: int = 0) -> torch.Tensor:
@@ -23,7 +25,7 @@ def nmatrix_payoffs(n_agents: int = 3, grid_size: int = 7, seed: int = 0) -> tor
     """
     check_int("n_agents", n_agents, 1)
     check_int("grid_size", grid_size, 2)
-    check_int("seed", seed, 0)
+    check_seed("seed", seed)
     rs = np.random.RandomState(seed)
     shape = (grid_size,) * (n_agents + 1)
     tables = [rs.standard_normal(size=shape) for _ in range(n_agents + 1)]
@@ -84,7 +86,10 @@ class NMatrixGameEnv(GridGameEnv):
         batch_size = as_batch_size(batch_size)
         check_int("n_agents", n_agents, 1)
         check_int("grid_size", grid_size, 2)
+        check_bool("agent_id", agent_id)
+        check_bool("time_obs", time_obs)
         if payoffs is None:
+            check_seed("payoff_seed", payoff_seed)
             tables = nmatrix_payoffs(n_agents, grid_size, payoff_seed)
         else:
             tables = torch.as_tensor(payoffs, dtype=torch.float32)

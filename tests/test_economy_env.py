@@ -278,13 +278,27 @@ class TestBadInput:
             ({"bracket_cutoffs": [0, 50, 40]}, "strictly increasing"),
             ({"period": 30}, "period must be a positive divisor of episode_length"),
             ({"tier": "barter"}, "tier must be one of"),
-            ({"planner_action": "continuous"}, "planner_action must be 'discrete' or 'rates'"),
+            ({"planner_action": "continuous"}, r"planner_action must be one of \('discrete', 'rates'\)"),
             ({"n_agents": 5}, "n_agents must be 4"),
+            ({"energy_cost": float("nan")}, r"energy_cost must be a finite number >= 0, got nan"),
+            ({"energy_cost": -1.0}, r"energy_cost must be a finite number >= 0, got -1.0"),
+            ({"starting_coin": float("nan")}, r"starting_coin must be a finite number >= 0"),
+            ({"starting_coin": float("inf")}, r"starting_coin must be a finite number >= 0"),
+            ({"max_hours": 2.5}, r"max_hours must be an int >= 1, got 2.5 \(float\)"),
+            ({"bracket_cutoffs": [0, float("nan"), 40]}, "must be finite"),
+            ({"bracket_cutoffs": [0, 40, float("inf")]}, "must be finite"),
+            ({"seed": -1}, r"seed must be None or an int in \[0, "),
+            ({"spatial_observation": "yes"}, "spatial_observation must be a bool"),
         ],
     )
     def test_constructor(self, kwargs, match):
         with pytest.raises(ValueError, match=match):
             EconomyEnv(2, **{"episode_length": 100, "period": 10, **kwargs})
+
+    @pytest.mark.parametrize("num_envs", [2.5, 0, "2", True])
+    def test_num_envs(self, num_envs):
+        with pytest.raises(ValueError, match=r"num_envs must be an int >= 1"):
+            EconomyEnv(num_envs, episode_length=100, period=10)
 
     @pytest.mark.parametrize("rates,match", [([0.1] * 6, "one rate per bracket"), ([0.1] * 6 + [1.5], r"\[0, 1\]")])
     def test_planner_rates(self, rates, match):

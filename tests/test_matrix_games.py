@@ -244,6 +244,11 @@ class TestBadInput:
             (dict(start_position=(0, 4)), "start_position"),
             (dict(officer_weight=float("inf")), "officer_weight"),
             (dict(max_officers=0), "max_officers"),
+            (dict(batch_size=2.5), r"batch_size must be a positive int .* got 2.5"),
+            (dict(batch_size="4"), r"batch_size must be a positive int .* got '4'"),
+            (dict(officer_weight="x"), r"officer_weight must be a finite number, got 'x' \(str\)"),
+            (dict(agent_id="no"), r"agent_id must be a bool \(True or False\), got 'no'"),
+            (dict(time_obs=1), r"time_obs must be a bool"),
         ],
     )
     def test_bimatrix(self, kwargs, name):
@@ -258,7 +263,9 @@ class TestBadInput:
             (dict(batch_size=-3), "batch_size"),
             (dict(n_agents=1, grid_size=2, payoffs=torch.zeros(2, 2, 3)), "payoffs"),
             (dict(n_agents=1, grid_size=2, payoffs=torch.full((2, 2, 2), float("inf"))), "payoffs"),
-            (dict(payoff_seed=-1), "seed"),
+            (dict(payoff_seed=-1), r"payoff_seed must be an int in \[0, "),
+            (dict(payoff_seed=2**70), r"payoff_seed must be an int in \[0, "),
+            (dict(agent_id="no"), r"agent_id must be a bool"),
         ],
     )
     def test_nmatrix(self, kwargs, name):

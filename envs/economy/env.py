@@ -8,6 +8,8 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import EnvBase
 
+from torchrl_ermas.validation import check_bool, check_choice, check_int, check_real, check_seed
+
 from .auction import DoubleAuction
 from .gather import GatherBuildWorld
 from .layout import FIXED_BUILD_PAYMENTS, FIXED_START_LOCATIONS, load_layout
@@ -113,25 +115,24 @@ class EconomyEnv(EnvBase):
         device: torch.device | str | None = None,
         seed: int | None = None,
     ) -> None:
-        if tier not in TIERS:
-            raise ValueError(f"tier must be one of {list(TIERS)}, got {tier!r}")
-        if planner_action not in ("discrete", "rates"):
-            raise ValueError(f"planner_action must be 'discrete' or 'rates', got {planner_action!r}")
-        if num_envs < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-        if episode_length < 1 or period < 1 or episode_length % period:
+        check_choice("tier", tier, TIERS)
+        check_choice("planner_action", planner_action, ("discrete", "rates"))
+        check_int("num_envs", num_envs, 1)
+        check_int("episode_length", episode_length, 1)
+        check_int("period", period, 1)
+        if episode_length % period:
             raise ValueError(
                 f"period must be a positive divisor of episode_length, got period={period}, "
                 f"episode_length={episode_length}"
             )
+        check_int("n_agents", n_agents, 2)
         if tier != "labour" and n_agents != len(FIXED_START_LOCATIONS):
             raise ValueError(f"n_agents must be 4 for tier {tier!r} (fixed skill ranks), got {n_agents}")
-        if n_agents < 2:
-            raise ValueError(f"n_agents must be >= 2, got {n_agents}")
-        if max_hours < 1:
-            raise ValueError(f"max_hours must be >= 1, got {max_hours}")
-        if starting_coin < 0:
-            raise ValueError(f"starting_coin must be >= 0, got {starting_coin}")
+        check_int("max_hours", max_hours, 1)
+        check_real("energy_cost", energy_cost, low=0)
+        check_real("starting_coin", starting_coin, low=0)
+        check_bool("spatial_observation", spatial_observation)
+        check_seed("seed", seed, optional=True)
         device = torch.device("cpu" if device is None else device)
         super().__init__(device=device, batch_size=torch.Size([num_envs]))
         self.tier = tier

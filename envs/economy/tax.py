@@ -5,6 +5,7 @@ https://arxiv.org/abs/2004.13332), ``ai_economist/foundation/components/redistri
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -81,9 +82,12 @@ class BracketTax:
         device: torch.device | str | None = None,
     ) -> None:
         cutoffs = us_federal_cutoffs() if cutoffs is None else tuple(float(c) for c in cutoffs)
-        if len(cutoffs) < 2 or cutoffs[0] != 0 or any(b <= a for a, b in zip(cutoffs, cutoffs[1:])):
+        increasing = all(b > a for a, b in zip(cutoffs, cutoffs[1:]))
+        finite = all(math.isfinite(c) for c in cutoffs)
+        if len(cutoffs) < 2 or cutoffs[0] != 0 or not increasing or not finite:
             raise ValueError(
-                "bracket cutoffs must start at 0 and be strictly increasing (at least 2 brackets), "
+                "bracket cutoffs must be finite, start at 0 and be strictly increasing (at least "
+                "2 brackets), "
                 f"got {list(cutoffs)}"
             )
         self.cutoffs = torch.tensor(cutoffs, dtype=torch.float32, device=device)

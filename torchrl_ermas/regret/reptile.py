@@ -12,7 +12,7 @@ from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.objectives.value.functional import reward2go
 
-from .._validation import check_int, check_number
+from ..validation import check_int, check_number
 from .deviation import DeviationDistributions, DeviationPolicy, world_mask
 
 _BEHAVIOUR_LOG_PROB = "behaviour_log_prob"

@@ -17,6 +17,7 @@ from .experiments import (
     run,
     run_many,
     transfer_config,
+    validate_experiment,
     with_overrides,
 )
 from .trainer import ErmasTrainer, NonFiniteError
@@ -38,5 +39,6 @@ __all__ = [
     "save_checkpoint",
     "transfer_config",
     "validate",
+    "validate_experiment",
     "with_overrides",
 ]

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from hydra.core.config_store import ConfigStore
 
-from .._validation import check_choice, check_int, check_number, check_seed
+from ..validation import check_choice, check_int, check_number, check_seed
 
 VARIANTS = ("ermas", "fixed_lambda", "marl")
 #: settings that may differ from a checkpoint's when a run resumes (``iterations`` may only

@@ -14,8 +14,9 @@ from omegaconf import OmegaConf
 from torchrl.envs import EnvBase
 from tqdm.auto import tqdm
 
-from .config import TrainConfig
-from .trainer import _as_config, ErmasTrainer
+from ..validation import check_int
+from .config import TrainConfig, validate
+from .trainer import _as_config, _flatten, ErmasTrainer
 
 PostHook = Callable[[ErmasTrainer], dict[str, Any]]
 #: ``env_factory(cfg, batch_size, device)`` builds the environments of the run ``cfg``
@@ -43,6 +44,81 @@ def with_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
     return _as_config(OmegaConf.merge(OmegaConf.structured(cfg), nested))
 
 
+def _override_key(override: str) -> str:
+    """The dotted key of a command-line override: ``"+train.seed=3"`` -> ``"train.seed"``."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def validate_experiment(
+    train: TrainConfig,
+    *,
+    sweeps: dict[str, Sequence],
+    workers: int,
+    owned: dict[str, str] | None = None,
+    methods: dict[str, dict[str, Any]] | None = None,
+    overrides: Sequence[str] = (),
+) -> None:
+    """The checks an experiment script makes before any run starts.
+
+    An experiment builds its runs from the base run ``train`` and sets some of its keys
+    itself in every run: always ``seed`` (from the experiment's seeds) and ``output_dir``
+    (a folder per run under hydra's run folder), every key that all ``methods`` set, and
+    the keys of ``owned``. A value for one of them in ``train`` would be ignored, so it is
+    refused, naming what to set instead: a value other than the schema default, or a
+    command-line override ``train.<key>=...``.
+
+    Args:
+        train: the experiment's base run; it must be valid (:func:`validate`).
+        sweeps: name -> values of each list the experiment sweeps (``{"seeds": [0, 1]}``);
+            none may be empty.
+        workers: processes of :func:`run_many`, an int ``>= 1``.
+        owned: further dotted keys of ``train`` the experiment sets per run, each mapped
+            to what to do instead (``{"ermas.epsilon": "set epsilons instead"}``).
+        methods: name -> overrides of ``train`` per method (see :func:`method_seed_configs`).
+        overrides: the command-line overrides (hydra's ``HydraConfig.get().overrides.task``).
+
+    Examples:
+        >>> validate_experiment(with_overrides(TrainConfig(), {"seed": 3}),
+        ...                     sweeps={"seeds": [0]}, workers=1)
+        Traceback (most recent call last):
+        ...
+        ValueError: train.seed is set per run by this experiment: set seeds instead (got train.seed=3).
+    """
+    check_int("workers", workers, 1)
+    for name, values in sweeps.items():
+        if not values:
+            raise ValueError(f"{name} must list at least one value, got {list(values)}.")
+    owned = {
+        "seed": "set seeds instead",
+        "output_dir": "each run writes under hydra.run.dir, set that instead",
+        **_keys_of_every_method(methods or {}),
+        **(owned or {}),
+    }
+    default, given = OmegaConf.structured(TrainConfig), OmegaConf.structured(train)
+    cli = [_override_key(o)[len("train."):] for o in overrides
+           if _override_key(o).startswith("train.")]
+    for key, instead in owned.items():
+        value = OmegaConf.select(given, key)
+        on_cli = any(k == key or k.startswith(f"{key}.") or key.startswith(f"{k}.") for k in cli)
+        if on_cli or value != OmegaConf.select(default, key):
+            raise ValueError(
+                f"train.{key} is set per run by this experiment: {instead} "
+                f"(got train.{key}={value!r})."
+            )
+    validate(train)
+
+
+def _keys_of_every_method(methods: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """The dotted keys that every method's overrides set, with where to set them."""
+    if not methods:
+        return {}
+    keys = [set(_flatten(dict(overrides))) - {""} for overrides in methods.values()]
+    return {
+        key: f"set it per method instead (methods.<name>.{key})"
+        for key in sorted(set.intersection(*keys))
+    }
+
+
 def method_seed_configs(
     cfg: TrainConfig, methods: dict[str, dict[str, Any]], seeds: Sequence[int], root: str | Path
 ) -> dict[tuple[str, int], TrainConfig]:
@@ -54,13 +130,19 @@ def method_seed_configs(
         ([('marl', 0), ('marl', 1)], 1, 'out/marl/seed1')
     """
     root = Path(root)
-    return {
+    runs = {
         (name, seed): with_overrides(
             cfg, {**overrides, "seed": seed, "output_dir": str(root / name / f"seed{seed}")}
         )
         for name, overrides in methods.items()
         for seed in seeds
     }
+    for (name, seed), run_cfg in runs.items():
+        try:
+            validate(run_cfg)
+        except ValueError as err:
+            raise ValueError(f"run {name!r} (seed {seed}): {err}") from None
+    return runs
 
 
 def transfer_config(
@@ -74,7 +156,9 @@ def transfer_config(
     """
     settings = {"variant": "marl", "train_planner": False, "resume": False}
     settings["planner_checkpoint"] = str(planner_checkpoint)
-    return with_overrides(cfg, {**settings, **(overrides or {})})
+    transfer = with_overrides(cfg, {**settings, **(overrides or {})})
+    validate(transfer)
+    return transfer
 
 
 def run(
@@ -110,8 +194,7 @@ def run_many(
     machine fully. ``post`` and ``env_factory`` (see :func:`run`) must be picklable, e.g.
     module-level functions or partials of them (they cross processes).
     """
-    if workers < 1:
-        raise ValueError(f"workers must be an int >= 1, got {workers!r}.")
+    check_int("workers", workers, 1)
     results: list[dict[str, Any] | None] = [None] * len(configs)
     bar = tqdm(total=len(configs), desc=desc)
     if workers == 1:

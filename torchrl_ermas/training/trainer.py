@@ -231,6 +231,8 @@ class ErmasTrainer:
         )
         if found is not None:
             self._restore(*found)
+        if cfg.resume:  # the rows of iterations after the checkpoint are replayed
+            self._truncate_csv_logs(self.start_iteration)
 
     # ------------------------------------------------------------------ output folder
     @property
@@ -239,9 +241,11 @@ class ErmasTrainer:
         return self.output_dir / CHECKPOINT_NAME
 
     def _run_files(self) -> list[Path]:
-        """The files of a run in ``output_dir`` (its checkpoints and results)."""
-        paths = (self.checkpoint_path, previous_path(self.checkpoint_path),
-                 self.output_dir / RESULTS_NAME)
+        """What a run leaves in ``output_dir``: checkpoints, results, its CSV log folder."""
+        paths = [self.checkpoint_path, previous_path(self.checkpoint_path),
+                 self.output_dir / RESULTS_NAME]
+        if self._csv_log_dir() is not None:
+            paths.append(self._csv_log_dir())
         return [path for path in paths if path.exists()]
 
     def _check_output_dir(self) -> None:
@@ -270,10 +274,10 @@ class ErmasTrainer:
 
     def _remove_previous_run(self) -> None:
         for path in self._run_files():
-            path.unlink()
-        log_dir = self._csv_log_dir()
-        if log_dir is not None and log_dir.is_dir():
-            shutil.rmtree(log_dir)
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
 
     # ------------------------------------------------------------------ construction
     def _instantiate_env(self, batch_size: int, device: torch.device) -> EnvBase:
@@ -593,7 +597,6 @@ class ErmasTrainer:
             optimizer.load_state_dict(state["optimizers"][name])
         self.history = state["history"]
         self.start_iteration = state["iteration"]
-        self._truncate_csv_logs(self.start_iteration)
 
     def _check_resumable(self, stored: dict[str, Any], path: Path) -> None:
         """Refuses a resume whose settings differ from the checkpoint's run."""
@@ -616,7 +619,7 @@ class ErmasTrainer:
             )
 
     def _truncate_csv_logs(self, next_iteration: int) -> None:
-        """Drops the CSV rows of iterations after the checkpoint (they are replayed)."""
+        """Drops the CSV rows of iterations from ``next_iteration`` on (they are replayed)."""
         log_dir = self._csv_log_dir()
         if log_dir is None or not (log_dir / "scalars").is_dir():
             return

@@ -9,14 +9,14 @@ agents search for the epsilon-equilibrium that is worst for this planner.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
-from numbers import Real
 
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Composite, Unbounded
 from torchrl.envs.transforms import Transform
+
+from torchrl_ermas.validation import check_real
 
 __all__ = ["PlannerFromAgents"]
 
@@ -115,9 +115,7 @@ class PlannerFromAgents(Transform):
                     f"got {features!r}."
                 )
             features = (features[0], features[1])
-        ok = isinstance(scale, Real) and not isinstance(scale, bool) and math.isfinite(scale)
-        if not ok:
-            raise ValueError(f"scale must be a finite number, got {scale!r}.")
+        check_real("scale", scale)
         for name, group in (("agent_group", agent_group), ("planner_group", planner_group)):
             if not isinstance(group, str) or not group:
                 raise ValueError(f"{name} must be a non-empty string, got {group!r}.")

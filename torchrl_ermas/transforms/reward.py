@@ -13,8 +13,6 @@ Zhao et al., https://arxiv.org/abs/2106.05492 (reality gap ``Q``, DR and RR base
 """
 from __future__ import annotations
 
-import math
-from numbers import Real
 from typing import Literal
 
 import torch
@@ -22,6 +20,8 @@ from tensordict import TensorDictBase
 from tensordict.utils import expand_as_right, NestedKey, unravel_key
 from torchrl.data import Bounded, Composite, TensorSpec, Unbounded
 from torchrl.envs.transforms import Transform
+
+from torchrl_ermas.validation import check_real
 
 __all__ = [
     "ConcavePlannerReward",
@@ -31,17 +31,6 @@ __all__ = [
 ]
 
 RESAMPLE_MODES = ("episode", "step")
-
-
-def _check_real(name: str, value: float, *, nonnegative: bool = False) -> float:
-    """Returns ``value`` as a float, or raises a ``ValueError`` naming ``name``."""
-    ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and nonnegative:
-        ok = value >= 0
-    if not ok:
-        kind = "a finite number >= 0" if nonnegative else "a finite number"
-        raise ValueError(f"{name} must be {kind}, got {value!r}.")
-    return float(value)
 
 
 def _transition(tensordict: TensorDictBase) -> TensorDictBase:
@@ -94,7 +83,7 @@ class PlannerRewardGap(Transform):
         agent_reward_key: NestedKey = ("agents", "reward"),
         planner_reward_key: NestedKey = ("planner", "reward"),
     ) -> None:
-        self.q = _check_real("q", q)
+        self.q = check_real("q", q)
         self.agent_reward_key = unravel_key(agent_reward_key)
         self.planner_reward_key = unravel_key(planner_reward_key)
         super().__init__(
@@ -188,7 +177,7 @@ class ConcavePlannerReward(Transform):
     def __init__(
         self, eta: float, *, planner_reward_key: NestedKey = ("planner", "reward")
     ) -> None:
-        self.eta = _check_real("eta", eta, nonnegative=True)
+        self.eta = check_real("eta", eta, low=0)
         self.planner_reward_key = unravel_key(planner_reward_key)
         super().__init__(in_keys=[self.planner_reward_key], out_keys=[self.planner_reward_key])
 
@@ -285,7 +274,7 @@ class DomainRandomizedReward(Transform):
         done_key: NestedKey = "done",
         seed: int | None = None,
     ) -> None:
-        self.scale = _check_real("scale", scale, nonnegative=True)
+        self.scale = check_real("scale", scale, low=0)
         if resample not in RESAMPLE_MODES:
             raise ValueError(f"resample must be one of {RESAMPLE_MODES}, got {resample!r}.")
         self.resample = resample

@@ -1,7 +1,7 @@
 """Argument checks shared by the core and the environments.
 
-Each check raises a ``ValueError`` (a ``TypeError`` for a value of the wrong type) that
-names the argument and the accepted values.
+Each check raises a ``ValueError`` that names the argument and the accepted values (and the
+type of a value of the wrong type), so that callers catch one exception type.
 """
 from __future__ import annotations
 
@@ -31,14 +31,14 @@ def check_int(
         >>> check_int("workers", "2", 1)
         Traceback (most recent call last):
         ...
-        TypeError: workers must be an int >= 1, got '2' (str).
+        ValueError: workers must be an int >= 1, got '2' (str).
     """
     if optional and value is None:
         return
     accepted = f">= {low}" if high is None else f"in [{low}, {high}]"
     prefix = "None or " if optional else ""
     if not _is_int(value):
-        raise TypeError(
+        raise ValueError(
             f"{name} must be {prefix}an int {accepted}, got {value!r} ({type(value).__name__})."
         )
     if value < low or (high is not None and value > high):
@@ -89,7 +89,7 @@ def check_real(
         >>> check_real("officer_weight", "x")
         Traceback (most recent call last):
         ...
-        TypeError: officer_weight must be a finite number, got 'x' (str).
+        ValueError: officer_weight must be a finite number, got 'x' (str).
     """
     bounds = []
     if low is not None:
@@ -98,7 +98,7 @@ def check_real(
         bounds.append(f"<= {high}")
     accepted = "a finite number" + (" " + " and ".join(bounds) if bounds else "")
     if not isinstance(value, Real) or isinstance(value, bool):
-        raise TypeError(f"{name} must be {accepted}, got {value!r} ({type(value).__name__}).")
+        raise ValueError(f"{name} must be {accepted}, got {value!r} ({type(value).__name__}).")
     ok = math.isfinite(value)
     if ok and low is not None:
         ok = value >= low if low_inclusive else value > low
@@ -129,9 +129,9 @@ def check_bool(name: str, value) -> None:
         >>> check_bool("agent_id", "no")
         Traceback (most recent call last):
         ...
-        TypeError: agent_id must be a bool (True or False), got 'no' (str).
+        ValueError: agent_id must be a bool (True or False), got 'no' (str).
     """
     if not isinstance(value, bool):
-        raise TypeError(
+        raise ValueError(
             f"{name} must be a bool (True or False), got {value!r} ({type(value).__name__})."
         )
