@@ -46,9 +46,16 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from torchrl_ermas.validation import check_real  # noqa: E402
 from torchrl_ermas.envs.bimatrix_analysis import exact_values, policy_table  # noqa: E402
 from torchrl_ermas.envs.bimatrix_frontier import epsilon_frontier  # noqa: E402
-from torchrl_ermas.training import mean_sem, method_seed_configs, run_many, TrainConfig  # noqa: E402
+from torchrl_ermas.training import (  # noqa: E402
+    mean_sem,
+    method_seed_configs,
+    run_many,
+    TrainConfig,
+    validate_experiment,
+)
 
 
 @dataclass
@@ -56,7 +63,9 @@ class AdversarialSearchConfig:
     """Schema of the experiment.
 
     Attributes:
-        train: the base run (the ERMAS variant); each run overrides epsilon, lambda, seed.
+        train: the base run (the ERMAS variant); each run sets its variant, seed and
+            output folder, ERMAS runs their epsilon and fixed-lambda runs their lambda
+            (``train.ermas.lambda_init`` is the ERMAS runs' initial lambda).
         epsilons: the ERMAS sweep (learned multipliers).
         fixed_lambdas: the fixed-multiplier ablation (``variant=fixed_lambda``).
         marl: add plain MARL runs.
@@ -73,6 +82,32 @@ class AdversarialSearchConfig:
 
 
 ConfigStore.instance().store(name="adversarial_search_schema", node=AdversarialSearchConfig)
+
+
+def validate(cfg: AdversarialSearchConfig, overrides: list[str] | tuple[str, ...] = ()) -> None:
+    """Raises a ``ValueError`` naming the first invalid experiment setting.
+
+    ``overrides`` are the command-line overrides: a ``train`` key that the experiment sets
+    per run (variant, epsilon, seed, output folder) is refused.
+    """
+    validate_experiment(
+        cfg.train, sweeps={"epsilons": cfg.epsilons, "seeds": cfg.seeds},
+        workers=cfg.workers, overrides=overrides,
+        owned={
+            "variant": "the experiment runs ermas per epsilon, fixed_lambda per fixed_lambdas "
+                       "and marl when marl=true",
+            "ermas.epsilon": "set epsilons instead",
+        },
+    )
+    for epsilon in cfg.epsilons:
+        check_real("epsilons", epsilon)
+    for lam in cfg.fixed_lambdas:
+        check_real("fixed_lambdas", lam, low=0)
+        if lam > cfg.train.ermas.lambda_max:
+            raise ValueError(
+                f"fixed_lambdas must be <= train.ermas.lambda_max="
+                f"{cfg.train.ermas.lambda_max}, got {lam} (raise train.ermas.lambda_max)."
+            )
 
 
 def exact_regret_hook(trainer) -> dict[str, Any]:
@@ -205,6 +240,7 @@ def print_frontier(rows: list[dict[str, Any]]) -> None:
 @hydra.main(version_base="1.3", config_path="configs", config_name="bimatrix_adversarial_search")
 def main(cfg: AdversarialSearchConfig) -> None:
     cfg = OmegaConf.to_object(cfg)
+    validate(cfg, HydraConfig.get().overrides.task)
     out = Path(HydraConfig.get().runtime.output_dir)
     configs = run_configs(cfg, out)
     results = dict(zip(configs, run_many(list(configs.values()), workers=cfg.workers,

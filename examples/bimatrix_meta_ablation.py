@@ -24,7 +24,13 @@ from hydra.core.config_store import ConfigStore  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from torchrl_ermas.training import run_many, TrainConfig, with_overrides  # noqa: E402
+from torchrl_ermas.validation import check_number  # noqa: E402
+from torchrl_ermas.training import (  # noqa: E402
+    run_many,
+    TrainConfig,
+    validate_experiment,
+    with_overrides,
+)
 
 
 @dataclass
@@ -40,6 +46,35 @@ class MetaAblationConfig:
 ConfigStore.instance().store(name="meta_ablation_schema", node=MetaAblationConfig)
 
 
+def validate(cfg: MetaAblationConfig, overrides: list[str] | tuple[str, ...] = ()) -> None:
+    """Raises a ``ValueError`` naming the first invalid experiment setting.
+
+    ``overrides`` are the command-line overrides: a ``train`` key that the experiment sets
+    per run (variant, meta scale, seed, output folder) is refused.
+    """
+    validate_experiment(
+        cfg.train, sweeps={"meta_scales": cfg.meta_scales, "seeds": cfg.seeds},
+        workers=cfg.workers, overrides=overrides,
+        owned={
+            "variant": "every run of this experiment is variant=ermas",
+            "ermas.meta_scale": "set meta_scales instead",
+        },
+    )
+    for beta in cfg.meta_scales:
+        check_number("meta_scales", beta, strict=False)
+
+
+def run_configs(cfg: MetaAblationConfig, out: Path) -> dict[tuple[float, int], TrainConfig]:
+    """The runs, keyed by (beta, seed), in ``out/beta{beta}/seed{s}``."""
+    return {
+        (beta, seed): with_overrides(cfg.train, {
+            "variant": "ermas", "ermas.meta_scale": beta, "seed": seed,
+            "output_dir": str(out / f"beta{beta:g}" / f"seed{seed}"),
+        })
+        for beta in cfg.meta_scales for seed in cfg.seeds
+    }
+
+
 def curves(results: list[dict], key: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and standard error over seeds of a per-iteration quantity."""
     values = torch.tensor([r["history"][key] for r in results], dtype=torch.float64)
@@ -52,14 +87,9 @@ def curves(results: list[dict], key: str) -> tuple[torch.Tensor, torch.Tensor]:
 @hydra.main(version_base="1.3", config_path="configs", config_name="bimatrix_meta_ablation")
 def main(cfg: MetaAblationConfig) -> None:
     cfg = OmegaConf.to_object(cfg)
+    validate(cfg, HydraConfig.get().overrides.task)
     out = Path(HydraConfig.get().runtime.output_dir)
-    configs = {
-        (beta, seed): with_overrides(cfg.train, {
-            "variant": "ermas", "ermas.meta_scale": beta, "seed": seed,
-            "output_dir": str(out / f"beta{beta:g}" / f"seed{seed}"),
-        })
-        for beta in cfg.meta_scales for seed in cfg.seeds
-    }
+    configs = run_configs(cfg, out)
     results = dict(zip(configs, run_many(list(configs.values()), workers=cfg.workers, desc="runs")))
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))

@@ -25,12 +25,14 @@ from hydra.core.config_store import ConfigStore  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from torchrl_ermas.validation import check_real  # noqa: E402
 from torchrl_ermas.training import (  # noqa: E402
     mean_sem,
     method_seed_configs,
     run_many,
     TrainConfig,
     transfer_config,
+    validate_experiment,
     with_overrides,
 )
 
@@ -59,6 +61,23 @@ class RobustPlannerConfig:
 
 
 ConfigStore.instance().store(name="robust_planner_schema", node=RobustPlannerConfig)
+
+
+def validate(cfg: RobustPlannerConfig, overrides: list[str] | tuple[str, ...] = ()) -> None:
+    """Raises a ``ValueError`` naming the first invalid experiment setting.
+
+    ``overrides`` are the command-line overrides: a ``train`` key that the experiment sets
+    per run (seed, output folder, what every method sets) is refused.
+    """
+    validate_experiment(
+        cfg.train, sweeps={"methods": cfg.methods, "q_test": cfg.q_test, "seeds": cfg.seeds},
+        workers=cfg.workers, methods=cfg.methods, overrides=overrides,
+        owned={"reward.q": "the transfer runs set it from q_test; methods set their own"},
+    )
+    for q in cfg.q_test:
+        check_real("q_test", q)
+    if cfg.reference not in cfg.methods:
+        raise ValueError(f"reference must be one of {list(cfg.methods)}, got {cfg.reference!r}.")
 
 
 def train_configs(cfg: RobustPlannerConfig, out: Path) -> dict[tuple[str, int], TrainConfig]:
@@ -123,6 +142,7 @@ def print_table(cfg: RobustPlannerConfig, summary: dict) -> None:
 @hydra.main(version_base="1.3", config_path="configs", config_name="bimatrix_robust_planner")
 def main(cfg: RobustPlannerConfig) -> None:
     cfg = OmegaConf.to_object(cfg)
+    validate(cfg, HydraConfig.get().overrides.task)
     out = Path(HydraConfig.get().runtime.output_dir)
     trained = train_configs(cfg, out)
     run_many(list(trained.values()), workers=cfg.workers, desc="train planners")

@@ -40,6 +40,7 @@ from torchrl_ermas.training import (  # noqa: E402
     run_many,
     TrainConfig,
     transfer_config,
+    validate_experiment,
     with_overrides,
 )
 
@@ -75,11 +76,17 @@ class TaxPolicyConfig:
 ConfigStore.instance().store(name="tax_policy_schema", node=TaxPolicyConfig)
 
 
-def validate(cfg: TaxPolicyConfig) -> None:
-    """Raises a ``ValueError`` naming the first invalid experiment setting."""
-    if not cfg.seeds:
-        raise ValueError("seeds must list at least one seed.")
-    if not cfg.eta_test or not all(0 < eta <= 1 for eta in cfg.eta_test):
+def validate(cfg: TaxPolicyConfig, overrides: list[str] | tuple[str, ...] = ()) -> None:
+    """Raises a ``ValueError`` naming the first invalid experiment setting.
+
+    ``overrides`` are the command-line overrides: a ``train`` key that the experiment sets
+    per run (seed, output folder, what every method sets) is refused.
+    """
+    validate_experiment(
+        cfg.train, sweeps={"seeds": cfg.seeds, "eta_test": cfg.eta_test},
+        workers=cfg.workers, methods=cfg.methods, overrides=overrides,
+    )
+    if not all(0 < eta <= 1 for eta in cfg.eta_test):
         raise ValueError(f"eta_test must list values in (0, 1], got {cfg.eta_test}.")
     planners = [*cfg.methods, *cfg.baselines]
     if cfg.reference not in planners:
@@ -186,7 +193,7 @@ def print_table(cfg: TaxPolicyConfig, summary: dict) -> None:
 @hydra.main(version_base="1.3", config_path="configs", config_name="economy_tax_policy")
 def main(cfg: TaxPolicyConfig) -> None:
     cfg = OmegaConf.to_object(cfg)
-    validate(cfg)
+    validate(cfg, HydraConfig.get().overrides.task)
     out = Path(HydraConfig.get().runtime.output_dir)
     trained = train_configs(cfg, out)
     run_many(list(trained.values()), workers=cfg.workers, desc="train planners")

@@ -31,7 +31,14 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torchrl.envs import EnvBase, TransformedEnv
 
-from torchrl_ermas.training import mean_sem, method_seed_configs, run_many, TrainConfig
+from torchrl_ermas.validation import check_real
+from torchrl_ermas.training import (
+    mean_sem,
+    method_seed_configs,
+    run_many,
+    TrainConfig,
+    validate_experiment,
+)
 from torchrl_ermas.transforms.planner import PlannerFromAgents
 
 matplotlib.use("Agg")
@@ -171,20 +178,34 @@ def print_table(summary: dict) -> None:
         )
 
 
-def validate(cfg: VmasSearchConfig) -> None:
-    """Raises a ``ValueError`` naming the first invalid experiment setting."""
-    if not isinstance(cfg.workers, int) or cfg.workers < 1:
-        raise ValueError(f"workers must be an int >= 1, got {cfg.workers!r}.")
-    if not cfg.seeds:
-        raise ValueError("seeds must list at least one seed.")
+def validate(cfg: VmasSearchConfig, overrides: list[str] | tuple[str, ...] = ()) -> None:
+    """Raises a ``ValueError`` naming the first invalid experiment setting.
+
+    ``overrides`` are the command-line overrides: a ``train`` key that the experiment sets
+    per run (variant, epsilon, seed, output folder) is refused.
+    """
+    validate_experiment(
+        cfg.train, sweeps={"seeds": cfg.seeds}, workers=cfg.workers, overrides=overrides,
+        owned={
+            "variant": "the experiment runs ermas per epsilon and marl when marl=true",
+            "ermas.epsilon": "set epsilons instead",
+        },
+    )
+    for epsilon in cfg.epsilons:
+        check_real("epsilons", epsilon)
     if not cfg.epsilons and not cfg.marl:
         raise ValueError("epsilons is empty and marl is false: nothing to run.")
     make_regulator(cfg.regulator)  # checks rule, features and scale before any run starts
 
 
-def experiment(cfg: VmasSearchConfig, out: Path) -> dict[str, dict[str, float | None]]:
-    """Runs the sweep and writes ``summary.json`` and ``vmas_adversarial_search.png``."""
-    validate(cfg)
+def experiment(
+    cfg: VmasSearchConfig, out: Path, overrides: list[str] | tuple[str, ...] = ()
+) -> dict[str, dict[str, float | None]]:
+    """Runs the sweep and writes ``summary.json`` and ``vmas_adversarial_search.png``.
+
+    ``overrides`` are the command-line overrides, checked by :func:`validate`.
+    """
+    validate(cfg, overrides)
     runs = run_configs(cfg, out)
     results = run_all(cfg, runs)
     summary = summarize(cfg, results)
@@ -197,7 +218,7 @@ def experiment(cfg: VmasSearchConfig, out: Path) -> dict[str, dict[str, float | 
 def main(cfg: VmasSearchConfig) -> None:
     cfg = OmegaConf.to_object(cfg)
     out = Path(HydraConfig.get().runtime.output_dir)
-    summary = experiment(cfg, out)
+    summary = experiment(cfg, out, HydraConfig.get().overrides.task)
     print_table(summary)
     print(f"results in {out}")
 

@@ -36,6 +36,61 @@ def test_example_configs_type_check(example, config, import_example):
                 compose(config_name=config, overrides=[f"{key}=1"])
 
 
+# (example, override, what the message must say); the last five examples' keys are owned
+# by every experiment (seed, output folder), the others by one
+REFUSED = [
+    ("bimatrix_meta_ablation", "train.variant=ermass", r"train.variant is set per run .*variant=ermas"),
+    ("bimatrix_meta_ablation", "train.ermas.meta_scale=-5", r"train.ermas.meta_scale .*set meta_scales instead"),
+    ("bimatrix_meta_ablation", "meta_scales=[0.0,-5.0]", r"meta_scales must be a finite number >= 0, got -5.0"),
+    ("bimatrix_meta_ablation", "meta_scales=[]", r"meta_scales must list at least one value"),
+    ("bimatrix_adversarial_search", "train.ermas.epsilon=3", r"train.ermas.epsilon .*set epsilons instead"),
+    ("bimatrix_adversarial_search", "train.variant=marl", r"train.variant is set per run"),
+    ("bimatrix_adversarial_search", "epsilons=[]", r"epsilons must list at least one value"),
+    ("bimatrix_adversarial_search", "fixed_lambdas=[-1.0]", r"fixed_lambdas must be a finite number >= 0, got -1.0"),
+    ("bimatrix_adversarial_search", "fixed_lambdas=[200.0]", r"fixed_lambdas must be <= train.ermas.lambda_max=100.0"),
+    ("bimatrix_robust_planner", "train.variant=marl", r"train.variant .*methods.<name>.variant"),
+    ("bimatrix_robust_planner", "train.reward.q=0.2", r"train.reward.q .*q_test"),
+    ("bimatrix_robust_planner", "q_test=[]", r"q_test must list at least one value"),
+    ("bimatrix_robust_planner", "reference=nobody", r"reference must be one of"),
+    ("bimatrix_meta_ablation", "train.seed=-3", r"train.seed .*set seeds instead"),
+    ("bimatrix_adversarial_search", "train.seed=0", r"train.seed .*set seeds instead"),
+    ("bimatrix_robust_planner", "train.output_dir=/proc/x", r"train.output_dir .*hydra.run.dir"),
+    ("bimatrix_meta_ablation", "seeds=[]", r"seeds must list at least one value"),
+    ("bimatrix_robust_planner", "workers=0", r"workers must be an int >= 1"),
+]
+
+
+@pytest.mark.parametrize(("example", "override", "match"), REFUSED, ids=[f"{e}:{o}" for e, o, _ in REFUSED])
+def test_example_refuses_keys_it_sets_and_empty_sweeps(example, override, match, import_example):
+    """An override that the experiment would ignore or that leaves nothing to run is refused
+    before any run starts, naming the key to use (``train.seed=0`` too: on the command line
+    it is refused even at its default value)."""
+    module = import_example(example)
+    with initialize_config_dir(config_dir=str(EXAMPLES / "configs"), version_base="1.3"):
+        cfg = OmegaConf.to_object(compose(config_name=example, overrides=[override]))
+    with pytest.raises(ValueError, match=match):
+        module.validate(cfg, [override])
+
+
+@pytest.mark.parametrize(("example", "config"), CONFIGS, ids=[c for _, c in CONFIGS])
+def test_example_default_configs_validate(example, config, import_example):
+    module = import_example(example)
+    with initialize_config_dir(config_dir=str(EXAMPLES / "configs"), version_base="1.3"):
+        module.validate(OmegaConf.to_object(compose(config_name=config)))
+
+
+def test_example_script_exits_with_the_message(tmp_path):
+    """The refusal reaches a user of the script: a non-zero exit naming the key, no runs."""
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "bimatrix_meta_ablation.py"), f"hydra.run.dir={tmp_path}",
+         "train.variant=ermass"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode != 0
+    assert "train.variant is set per run by this experiment" in proc.stderr
+    assert not list(tmp_path.glob("beta*"))
+
+
 def _run(example: str, tmp_path, *overrides: str) -> subprocess.CompletedProcess:
     proc = subprocess.run(
         [sys.executable, str(EXAMPLES / f"{example}.py"), f"hydra.run.dir={tmp_path}",
