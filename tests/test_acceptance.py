@@ -111,9 +111,10 @@ def figure4(tmp_path_factory) -> dict[str, list[dict[tuple, float]]]:
     run_many(list(configs.values()), workers=2)
     scores: dict[str, list[dict[tuple, float]]] = {}
     for (name, _), cfg in configs.items():
-        planner = ErmasTrainer(
-            transfer_config(cfg, Path(cfg.output_dir) / "checkpoint.pt")
-        ).planner_policy
+        planner = ErmasTrainer(transfer_config(
+            cfg, Path(cfg.output_dir) / "checkpoint.pt",
+            {"output_dir": str(Path(cfg.output_dir) / "scored")},
+        )).planner_policy
         scores.setdefault(name, []).append(
             {position: pinned_planner_reward(planner, cfg.env, position)
              for position in (NASH, COOPERATION)}

@@ -319,6 +319,12 @@ def test_ermas_without_any_regret_estimate_is_refused(tmp_path, warmup, iteratio
         ({"device": "gpu"}, r"device must be a torch device such as 'cpu', 'cuda' or 'cuda:1', got 'gpu'"),
         ({"seed": 2**70}, r"seed must be an int in \[0, 9223372036854775807\], got 1180591620717411303424"),
         ({"seed": -1}, r"seed must be an int in \[0, "),
+        ({"device": "meta"}, r"device must be a cpu, cuda or mps device, got 'meta'"),
+        ({"planner_checkpoint": ""}, r"planner_checkpoint must be None or the path of a checkpoint"),
+        ({"fixed_planner": {}, "train_planner": False}, r"fixed_planner must be None or a hydra node with a _target_"),
+        ({"logger": {"backend": "csv", "exp_name": "../../elsewhere"}}, r"logger.exp_name must be None .* without path separators"),
+        ({"logger": {"backend": "csv", "exp_name": ""}}, r"logger.exp_name must be None"),
+        ({"logger": {"backend": "wandb", "project": ""}}, r"logger.project must be a non-empty name"),
         ({"num_envs": 2.5}, r"Value .2.5. of type .float. could not be converted to Integer\s+full_key: num_envs"),
     ],
 )

@@ -208,6 +208,12 @@ def check_device(device: str) -> None:
         raise ValueError(
             f"device must be a torch device such as 'cpu', 'cuda' or 'cuda:1', got {device!r}."
         ) from None
+    if parsed.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(
+            f"device must be a cpu, cuda or mps device, got {device!r} ({parsed.type})."
+        )
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device!r}: MPS is not available on this machine; use device=cpu.")
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(
@@ -245,6 +251,15 @@ def validate(cfg: TrainConfig) -> None:
             check_int(f"{group}.{name}", getattr(ppo, name), 1)
         check_int(f"{group}.depth", ppo.depth, 0)
         check_int(f"{group}.critic_depth", ppo.critic_depth, 0, optional=True)
+    if cfg.planner_checkpoint is not None and not cfg.planner_checkpoint:
+        raise ValueError("planner_checkpoint must be None or the path of a checkpoint, got ''.")
+    if cfg.fixed_planner is not None and not (
+        isinstance(cfg.fixed_planner, dict) and "_target_" in cfg.fixed_planner
+    ):
+        raise ValueError(
+            "fixed_planner must be None or a hydra node with a _target_ (e.g. "
+            f"{{'_target_': 'torchrl_ermas.envs.economy.SaezPlanner'}}), got {cfg.fixed_planner!r}."
+        )
     if cfg.fixed_planner is not None and (cfg.train_planner or cfg.planner_checkpoint):
         raise ValueError(
             "fixed_planner is never trained: it requires train_planner=False and "
@@ -299,6 +314,14 @@ def validate(cfg: TrainConfig) -> None:
             f"logger.backend must be one of '', 'csv', 'tensorboard', 'wandb', "
             f"got {cfg.logger.backend!r}."
         )
+    name = cfg.logger.exp_name
+    if name is not None and (not name or "/" in name or "\\" in name or name in (".", "..")):
+        raise ValueError(
+            "logger.exp_name must be None (variant_seed) or a folder name without path "
+            f"separators, got {name!r}."
+        )
+    if not cfg.logger.project:
+        raise ValueError(f"logger.project must be a non-empty name, got {cfg.logger.project!r}.")
 
 
 def register_configs(name: str = "train_schema") -> None:
