@@ -18,6 +18,7 @@ MODULES = [
     "torchrl_ermas.training.experiments",
     "torchrl_ermas.training.config",
     "torchrl_ermas.training.models",
+    "torchrl_ermas.training.run_folder",
     "torchrl_ermas.training.trainer",
     "torchrl_ermas.transforms.kl",
     "torchrl_ermas.transforms.planner",

@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 
 from ..validation import check_int
 from .config import TrainConfig, validate
-from .trainer import _as_config, _flatten, ErmasTrainer
+from .run_folder import flatten
+from .trainer import _as_config, ErmasTrainer
 
 PostHook = Callable[[ErmasTrainer], dict[str, Any]]
 #: ``env_factory(cfg, batch_size, device)`` builds the environments of the run ``cfg``
@@ -112,7 +113,7 @@ def _keys_of_every_method(methods: dict[str, dict[str, Any]]) -> dict[str, str]:
     """The dotted keys that every method's overrides set, with where to set them."""
     if not methods:
         return {}
-    keys = [set(_flatten(dict(overrides))) - {""} for overrides in methods.values()]
+    keys = [set(flatten(dict(overrides))) - {""} for overrides in methods.values()]
     return {
         key: f"set it per method instead (methods.<name>.{key})"
         for key in sorted(set.intersection(*keys))

@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
@@ -36,18 +33,15 @@ from torchrl_ermas.transforms import (
 
 from .checkpoint import (
     atomic_write,
-    CHECKPOINT_NAME,
     CheckpointError,
     load_checkpoint,
     load_latest_checkpoint,
     previous_path,
-    remove_stale_temporaries,
     save_checkpoint,
 )
-from .config import PPOConfig, RESUMABLE_KEYS, TrainConfig, validate
+from .config import PPOConfig, TrainConfig, validate
+from .run_folder import check_resumable, check_state_fits, non_finite_entry, RunFolder
 from .models import has_action, make_critic, make_policy
-
-RESULTS_NAME = "results.json"
 
 
 class NonFiniteError(FloatingPointError):
@@ -70,50 +64,6 @@ def _as_config(cfg: TrainConfig | DictConfig | dict) -> TrainConfig:
         cfg = asdict(cfg)
     merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg)
     return OmegaConf.to_object(merged)
-
-
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    """Dotted keys of a nested dict: ``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
-    if not isinstance(node, dict) or not node:
-        return {prefix: node}
-    flat = {}
-    for key, value in node.items():
-        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
-
-
-def _non_finite_entry(node: Any, path: str = "") -> str | None:
-    """The first path in ``node`` that holds a NaN or infinite float, if any."""
-    if isinstance(node, float):
-        return None if math.isfinite(node) else path
-    items = node.items() if isinstance(node, dict) else (
-        enumerate(node) if isinstance(node, (list, tuple)) else ()
-    )
-    for key, value in items:
-        found = _non_finite_entry(value, f"{path}.{key}" if path else str(key))
-        if found is not None:
-            return found
-    return None
-
-
-def _check_shapes(current: dict[str, Any], stored: dict[str, Any], path: Path) -> None:
-    """Raises a ``ValueError`` naming ``path`` when ``stored`` does not fit ``current``."""
-    current, stored = _flatten(current), _flatten(stored)
-    shape = lambda v: list(v.shape) if isinstance(v, torch.Tensor) else None  # noqa: E731
-    problems = [f"{k} missing" for k in current.keys() - stored.keys()]
-    problems += [f"{k} unexpected" for k in stored.keys() - current.keys()]
-    problems += [
-        f"{k}: {shape(stored[k])} in the checkpoint, {shape(current[k])} now"
-        for k in current.keys() & stored.keys() if shape(current[k]) != shape(stored[k])
-    ]
-    if problems:
-        shown = "; ".join(sorted(problems)[:3]) + ("; ..." if len(problems) > 3 else "")
-        raise ValueError(
-            f"checkpoint {str(path)!r} does not fit this run: {len(problems)} parameter(s) "
-            f"differ ({shown}). It was written for another environment (e.g. n_agents, "
-            "its observations) or other network sizes (hidden, depth, critic_depth, "
-            "policy_bias, share_params)."
-        )
 
 
 class ErmasTrainer:
@@ -182,7 +132,12 @@ class ErmasTrainer:
         self.cfg = cfg
         self.device = torch.device(cfg.device)
         self.output_dir = Path(cfg.output_dir)
-        self._check_output_dir()
+        csv_log_dir = (
+            self.output_dir / "logs" / self._experiment_name()
+            if cfg.logger.backend == "csv" else None
+        )
+        self.folder = RunFolder(self.output_dir, csv_log_dir)
+        self.folder.prepare(resume=cfg.resume, overwrite=cfg.overwrite)
         self._env_fn = env_fn or self._instantiate_env
         torch.manual_seed(cfg.seed)
 
@@ -225,59 +180,14 @@ class ErmasTrainer:
         if cfg.planner_checkpoint:
             self.load_planner(cfg.planner_checkpoint)
         if cfg.overwrite:
-            self._remove_previous_run()
+            self.folder.remove()
         found = (
-            load_latest_checkpoint(self.checkpoint_path, self.device) if cfg.resume else None
+            load_latest_checkpoint(self.folder.checkpoint, self.device) if cfg.resume else None
         )
         if found is not None:
             self._restore(*found)
         if cfg.resume:  # the rows of iterations after the checkpoint are replayed
-            self._truncate_csv_logs(self.start_iteration)
-
-    # ------------------------------------------------------------------ output folder
-    @property
-    def checkpoint_path(self) -> Path:
-        """``output_dir/checkpoint.pt``."""
-        return self.output_dir / CHECKPOINT_NAME
-
-    def _run_files(self) -> list[Path]:
-        """What a run leaves in ``output_dir``: checkpoints, results, its CSV log folder."""
-        paths = [self.checkpoint_path, previous_path(self.checkpoint_path),
-                 self.output_dir / RESULTS_NAME]
-        if self._csv_log_dir() is not None:
-            paths.append(self._csv_log_dir())
-        return [path for path in paths if path.exists()]
-
-    def _check_output_dir(self) -> None:
-        """Before any work: ``output_dir`` is writable and holds no other run."""
-        try:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=self.output_dir):
-                pass
-        except OSError as err:
-            raise ValueError(
-                f"output_dir {str(self.output_dir)!r} is not a writable folder ({err})."
-            ) from None
-        remove_stale_temporaries(self.output_dir, (CHECKPOINT_NAME, RESULTS_NAME))
-        existing = self._run_files()
-        if existing and not (self.cfg.resume or self.cfg.overwrite):
-            raise ValueError(
-                f"output_dir {str(self.output_dir)!r} holds another run "
-                f"({', '.join(p.name for p in existing)}): set resume=true to continue it, "
-                "overwrite=true to replace it, or choose another output_dir."
-            )
-
-    def _csv_log_dir(self) -> Path | None:
-        if self.cfg.logger.backend != "csv":
-            return None
-        return self.output_dir / "logs" / self._experiment_name()
-
-    def _remove_previous_run(self) -> None:
-        for path in self._run_files():
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
+            self.folder.truncate_csv_log(self.start_iteration)
 
     # ------------------------------------------------------------------ construction
     def _instantiate_env(self, batch_size: int, device: torch.device) -> EnvBase:
@@ -431,7 +341,7 @@ class ErmasTrainer:
             try:
                 row = self._iteration(iteration)
             except NonFiniteError as err:
-                path = save_checkpoint(good_state, self.checkpoint_path, keep_previous=True)
+                path = save_checkpoint(good_state, self.folder.checkpoint, keep_previous=True)
                 raise NonFiniteError(
                     f"{err} at iteration {iteration}; the last good state "
                     f"(before iteration {iteration}) is saved in {path}."
@@ -446,7 +356,7 @@ class ErmasTrainer:
             )
             if (iteration + 1) % cfg.checkpoint_interval == 0 or iteration + 1 == cfg.iterations:
                 save_checkpoint(
-                    self.state(iteration + 1), self.checkpoint_path, keep_previous=True
+                    self.state(iteration + 1), self.folder.checkpoint, keep_previous=True
                 )
         return self.write_results()
 
@@ -590,46 +500,13 @@ class ErmasTrainer:
         }
 
     def _restore(self, state: dict[str, Any], path: Path) -> None:
-        self._check_resumable(json.loads(state["config"]), path)
-        _check_shapes(self.modules.state_dict(), state["modules"], path)
+        check_resumable(json.loads(state["config"]), self._config_dict(), path)
+        check_state_fits(self.modules.state_dict(), state["modules"], path)
         self.modules.load_state_dict(state["modules"])
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
         self.history = state["history"]
         self.start_iteration = state["iteration"]
-
-    def _check_resumable(self, stored: dict[str, Any], path: Path) -> None:
-        """Refuses a resume whose settings differ from the checkpoint's run."""
-        old, new = _flatten(stored), _flatten(self._config_dict())
-        free = lambda key: any(key == k or key.startswith(f"{k}.") for k in RESUMABLE_KEYS)  # noqa: E731
-        changed = [k for k in sorted(old.keys() | new.keys()) if not free(k)
-                   and old.get(k, "<absent>") != new.get(k, "<absent>")]
-        if new["iterations"] < old["iterations"]:
-            changed.insert(0, "iterations")
-        if changed:
-            details = "; ".join(
-                f"{k}: {old.get(k, '<absent>')!r} in the checkpoint, {new.get(k, '<absent>')!r} now"
-                for k in changed
-            )
-            raise ValueError(
-                f"cannot resume from {str(path)!r}: its run was configured differently "
-                f"({details}). On resume only {', '.join(RESUMABLE_KEYS)} may change "
-                "(iterations only upwards); start the new configuration in another "
-                "output_dir, or set overwrite=true to replace this run."
-            )
-
-    def _truncate_csv_logs(self, next_iteration: int) -> None:
-        """Drops the CSV rows of iterations from ``next_iteration`` on (they are replayed)."""
-        log_dir = self._csv_log_dir()
-        if log_dir is None or not (log_dir / "scalars").is_dir():
-            return
-        for csv in (log_dir / "scalars").glob("*.csv"):
-            rows = []
-            for line in csv.read_text().splitlines():
-                step, _, value = line.partition(",")
-                if step.isdigit() and value and int(step) < next_iteration:
-                    rows.append(line + "\n")
-            atomic_write(csv, lambda handle, rows=rows: handle.write("".join(rows).encode()))
 
     def load_planner(self, path: str | Path) -> None:
         """Loads the planner policy of a checkpoint written by another run."""
@@ -645,7 +522,7 @@ class ErmasTrainer:
                 f"planner_checkpoint {str(path)!r} and this environment must both have an "
                 f"acting planner."
             )
-        _check_shapes(self.planner_policy.state_dict(), state["planner_policy"], Path(path))
+        check_state_fits(self.planner_policy.state_dict(), state["planner_policy"], Path(path))
         self.planner_policy.load_state_dict(state["planner_policy"])
 
     def _config_dict(self) -> dict[str, Any]:
@@ -705,12 +582,12 @@ class ErmasTrainer:
             "final": {**self.final_metrics(), **self.extra_final},
             "history": self.history,
         }
-        bad = _non_finite_entry(results)
+        bad = non_finite_entry(results)
         if bad is not None:
             raise ValueError(
                 f"results.json holds strict JSON, but {bad} is not finite; a hook's entry of "
                 "extra_final must be a finite number (or None)."
             )
         text = json.dumps(results, indent=1, allow_nan=False)
-        atomic_write(self.output_dir / RESULTS_NAME, lambda handle: handle.write(text.encode()))
+        atomic_write(self.folder.results, lambda handle: handle.write(text.encode()))
         return results

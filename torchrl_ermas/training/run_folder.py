@@ -1,0 +1,212 @@
+"""The folder of one training run, and the checks that keep runs from mixing.
+
+A run owns its ``output_dir``: ``checkpoint.pt`` and ``checkpoint.prev.pt``,
+``results.json`` and, with the CSV logger, its log folder. :class:`RunFolder` checks the
+folder before any work; :func:`check_resumable` and :func:`check_state_fits` check that a
+checkpoint belongs to the run that resumes it.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import atomic_write, CHECKPOINT_NAME, previous_path, remove_stale_temporaries
+from .config import RESUMABLE_KEYS
+
+RESULTS_NAME = "results.json"
+_ABSENT = "<absent>"
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys of a nested dict (an empty dict is a value of its own).
+
+    Examples:
+        >>> flatten({"a": {"b": 1, "c": {}}, "d": [2]})
+        {'a.b': 1, 'a.c': {}, 'd': [2]}
+    """
+    if not isinstance(node, dict) or not node:
+        return {prefix: node}
+    flat = {}
+    for key, value in node.items():
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def non_finite_entry(node: Any, path: str = "") -> str | None:
+    """The dotted path of the first NaN or infinite float in nested dicts and lists.
+
+    Examples:
+        >>> non_finite_entry({"final": {"regret": [1.0, float("nan")]}})
+        'final.regret.1'
+        >>> non_finite_entry({"final": {"regret": None}}) is None
+        True
+    """
+    if isinstance(node, float):
+        return None if math.isfinite(node) else path
+    if isinstance(node, dict):
+        items = node.items()
+    elif isinstance(node, (list, tuple)):
+        items = enumerate(node)
+    else:
+        return None
+    for key, value in items:
+        found = non_finite_entry(value, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
+
+
+def _is_resumable(key: str) -> bool:
+    return any(key == k or key.startswith(f"{k}.") for k in RESUMABLE_KEYS)
+
+
+def check_resumable(stored: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+    """Refuses to resume the checkpoint ``path`` of a run configured otherwise.
+
+    ``stored`` and ``current`` are the two runs' configs as nested dicts. Only the keys of
+    :data:`~torchrl_ermas.training.config.RESUMABLE_KEYS` may differ, ``iterations`` only
+    upwards.
+
+    Examples:
+        >>> check_resumable({"seed": 0, "iterations": 5}, {"seed": 1, "iterations": 9}, Path("c.pt"))
+        Traceback (most recent call last):
+        ...
+        ValueError: cannot resume from 'c.pt': its run was configured differently (seed: 0 in the checkpoint, 1 now). ...
+    """
+    old, new = flatten(stored), flatten(current)
+    changed = [
+        key for key in sorted(old.keys() | new.keys())
+        if not _is_resumable(key) and old.get(key, _ABSENT) != new.get(key, _ABSENT)
+    ]
+    if new["iterations"] < old["iterations"]:
+        changed.insert(0, "iterations")
+    if changed:
+        details = "; ".join(
+            f"{key}: {old.get(key, _ABSENT)!r} in the checkpoint, {new.get(key, _ABSENT)!r} now"
+            for key in changed
+        )
+        raise ValueError(
+            f"cannot resume from {str(path)!r}: its run was configured differently "
+            f"({details}). On resume only {', '.join(RESUMABLE_KEYS)} may change "
+            "(iterations only upwards); start the new configuration in another "
+            "output_dir, or set overwrite=true to replace this run."
+        )
+
+
+def _shape(value: Any) -> list[int] | None:
+    return list(value.shape) if isinstance(value, torch.Tensor) else None
+
+
+def check_state_fits(current: dict[str, Any], stored: dict[str, Any], path: Path) -> None:
+    """Refuses a stored state dict whose entries or shapes differ from ``current``'s.
+
+    Examples:
+        >>> check_state_fits({"w": torch.zeros(3)}, {"w": torch.zeros(4)}, Path("c.pt"))
+        Traceback (most recent call last):
+        ...
+        ValueError: checkpoint 'c.pt' does not fit this run: 1 parameter(s) differ (w: [4] in the checkpoint, [3] now). ...
+    """
+    current, stored = flatten(current), flatten(stored)
+    problems = [f"{key} missing" for key in current.keys() - stored.keys()]
+    problems += [f"{key} unexpected" for key in stored.keys() - current.keys()]
+    problems += [
+        f"{key}: {_shape(stored[key])} in the checkpoint, {_shape(current[key])} now"
+        for key in current.keys() & stored.keys()
+        if _shape(current[key]) != _shape(stored[key])
+    ]
+    if problems:
+        shown = "; ".join(sorted(problems)[:3]) + ("; ..." if len(problems) > 3 else "")
+        raise ValueError(
+            f"checkpoint {str(path)!r} does not fit this run: {len(problems)} parameter(s) "
+            f"differ ({shown}). It was written for another environment (e.g. n_agents, "
+            "its observations) or other network sizes (hidden, depth, critic_depth, "
+            "policy_bias, share_params)."
+        )
+
+
+class RunFolder:
+    """The files of one run in ``path``: checkpoints, ``results.json``, the CSV log folder.
+
+    Args:
+        path: the run's ``output_dir``.
+        csv_log_dir: the folder of the run's CSV logger, if it logs to CSV.
+
+    Examples:
+        >>> import tempfile
+        >>> folder = RunFolder(tempfile.mkdtemp())
+        >>> folder.prepare(resume=False, overwrite=False)  # writable, and holds no run
+        >>> _ = folder.checkpoint.write_bytes(b"")
+        >>> folder.prepare(resume=False, overwrite=False)
+        Traceback (most recent call last):
+        ...
+        ValueError: output_dir '...' holds another run (checkpoint.pt): set resume=true to continue it, overwrite=true to replace it, or choose another output_dir.
+    """
+
+    def __init__(self, path: str | Path, csv_log_dir: str | Path | None = None) -> None:
+        self.path = Path(path)
+        self.csv_log_dir = None if csv_log_dir is None else Path(csv_log_dir)
+
+    @property
+    def checkpoint(self) -> Path:
+        """``checkpoint.pt`` (its fallback is ``checkpoint.prev.pt``)."""
+        return self.path / CHECKPOINT_NAME
+
+    @property
+    def results(self) -> Path:
+        """``results.json``."""
+        return self.path / RESULTS_NAME
+
+    def files(self) -> list[Path]:
+        """The run's files and folders that exist."""
+        paths = [self.checkpoint, previous_path(self.checkpoint), self.results]
+        if self.csv_log_dir is not None:
+            paths.append(self.csv_log_dir)
+        return [path for path in paths if path.exists()]
+
+    def prepare(self, *, resume: bool, overwrite: bool) -> None:
+        """Before any work: the folder is writable, interrupted writes are cleaned up, and
+        it holds no other run unless ``resume`` or ``overwrite`` is set."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.path):
+                pass
+        except OSError as err:
+            raise ValueError(
+                f"output_dir {str(self.path)!r} is not a writable folder ({err})."
+            ) from None
+        remove_stale_temporaries(self.path, (CHECKPOINT_NAME, RESULTS_NAME))
+        existing = self.files()
+        if existing and not (resume or overwrite):
+            raise ValueError(
+                f"output_dir {str(self.path)!r} holds another run "
+                f"({', '.join(p.name for p in existing)}): set resume=true to continue it, "
+                "overwrite=true to replace it, or choose another output_dir."
+            )
+
+    def remove(self) -> None:
+        """Deletes the run's files (for ``overwrite``)."""
+        for path in self.files():
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+
+    def truncate_csv_log(self, next_iteration: int) -> None:
+        """Drops the CSV rows of iterations from ``next_iteration`` on (a resumed run
+        replays them), and rows that a kill cut short."""
+        scalars = None if self.csv_log_dir is None else self.csv_log_dir / "scalars"
+        if scalars is None or not scalars.is_dir():
+            return
+        for csv in scalars.glob("*.csv"):
+            rows = []
+            for line in csv.read_text().splitlines():
+                step, _, value = line.partition(",")
+                if step.isdigit() and value and int(step) < next_iteration:
+                    rows.append(f"{line}\n")
+            text = "".join(rows).encode()
+            atomic_write(csv, lambda handle, text=text: handle.write(text))
