@@ -368,3 +368,43 @@ def test_nested_nodes_may_be_dicts(tmp_path):
     with pytest.raises(Exception, match="backnd"):
         ErmasTrainer(bad)
     assert trainer.train()["history"]["iteration"] == [0]
+
+
+class NaNObservationBimatrix(SequentialBimatrixEnv):
+    """A game whose agent observations are NaN after the reset."""
+
+    def _step(self, tensordict):
+        out = super()._step(tensordict)
+        obs = out.get(("agents", "observation"))
+        out.set(("agents", "observation"), torch.full_like(obs, float("nan")))
+        return out
+
+
+def test_nan_inside_the_regret_estimate_stops_the_run_with_the_last_good_state(tmp_path):
+    """NaN in the estimator's rollouts only (its env has the larger batch) is reported as a
+    NonFiniteError naming the estimate, and the checkpoint holds the state before it."""
+    cfg = make_cfg(tmp_path, planner_mode="passive", iterations=3, ermas={"warmup_iters": 1})
+    regret_batch = cfg["ermas"]["regret_envs"] * 2
+
+    def env_fn(batch_size, device):
+        cls = NaNObservationBimatrix if batch_size == regret_batch else SequentialBimatrixEnv
+        return cls(batch_size, max_steps=MAX_STEPS, device=device)
+
+    with pytest.raises(NonFiniteError, match=r"non-finite action probabilities in the regret estimate.*iteration 1"):
+        ErmasTrainer(cfg, env_fn=env_fn).train()
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["iteration"] == 1
+
+
+def test_seed_env_with_a_single_transform():
+    """``TransformedEnv(base, transform)`` (no Compose) is seeded, transform included."""
+    from torchrl_ermas.regret import seed_env
+    from torchrl_ermas.transforms import DomainRandomizedReward
+
+    env = TransformedEnv(SequentialBimatrixEnv(4, max_steps=5), DomainRandomizedReward(1.0))
+    torch.manual_seed(0)  # the random actions of a policy-less rollout
+    seed_env(env, 3)
+    first = env.rollout(5)["next", "agents", "reward"]
+    env.rollout(5)
+    torch.manual_seed(0)
+    seed_env(env, 3)
+    assert torch.equal(env.rollout(5)["next", "agents", "reward"], first)

@@ -100,6 +100,12 @@ class DeviationPolicy(TensorDictModuleBase):
         self.out_keys = [action_key, behaviour_log_prob_key]
         self.params: TensorDictBase | None = None
         self.exploration = 0.0
+        #: whether a step since :meth:`reset_non_finite` met NaN or inf probabilities
+        self.non_finite = torch.zeros((), dtype=torch.bool)
+
+    def reset_non_finite(self) -> None:
+        """Clears :attr:`non_finite` (before a rollout)."""
+        self.non_finite = torch.zeros((), dtype=torch.bool)
 
     def set_planner(self, planner_policy: nn.Module | None) -> None:
         """Acts with ``planner_policy`` first (kept out of this module's parameters)."""
@@ -119,6 +125,11 @@ class DeviationPolicy(TensorDictModuleBase):
         mask = broadcast_world_mask(world_mask(self.n_agents, probs.device), probs)
         explore = (1 - self.exploration) * probs + self.exploration * _uniform_over_support(dist)
         behaviour = torch.where(mask, explore, probs)
+        # non-finite probabilities are flagged, not sampled (sampling would raise mid-rollout
+        # without saying where they came from); the caller raises after the rollout
+        finite = torch.isfinite(behaviour).all(-1, keepdim=True)
+        self.non_finite = self.non_finite.to(finite.device) | ~finite.all()
+        behaviour = torch.where(finite, behaviour, torch.ones_like(behaviour))
         action = torch.distributions.Categorical(probs=behaviour).sample()
         log_prob = behaviour.gather(-1, action.unsqueeze(-1)).squeeze(-1).log()
         tensordict.set(self.action_key, action.reshape(*batch, self.n_agents))

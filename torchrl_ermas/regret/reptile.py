@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 
 import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import ProbabilisticTensorDictSequential
 from torch import nn
 from torch.distributions import kl_divergence
-from torchrl.envs import EnvBase
+from torchrl.envs import Compose, EnvBase, Transform
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.objectives.value.functional import reward2go
 
@@ -58,14 +59,37 @@ def _scale(params: TensorDictBase, factor: torch.Tensor) -> TensorDictBase:
     return params.apply(lambda x: x * factor.view(-1, *(1,) * (x.dim() - 1)))
 
 
+def _transforms(transform: Transform | None) -> Iterator[Transform]:
+    """The transforms of a (possibly nested) ``Compose``, or the single transform."""
+    if isinstance(transform, Compose):
+        for child in transform:
+            yield from _transforms(child)
+    elif transform is not None:
+        yield transform
+
+
 def seed_env(env: EnvBase, seed: int) -> None:
     """Seeds ``env`` and every transform of it that draws its own random numbers.
 
     ``TransformedEnv.set_seed`` seeds the base environment only; transforms with a
-    generator of their own (e.g. domain randomization) expose ``set_seed`` too.
+    generator of their own (e.g. domain randomization) expose ``set_seed`` too. The
+    transform may be a single one or a ``Compose``.
+
+    Examples:
+        >>> import torch
+        >>> from torchrl.envs import TransformedEnv
+        >>> from torchrl_ermas.envs import SequentialBimatrixEnv
+        >>> from torchrl_ermas.transforms import DomainRandomizedReward
+        >>> env = TransformedEnv(SequentialBimatrixEnv(2, max_steps=3), DomainRandomizedReward(1.0))
+        >>> def rewards(seed):  # a policy-less rollout: random actions from torch's RNG
+        ...     _ = torch.manual_seed(0)
+        ...     seed_env(env, seed)
+        ...     return env.rollout(3)["next", "agents", "reward"]
+        >>> torch.equal(rewards(1), rewards(1)), torch.equal(rewards(1), rewards(2))
+        (True, False)
     """
     env.set_seed(seed)
-    for transform in getattr(env, "transform", ()):
+    for transform in _transforms(getattr(env, "transform", None)):
         if hasattr(transform, "set_seed"):
             transform.set_seed(seed)
 
@@ -368,8 +392,14 @@ class ReptileRegretEstimator:
         with torch.random.fork_rng(devices=devices), set_exploration_type(ExplorationType.RANDOM):
             torch.manual_seed(seed)
             seed_env(self.env, seed)
+            self.policy.reset_non_finite()
             data = self.env.rollout(
                 self.horizon, self.policy, auto_reset=True, break_when_any_done=False
+            )
+        if self.policy.non_finite:  # one check per rollout, not one device sync per step
+            raise FloatingPointError(
+                "non-finite action probabilities in the regret estimate's rollouts (NaN or "
+                "inf in the agent policy's parameters or in the observations)"
             )
         return data.reshape(self.n_agents, -1, self.horizon)  # [W, B, T]
 

@@ -470,7 +470,10 @@ class ErmasTrainer:
             return {}
         if self.lagrange.frozen:
             self.lagrange.unfreeze()
-        result = self.estimator.estimate(seed=seed)
+        try:
+            result = self.estimator.estimate(seed=seed)
+        except FloatingPointError as err:
+            raise NonFiniteError(str(err)) from err
         regret = result["regret"]
         for name in ("regret", "kl"):
             if not torch.isfinite(result[name]).all():
