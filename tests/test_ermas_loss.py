@@ -345,6 +345,23 @@ class TestErmasLoss:
         with pytest.raises(ValueError, match="4 agents"):
             loss(_make_data(actor))
 
+    @pytest.mark.parametrize(
+        "kwargs, match",
+        [
+            ({"clip_epsilon": -0.2}, r"clip_epsilon must be a finite number > 0, got -0.2"),
+            ({"clip_epsilon": float("inf")}, r"clip_epsilon must be a finite number > 0"),
+            ({"entropy_coeff": float("nan")}, r"entropy_coeff must be a finite number >= 0, got nan"),
+            ({"critic_coeff": -1.0}, r"critic_coeff must be a finite number >= 0"),
+            ({"clip_value": 0.0}, r"clip_value must be a finite number > 0"),
+            ({"loss_critic_type": "l3"}, r"loss_critic_type must be one of \('l1', 'l2', 'smooth_l1'\), got 'l3'"),
+            ({"reduction": "average"}, r"reduction must be one of"),
+            ({"normalize_advantage": "yes"}, r"normalize_advantage must be a bool"),
+        ],
+    )
+    def test_bad_settings_are_refused_at_construction(self, kwargs, match):
+        with pytest.raises(ValueError, match=match):
+            ErmasLoss(_make_actor(), _make_critic(), LagrangeMultiplier(N_AGENTS), **kwargs)
+
     def test_bad_constructor_args(self):
         actor, critic = _make_actor(), _make_critic()
         with pytest.raises(TypeError, match="lagrange"):

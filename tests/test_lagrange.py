@@ -121,6 +121,11 @@ class TestLagrangeMultiplier:
             ({"n_agents": 2, "init": -1.0}, "init"),
             ({"n_agents": 2, "init": 101.0}, "init"),
             ({"n_agents": 2, "init": math.nan}, "init"),
+            ({"n_agents": 2, "lr": math.inf}, r"lr must be a finite number >= 0, got inf"),
+            ({"n_agents": 2, "lr": math.nan}, r"lr must be a finite number"),
+            ({"n_agents": 2, "max_value": math.inf}, r"max_value must be a finite number > 0, got inf"),
+            ({"n_agents": 2, "init": "8"}, r"init must be a finite number, got '8' \(str\)"),
+            ({"n_agents": 2, "frozen": "no"}, r"frozen must be a bool"),
         ],
     )
     def test_bad_constructor_args(self, kwargs, name):

@@ -20,6 +20,10 @@ from tensordict.utils import NestedKey
 from torchrl.objectives.multiagent import MAPPOLoss
 
 from torchrl_ermas.objectives.lagrange import LagrangeMultiplier
+from torchrl_ermas.validation import check_bool, check_choice, check_real
+
+#: the critic losses of TorchRL's ``distance_loss``
+CRITIC_LOSS_TYPES = ("l1", "l2", "smooth_l1")
 
 
 class ErmasLoss(MAPPOLoss):
@@ -251,6 +255,20 @@ class ErmasLoss(MAPPOLoss):
                 "ErmasLoss does not support advantage_norm: it would rescale the "
                 "agents' advantage but not the planner's. Use normalize_advantage."
             )
+        check_real("clip_epsilon", clip_epsilon, low=0, low_inclusive=False)
+        check_real("entropy_coeff", entropy_coeff, low=0)
+        if critic_coeff is not None:
+            check_real("critic_coeff", critic_coeff, low=0)
+        if clip_value is not None:
+            check_real("clip_value", clip_value, low=0, low_inclusive=False)
+        check_choice("loss_critic_type", loss_critic_type, CRITIC_LOSS_TYPES)
+        check_choice("reduction", reduction, (None, "mean", "sum", "none"))
+        flags = {
+            "entropy_bonus": entropy_bonus, "normalize_advantage": normalize_advantage,
+            "functional": functional, "separate_losses": separate_losses,
+        }
+        for name, flag in flags.items():
+            check_bool(name, flag)
         super().__init__(
             actor_network,
             critic_network,

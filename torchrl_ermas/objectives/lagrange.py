@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..validation import check_bool, check_int, check_real
+
 
 class LagrangeMultiplier(nn.Module):
     """Per-agent Lagrange multipliers ``lambda_i`` in ``[0, max_value]``.
@@ -76,12 +78,11 @@ class LagrangeMultiplier(nn.Module):
         max_value: float = 100.0,
         frozen: bool = False,
     ) -> None:
-        if not isinstance(n_agents, int) or n_agents < 1:
-            raise ValueError(f"n_agents must be an integer >= 1, got {n_agents!r}.")
-        if not lr >= 0:
-            raise ValueError(f"lr must be >= 0, got {lr}.")
-        if not max_value > 0:
-            raise ValueError(f"max_value must be > 0, got {max_value}.")
+        check_int("n_agents", n_agents, 1)
+        check_real("lr", lr, low=0)
+        check_real("max_value", max_value, low=0, low_inclusive=False)
+        check_real("init", init)
+        check_bool("frozen", frozen)
         if not 0 <= init <= max_value:
             raise ValueError(
                 f"init must be in [0, max_value] = [0, {max_value}], got {init}."
