@@ -295,6 +295,21 @@ class TestBadInput:
         with pytest.raises(ValueError, match=match):
             EconomyEnv(2, **{"episode_length": 100, "period": 10, **kwargs})
 
+    @pytest.mark.parametrize(
+        "kwargs, match",
+        [
+            ({"fixed_elasticity": float("inf")}, r"fixed_elasticity must be a finite number >= 0"),
+            ({"fixed_elasticity": -1.0}, r"fixed_elasticity must be a finite number >= 0"),
+            ({"buffer_size": 2.5}, r"buffer_size must be an int >= 1, got 2.5 \(float\)"),
+            ({"buffer_size": 0}, r"buffer_size must be an int >= 1"),
+            ({"pareto_weight": "equal"}, r"pareto_weight must be one of \('inverse_income', 'uniform'\)"),
+            ({"cutoffs": [0.0, float("nan")]}, r"must be finite"),
+        ],
+    )
+    def test_saez_planner(self, kwargs, match):
+        with pytest.raises(ValueError, match=match):
+            SaezPlanner(**kwargs)
+
     @pytest.mark.parametrize("num_envs", [2.5, 0, "2", True])
     def test_num_envs(self, num_envs):
         with pytest.raises(ValueError, match=r"num_envs must be an int >= 1"):

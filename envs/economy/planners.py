@@ -13,6 +13,8 @@ import torch
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 
+from torchrl_ermas.validation import check_choice, check_int, check_real
+
 from .saez import ParetoWeight, estimate_elasticity, saez_bracket_rates
 from .tax import US_FEDERAL_2018_RATES, BracketTax, validate_rates
 
@@ -117,14 +119,10 @@ class SaezPlanner(TensorDictModuleBase):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        if fixed_elasticity is not None and not fixed_elasticity >= 0:
-            raise ValueError(f"fixed_elasticity must be None or >= 0, got {fixed_elasticity}")
-        if pareto_weight not in ("inverse_income", "uniform"):
-            raise ValueError(
-                f"pareto_weight must be 'inverse_income' or 'uniform', got {pareto_weight!r}"
-            )
-        if buffer_size < 1:
-            raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
+        if fixed_elasticity is not None:
+            check_real("fixed_elasticity", fixed_elasticity, low=0)
+        check_choice("pareto_weight", pareto_weight, ("inverse_income", "uniform"))
+        check_int("buffer_size", buffer_size, 1)
         self.tax = BracketTax(cutoffs)
         self.fixed_elasticity = fixed_elasticity
         self.pareto_weight = pareto_weight
