@@ -73,6 +73,7 @@ def validate(cfg: RobustPlannerConfig, overrides: list[str] | tuple[str, ...] = 
         cfg.train, sweeps={"methods": cfg.methods, "q_test": cfg.q_test, "seeds": cfg.seeds},
         workers=cfg.workers, methods=cfg.methods, overrides=overrides,
         owned={"reward.q": "the transfer runs set it from q_test; methods set their own"},
+        transfer=cfg.transfer, transfer_owned={"reward.q": "set q_test instead"},
     )
     for q in cfg.q_test:
         check_real("q_test", q)

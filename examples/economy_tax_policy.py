@@ -85,6 +85,12 @@ def validate(cfg: TaxPolicyConfig, overrides: list[str] | tuple[str, ...] = ()) 
     validate_experiment(
         cfg.train, sweeps={"seeds": cfg.seeds, "eta_test": cfg.eta_test},
         workers=cfg.workers, methods=cfg.methods, overrides=overrides,
+        transfer=cfg.transfer,
+        transfer_owned={
+            "env.eta": "set eta_test instead",
+            "fixed_planner": "fixed planners are the baselines",
+            "env.planner_action": "the baselines set rates; learned planners keep theirs",
+        },
     )
     if not all(0 < eta <= 1 for eta in cfg.eta_test):
         raise ValueError(f"eta_test must list values in (0, 1], got {cfg.eta_test}.")

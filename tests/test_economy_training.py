@@ -23,7 +23,7 @@ from torchrl_ermas.envs.economy import (
 )
 from torchrl_ermas.regret import ReptileRegretEstimator
 from torchrl_ermas.regret.deviation import _uniform_over_support
-from torchrl_ermas.training import ErmasTrainer, PPOConfig
+from torchrl_ermas.training import ErmasTrainer, PPOConfig, TrainConfig
 from torchrl_ermas.training.models import IndependentMaskedCategorical, make_policy
 
 PPO = PPOConfig(hidden=16, depth=1)
@@ -178,7 +178,15 @@ def test_example_configs_type_check(name, import_example):
 
 @pytest.mark.parametrize(
     "changes, name",
-    [({"seeds": []}, "seeds"), ({"eta_test": [0.0]}, "eta_test"), ({"reference": "x"}, "reference")],
+    [
+        ({"seeds": []}, "seeds"),
+        ({"eta_test": [0.0]}, "eta_test"),
+        ({"reference": "x"}, "reference"),
+        ({"transfer": {"env": {"eta": 0.3}}}, r"transfer.env.eta .*set eta_test instead"),
+        ({"transfer": {"seed": 1}}, r"transfer.seed .*set seeds instead"),
+        ({"train": TrainConfig(seed=2)}, r"train.seed .*set seeds instead"),
+        ({"train": TrainConfig(variant="marl")}, r"train.variant .*methods.<name>.variant"),
+    ],
 )
 def test_example_validate(changes, name, import_example):
     example = import_example("economy_tax_policy")

@@ -57,6 +57,8 @@ def validate_experiment(
     workers: int,
     owned: dict[str, str] | None = None,
     methods: dict[str, dict[str, Any]] | None = None,
+    transfer: dict[str, Any] | None = None,
+    transfer_owned: dict[str, str] | None = None,
     overrides: Sequence[str] = (),
 ) -> None:
     """The checks an experiment script makes before any run starts.
@@ -66,7 +68,9 @@ def validate_experiment(
     (a folder per run under hydra's run folder), every key that all ``methods`` set, and
     the keys of ``owned``. A value for one of them in ``train`` would be ignored, so it is
     refused, naming what to set instead: a value other than the schema default, or a
-    command-line override ``train.<key>=...``.
+    command-line override ``train.<key>=...``. Likewise a method or the ``transfer``
+    overrides may not set what the experiment sets per run (``seed``, ``output_dir``; for
+    transfer runs also what :func:`transfer_config` sets and ``transfer_owned``).
 
     Args:
         train: the experiment's base run; it must be valid (:func:`validate`).
@@ -76,6 +80,9 @@ def validate_experiment(
         owned: further dotted keys of ``train`` the experiment sets per run, each mapped
             to what to do instead (``{"ermas.epsilon": "set epsilons instead"}``).
         methods: name -> overrides of ``train`` per method (see :func:`method_seed_configs`).
+        transfer: the overrides of ``train`` for the transfer runs, if any.
+        transfer_owned: dotted keys the experiment sets in every transfer run, mapped to
+            what to do instead (``{"reward.q": "set q_test instead"}``).
         overrides: the command-line overrides (hydra's ``HydraConfig.get().overrides.task``).
 
     Examples:
@@ -89,12 +96,15 @@ def validate_experiment(
     for name, values in sweeps.items():
         if not values:
             raise ValueError(f"{name} must list at least one value, got {list(values)}.")
-    owned = {
+    per_run = {
         "seed": "set seeds instead",
         "output_dir": "each run writes under hydra.run.dir, set that instead",
-        **_keys_of_every_method(methods or {}),
-        **(owned or {}),
     }
+    for name, method in (methods or {}).items():
+        _refuse_keys(f"methods.{name}", method, per_run)
+    if transfer is not None:
+        _refuse_keys("transfer", transfer, {**per_run, **TRANSFER_KEYS, **(transfer_owned or {})})
+    owned = {**per_run, **_keys_of_every_method(methods or {}), **(owned or {})}
     default, given = OmegaConf.structured(TrainConfig), OmegaConf.structured(train)
     cli = [_override_key(o)[len("train."):] for o in overrides
            if _override_key(o).startswith("train.")]
@@ -107,6 +117,16 @@ def validate_experiment(
                 f"(got train.{key}={value!r})."
             )
     validate(train)
+
+
+def _refuse_keys(where: str, overrides: dict[str, Any], owned: dict[str, str]) -> None:
+    """Refuses the overrides ``where`` that set (or contain) a key of ``owned``."""
+    for key in flatten(dict(overrides)):
+        for taken, instead in owned.items():
+            if key == taken or key.startswith(f"{taken}.") or taken.startswith(f"{key}."):
+                raise ValueError(
+                    f"{where}.{key} is set per run by this experiment: {instead}."
+                )
 
 
 def _keys_of_every_method(methods: dict[str, dict[str, Any]]) -> dict[str, str]:
@@ -144,6 +164,13 @@ def method_seed_configs(
         except ValueError as err:
             raise ValueError(f"run {name!r} (seed {seed}): {err}") from None
     return runs
+
+
+#: what :func:`transfer_config` sets in every transfer run, and why
+TRANSFER_KEYS = {
+    key: "a transfer run trains fresh MARL agents against the frozen trained planner"
+    for key in ("variant", "train_planner", "resume", "planner_checkpoint")
+}
 
 
 def transfer_config(
