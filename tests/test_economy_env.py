@@ -285,8 +285,9 @@ class TestBadInput:
             ({"starting_coin": float("nan")}, r"starting_coin must be a finite number >= 0"),
             ({"starting_coin": float("inf")}, r"starting_coin must be a finite number >= 0"),
             ({"max_hours": 2.5}, r"max_hours must be an int >= 1, got 2.5 \(float\)"),
-            ({"bracket_cutoffs": [0, float("nan"), 40]}, "must be finite"),
-            ({"bracket_cutoffs": [0, 40, float("inf")]}, "must be finite"),
+            ({"bracket_cutoffs": [0, float("nan"), 40]}, r"bracket cutoffs\[1\] must be a finite number, got nan"),
+            ({"bracket_cutoffs": [0, 40, float("inf")]}, r"bracket cutoffs\[2\] must be a finite number"),
+            ({"bracket_cutoffs": [0, "a"]}, r"bracket cutoffs\[1\] must be a finite number, got 'a' \(str\)"),
             ({"seed": -1}, r"seed must be None or an int in \[0, "),
             ({"spatial_observation": "yes"}, "spatial_observation must be a bool"),
         ],
@@ -303,7 +304,7 @@ class TestBadInput:
             ({"buffer_size": 2.5}, r"buffer_size must be an int >= 1, got 2.5 \(float\)"),
             ({"buffer_size": 0}, r"buffer_size must be an int >= 1"),
             ({"pareto_weight": "equal"}, r"pareto_weight must be one of \('inverse_income', 'uniform'\)"),
-            ({"cutoffs": [0.0, float("nan")]}, r"must be finite"),
+            ({"cutoffs": [0.0, float("nan")]}, r"bracket cutoffs\[1\] must be a finite number"),
         ],
     )
     def test_saez_planner(self, kwargs, match):

@@ -214,6 +214,8 @@ class TestBadInput:
             (dict(max_step_scale=0.0), "max_step_scale"),
             (dict(line_search_points=0), "line_search_points"),
             (dict(group="players"), "group"),
+            (dict(seed=-1), r"seed must be an int in \[0, "),
+            (dict(seed=2**70), r"seed must be an int in \[0, "),
         ],
     )
     def test_invalid_arguments(self, kwargs, name):

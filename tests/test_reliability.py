@@ -20,6 +20,7 @@ from torchrl_ermas.training import (
     ErmasTrainer,
     load_checkpoint,
     LoggerConfig,
+    mean_sem,
     NonFiniteError,
     PPOConfig,
     run_many,
@@ -339,6 +340,11 @@ def test_bad_run_settings_are_named(tmp_path, changes, match):
 def test_cuda_device_without_cuda_says_so(tmp_path):
     with pytest.raises(ValueError, match=r"device='cuda': CUDA is not available on this machine"):
         ErmasTrainer(make_cfg(tmp_path, variant="marl", device="cuda"))
+
+
+def test_mean_sem_of_nothing_is_refused():
+    with pytest.raises(ValueError, match="mean_sem needs at least one value"):
+        mean_sem([])
 
 
 @pytest.mark.parametrize("workers", [1.5, "2", 0, True])

@@ -5,11 +5,12 @@ https://arxiv.org/abs/2004.13332), ``ai_economist/foundation/components/redistri
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
+
+from torchrl_ermas.validation import check_real
 
 #: US federal single-filer 2018 bracket cutoffs in USD (``bracket_spacing="us-federal"``).
 US_FEDERAL_CUTOFFS_USD: tuple[float, ...] = (0, 9700, 39475, 84200, 160725, 204100, 510300)
@@ -81,13 +82,14 @@ class BracketTax:
         cutoffs: Sequence[float] | None = None,
         device: torch.device | str | None = None,
     ) -> None:
-        cutoffs = us_federal_cutoffs() if cutoffs is None else tuple(float(c) for c in cutoffs)
+        if cutoffs is None:
+            cutoffs = us_federal_cutoffs()
+        else:
+            cutoffs = tuple(check_real(f"bracket cutoffs[{i}]", c) for i, c in enumerate(cutoffs))
         increasing = all(b > a for a, b in zip(cutoffs, cutoffs[1:]))
-        finite = all(math.isfinite(c) for c in cutoffs)
-        if len(cutoffs) < 2 or cutoffs[0] != 0 or not increasing or not finite:
+        if len(cutoffs) < 2 or cutoffs[0] != 0 or not increasing:
             raise ValueError(
-                "bracket cutoffs must be finite, start at 0 and be strictly increasing (at least "
-                "2 brackets), "
+                "bracket cutoffs must start at 0 and be strictly increasing (at least 2 brackets), "
                 f"got {list(cutoffs)}"
             )
         self.cutoffs = torch.tensor(cutoffs, dtype=torch.float32, device=device)

@@ -13,7 +13,7 @@ from torchrl.envs import Compose, EnvBase, Transform
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.objectives.value.functional import reward2go
 
-from ..validation import check_int, check_number
+from ..validation import check_int, check_number, check_seed
 from .deviation import DeviationDistributions, DeviationPolicy, world_mask
 
 _BEHAVIOUR_LOG_PROB = "behaviour_log_prob"
@@ -230,6 +230,7 @@ class ReptileRegretEstimator:
         check_int("line_search_points", line_search_points, 1)
         check_int("line_search_samples", line_search_samples, 1)
         check_int("bisection_steps", bisection_steps, 0)
+        check_seed("seed", seed)
         if not 0.0 <= exploration < 1.0:
             raise ValueError(f"exploration must be in [0, 1), got {exploration!r}.")
         if not 0.0 < gamma <= 1.0:
@@ -301,6 +302,7 @@ class ReptileRegretEstimator:
             seed (int, optional): re-seeds the estimator first, which makes this call
                 reproducible on its own (e.g. after resuming a run).
         """
+        check_seed("seed", seed, optional=True)
         if seed is not None:
             self._seeds.manual_seed(seed)
         current = self.params.data

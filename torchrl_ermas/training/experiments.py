@@ -250,6 +250,8 @@ def mean_sem(values: Iterable[float]) -> tuple[float, float]:
         (2.0, 0.5774)
     """
     values = [float(v) for v in values]
+    if not values:
+        raise ValueError("mean_sem needs at least one value, got none.")
     mean = sum(values) / len(values)
     if len(values) < 2:
         return mean, 0.0
