@@ -9,7 +9,7 @@ import torch
 from tensordict import TensorDictBase
 from torchrl.data import Bounded, Categorical, Composite, Unbounded
 
-from torchrl_ermas.validation import check_bool, check_int, check_real
+from torchrl_ermas.validation import check_bool, check_choice, check_int, check_real
 
 from ._grid_game import as_batch_size, GridGameEnv, one_hot
 
@@ -148,10 +148,8 @@ class SequentialBimatrixEnv(GridGameEnv):
         device: torch.device | str | None = None,
     ) -> None:
         batch_size = as_batch_size(batch_size)
-        if planner not in PLANNER_MODES:
-            raise ValueError(f"planner must be one of {PLANNER_MODES}, got {planner!r}.")
-        if observe not in OBSERVE_MODES:
-            raise ValueError(f"observe must be one of {OBSERVE_MODES}, got {observe!r}.")
+        check_choice("planner", planner, PLANNER_MODES)
+        check_choice("observe", observe, OBSERVE_MODES)
         check_int("max_officers", max_officers, 1)
         check_real("officer_weight", officer_weight)
         check_bool("agent_id", agent_id)

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import torch
 
-from torchrl_ermas.validation import check_int
+from torchrl_ermas.validation import check_int, check_real
 
 from .bimatrix import SequentialBimatrixEnv
 from .bimatrix_analysis import exact_returns, ExactReturns
@@ -179,10 +179,9 @@ def epsilon_frontier(
     _check_passive(env)
     check_int("iterations", iterations, 1)
     check_int("dual_interval", dual_interval, 1)
-    for name, value in (("lr", lr), ("penalty", penalty), ("tolerance", tolerance)):
-        if not 0.0 <= value < float("inf") or (name == "penalty" and value == 0.0):
-            accepted = "> 0" if name == "penalty" else ">= 0"
-            raise ValueError(f"{name} must be a finite float {accepted}, got {value!r}.")
+    check_real("lr", lr, low=0)
+    check_real("penalty", penalty, low=0, low_inclusive=False)
+    check_real("tolerance", tolerance, low=0)
     if len(epsilons) == 0:
         raise ValueError("epsilons must be a non-empty sequence of floats, got an empty one.")
     eps = torch.tensor([float(e) for e in epsilons], dtype=torch.float64, device=env.device)

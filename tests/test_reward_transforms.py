@@ -219,6 +219,12 @@ def test_dr_rejects_bad_resample():
         DomainRandomizedReward(1.0, "trajectory")
 
 
+@pytest.mark.parametrize("seed", [-1, 2**70, 1.5])
+def test_dr_rejects_bad_seed(seed):
+    with pytest.raises(ValueError, match=r"seed must be None or an int in \[0, "):
+        DomainRandomizedReward(1.0, seed=seed)
+
+
 @pytest.mark.parametrize("resample", ["episode", "step"])
 @pytest.mark.parametrize("make_env", ENVS)
 def test_dr_online_noise(make_env, resample):

@@ -76,6 +76,7 @@ def check_real(
     low: float | None = None,
     high: float | None = None,
     low_inclusive: bool = True,
+    high_inclusive: bool = True,
 ) -> float:
     """``value`` must be a finite real number in the given bounds; returns it as a float.
 
@@ -86,6 +87,10 @@ def check_real(
         Traceback (most recent call last):
         ...
         ValueError: energy_cost must be a finite number >= 0.0, got nan.
+        >>> check_real("exploration", 1.0, low=0, high=1, high_inclusive=False)
+        Traceback (most recent call last):
+        ...
+        ValueError: exploration must be a finite number >= 0 and < 1, got 1.0.
         >>> check_real("officer_weight", "x")
         Traceback (most recent call last):
         ...
@@ -95,7 +100,7 @@ def check_real(
     if low is not None:
         bounds.append(f"{'>=' if low_inclusive else '>'} {low}")
     if high is not None:
-        bounds.append(f"<= {high}")
+        bounds.append(f"{'<=' if high_inclusive else '<'} {high}")
     accepted = "a finite number" + (" " + " and ".join(bounds) if bounds else "")
     if not isinstance(value, Real) or isinstance(value, bool):
         raise ValueError(f"{name} must be {accepted}, got {value!r} ({type(value).__name__}).")
@@ -103,7 +108,7 @@ def check_real(
     if ok and low is not None:
         ok = value >= low if low_inclusive else value > low
     if ok and high is not None:
-        ok = value <= high
+        ok = value <= high if high_inclusive else value < high
     if not ok:
         raise ValueError(f"{name} must be {accepted}, got {value!r}.")
     return float(value)

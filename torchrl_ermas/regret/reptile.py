@@ -13,7 +13,7 @@ from torchrl.envs import Compose, EnvBase, Transform
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.objectives.value.functional import reward2go
 
-from ..validation import check_int, check_number, check_seed
+from ..validation import check_int, check_number, check_real, check_seed
 from .deviation import DeviationDistributions, DeviationPolicy, world_mask
 
 _BEHAVIOUR_LOG_PROB = "behaviour_log_prob"
@@ -231,10 +231,8 @@ class ReptileRegretEstimator:
         check_int("line_search_samples", line_search_samples, 1)
         check_int("bisection_steps", bisection_steps, 0)
         check_seed("seed", seed)
-        if not 0.0 <= exploration < 1.0:
-            raise ValueError(f"exploration must be in [0, 1), got {exploration!r}.")
-        if not 0.0 < gamma <= 1.0:
-            raise ValueError(f"gamma must be in (0, 1], got {gamma!r}.")
+        check_real("exploration", exploration, low=0, high=1, high_inclusive=False)
+        check_real("gamma", gamma, low=0, low_inclusive=False, high=1)
         horizon = getattr(env, "max_steps", None) if horizon is None else horizon
         check_int("horizon (or env.max_steps when horizon is None)", horizon, 1)
         action_key = (group, "action")

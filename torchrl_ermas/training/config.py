@@ -8,14 +8,13 @@ imports :mod:`torchrl_ermas.envs`.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from hydra.core.config_store import ConfigStore
 
-from ..validation import check_choice, check_int, check_number, check_seed
+from ..validation import check_choice, check_int, check_number, check_real, check_seed
 
 VARIANTS = ("ermas", "fixed_lambda", "marl")
 #: settings that may differ from a checkpoint's when a run resumes (``iterations`` may only
@@ -244,9 +243,7 @@ def validate(cfg: TrainConfig) -> None:
         for name in ("entropy_coeff", "critic_coeff"):
             check_number(f"{group}.{name}", getattr(ppo, name), strict=False)
         for name in ("gamma", "lmbda"):
-            value = getattr(ppo, name)
-            if not 0 < value <= 1:
-                raise ValueError(f"{group}.{name} must be in (0, 1], got {value!r}.")
+            check_real(f"{group}.{name}", getattr(ppo, name), low=0, low_inclusive=False, high=1)
         for name in ("epochs", "minibatches", "hidden"):
             check_int(f"{group}.{name}", getattr(ppo, name), 1)
         check_int(f"{group}.depth", ppo.depth, 0)
@@ -267,8 +264,7 @@ def validate(cfg: TrainConfig) -> None:
             f"planner_checkpoint={cfg.planner_checkpoint!r}."
         )
     e = cfg.ermas
-    if not math.isfinite(e.epsilon):
-        raise ValueError(f"ermas.epsilon must be finite, got {e.epsilon!r}.")
+    check_real("ermas.epsilon", e.epsilon)
     check_number("ermas.lambda_lr", e.lambda_lr, strict=False)
     check_number("ermas.lambda_max", e.lambda_max)
     if not 0 <= e.lambda_init <= e.lambda_max:
@@ -296,11 +292,9 @@ def validate(cfg: TrainConfig) -> None:
     check_number("ermas.meta_scale", e.meta_scale, strict=False)
     check_number("ermas.meta_cap", e.meta_cap, strict=False)
     check_number("ermas.meta_trust_region", e.meta_trust_region)
-    if not 0 <= e.exploration < 1:
-        raise ValueError(f"ermas.exploration must be in [0, 1), got {e.exploration!r}.")
+    check_real("ermas.exploration", e.exploration, low=0, high=1, high_inclusive=False)
     r = cfg.reward
-    if not math.isfinite(r.q):
-        raise ValueError(f"reward.q must be finite, got {r.q!r}.")
+    check_real("reward.q", r.q)
     if not r.gap_key or not all(isinstance(k, str) and k for k in r.gap_key):
         raise ValueError(f"reward.gap_key must be a non-empty list of names, got {r.gap_key!r}.")
     check_number("reward.dr_scale", r.dr_scale, strict=False)

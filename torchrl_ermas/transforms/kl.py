@@ -11,6 +11,8 @@ from torch.distributions import Distribution, kl_divergence
 from torchrl.data import Composite, Unbounded
 from torchrl.envs.transforms import Transform
 
+from torchrl_ermas.validation import check_int
+
 __all__ = ["KLToReference"]
 
 
@@ -113,8 +115,7 @@ class KLToReference(Transform):
                 f"out_key must be nested in the policy's group, e.g. ('agents', 'kl_ref'), "
                 f"got {out_key!r}."
             )
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}.")
+        check_int("num_samples", num_samples, 1)
         if in_keys is None:
             in_keys = policy.in_keys
         super().__init__(in_keys=[unravel_key(k) for k in in_keys], out_keys=[out_key])

@@ -21,7 +21,7 @@ from tensordict.utils import expand_as_right, NestedKey, unravel_key
 from torchrl.data import Bounded, Composite, TensorSpec, Unbounded
 from torchrl.envs.transforms import Transform
 
-from torchrl_ermas.validation import check_real
+from torchrl_ermas.validation import check_choice, check_real, check_seed
 
 __all__ = [
     "ConcavePlannerReward",
@@ -275,8 +275,7 @@ class DomainRandomizedReward(Transform):
         seed: int | None = None,
     ) -> None:
         self.scale = check_real("scale", scale, low=0)
-        if resample not in RESAMPLE_MODES:
-            raise ValueError(f"resample must be one of {RESAMPLE_MODES}, got {resample!r}.")
+        check_choice("resample", resample, RESAMPLE_MODES)
         self.resample = resample
         self.agent_reward_key = unravel_key(agent_reward_key)
         self.noise_key = unravel_key(noise_key)
@@ -296,6 +295,7 @@ class DomainRandomizedReward(Transform):
 
     def set_seed(self, seed: int | None = None) -> None:
         """Seeds the noise generator; ``None`` draws a seed from torch's global generator."""
+        check_seed("seed", seed, optional=True)
         if seed is None:
             seed = int(torch.empty((), dtype=torch.int64).random_())
         self._generator.manual_seed(seed)
