@@ -137,6 +137,11 @@ class GridGameEnv(EnvBase):
         )
         return out
 
+    @property
+    def start_position(self) -> tuple[int, ...] | None:
+        """The fixed start position, or ``None`` when starts are uniform over the grid."""
+        return None if self._start is None else tuple(self._start.tolist())
+
     # ------------------------------------------------------------------ helpers
     def _reset_mask(self, tensordict: TensorDictBase | None) -> torch.Tensor:
         """The ``[*B, 1]`` boolean mask of the environments to reset."""
@@ -155,15 +160,17 @@ class GridGameEnv(EnvBase):
         """Moves ``coords`` by the actions ``{0: stay, 1: +1, 2: -1}``, clipped to the grid."""
         return (coords + self._moves[actions]).clamp_(0, self.grid_size - 1)
 
-    def _flat_position(self) -> torch.Tensor:
-        """Row-major index of the joint position, ``[*B]``."""
-        flat = torch.zeros(self.batch_size, dtype=torch.long, device=self.device)
-        for coord in self.position.unbind(-1):
+    def _flat_position(self, position: torch.Tensor | None = None) -> torch.Tensor:
+        """Row-major index of the joint ``position`` (default: the current one), ``[...]``."""
+        position = self.position if position is None else position
+        flat = torch.zeros(position.shape[:-1], dtype=torch.long, device=position.device)
+        for coord in position.unbind(-1):
             flat = flat * self.grid_size + coord
         return flat
 
-    def _time_fraction(self) -> torch.Tensor:
-        return self.step_count.float() / self.max_steps
+    def _time_fraction(self, step_count: torch.Tensor | None = None) -> torch.Tensor:
+        step_count = self.step_count if step_count is None else step_count
+        return step_count.float() / self.max_steps
 
     def _observations(self, agents: torch.Tensor, planner: torch.Tensor) -> TensorDict:
         """The observation TensorDict: ``agents`` is ``[*B, N, obs]``, ``planner`` ``[*B, 1, obs_p]``."""

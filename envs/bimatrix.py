@@ -186,6 +186,28 @@ class SequentialBimatrixEnv(GridGameEnv):
         n = self.grid_size
         return self.payoff_table.T.reshape(3, n, n)
 
+    @property
+    def agent_observation_table(self) -> torch.Tensor:
+        """``[n * n, 2, obs]``: each agent's observation at each flat joint position,
+        without the time feature (see :meth:`agent_observations`)."""
+        return self._agent_obs_table
+
+    def agent_observations(self, position: torch.Tensor, step_count: torch.Tensor) -> torch.Tensor:
+        """The agents' observations ``[..., 2, obs]`` at joint positions ``[..., 2]`` (long)
+        and step counts ``[..., 1]``, as the env would emit them; its state is untouched.
+
+        Examples:
+            >>> env = SequentialBimatrixEnv(1, grid_size=2, observe="own", agent_id=False)
+            >>> env.agent_observations(torch.tensor([[1, 0]]), torch.zeros(1, 1, dtype=torch.long))
+            tensor([[[0., 1.],
+                     [1., 0.]]])
+        """
+        agents = self._agent_obs_table[self._flat_position(position)]  # [..., 2, d]
+        if self.time_obs:
+            t = self._time_fraction(step_count)
+            agents = torch.cat([agents, t.unsqueeze(-2).expand(*agents.shape[:-1], 1)], -1)
+        return agents
+
     # ------------------------------------------------------------------ specs
     @property
     def agent_obs_dim(self) -> int:
@@ -267,14 +289,12 @@ class SequentialBimatrixEnv(GridGameEnv):
 
     def _observe(self) -> TensorDictBase:
         flat = self._flat_position()
-        agents = self._agent_obs_table[flat]  # [*B, 2, d]
+        agents = self.agent_observations(self.position, self.step_count)  # [*B, 2, d]
         planner = [self._planner_obs_table[flat]]  # [*B, n*n]
         if self.planner_mode == "officers":
             planner.append(one_hot(self.officers.squeeze(-1), self.max_officers + 1))
         if self.time_obs:
-            t = self._time_fraction()
-            agents = torch.cat([agents, t.unsqueeze(-2).expand(*agents.shape[:-1], 1)], -1)
-            planner.append(t)
+            planner.append(self._time_fraction())
         out = self._observations(agents, torch.cat(planner, -1).unsqueeze(-2))
         payoff = self.payoff_table[flat, :1].unsqueeze(-1)  # [*B, 1, 1]
         out.get("planner").set("payoff", payoff)

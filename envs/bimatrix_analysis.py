@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+from tensordict import TensorDict
 from tensordict.nn import ProbabilisticTensorDictSequential
 
 from .bimatrix import SequentialBimatrixEnv
@@ -45,19 +46,17 @@ def policy_table(
         the agents' observations).
     """
     n, steps = env.grid_size, env.max_steps
-    probe = SequentialBimatrixEnv(
-        n * n, grid_size=n, payoffs=list(env.payoffs), observe=env.observe,
-        agent_id=env.agent_id, time_obs=env.time_obs, max_steps=steps, device=env.device,
-    )
     rows, cols = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
-    probe.position = torch.stack([rows.flatten(), cols.flatten()], -1).to(env.device)
+    position = torch.stack([rows.flatten(), cols.flatten()], -1).to(env.device)  # [n * n, 2]
     tables = []
     with torch.no_grad():
         for t in range(steps):
-            probe.step_count = torch.full_like(probe.step_count, t)
-            obs = probe._observe()
-            dist = actor.get_dist(obs)
-            tables.append(dist.probs)
+            step_count = torch.full((n * n, 1), t, dtype=torch.long, device=env.device)
+            observation = env.agent_observations(position, step_count)
+            obs = TensorDict(
+                {("agents", "observation"): observation}, batch_size=[n * n], device=env.device
+            )
+            tables.append(actor.get_dist(obs).probs)
     return torch.stack(tables)
 
 
@@ -74,10 +73,11 @@ def _transitions(grid_size: int) -> torch.Tensor:
 def start_distribution(env: SequentialBimatrixEnv) -> torch.Tensor:
     """``[n * n]`` probabilities of the flat start position: uniform, or ``env``'s fixed start."""
     n = env.grid_size
-    if env._start is None:
+    if env.start_position is None:
         return torch.full((n * n,), 1.0 / (n * n), device=env.device)
     start = torch.zeros(n * n, device=env.device)
-    start[int(env._start[0]) * n + int(env._start[1])] = 1.0
+    row, col = env.start_position
+    start[row * n + col] = 1.0
     return start
 
 

@@ -56,7 +56,7 @@ def information_states(env: SequentialBimatrixEnv) -> tuple[torch.Tensor, int]:
     Returns:
         ``([n * n, 2] long tensor, number of distinct observations of an agent)``.
     """
-    table = env._agent_obs_table  # [n * n, 2, obs]
+    table = env.agent_observation_table  # [n * n, 2, obs]
     indices = [torch.unique(table[:, agent], dim=0, return_inverse=True)[1] for agent in (0, 1)]
     index = torch.stack(indices, -1)
     return index, int(index.max()) + 1

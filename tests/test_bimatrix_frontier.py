@@ -165,3 +165,25 @@ class TestInputs:
     def test_probs_shape_checked(self):
         with pytest.raises(ValueError, match="probs"):
             exact_returns(SequentialBimatrixEnv(1, max_steps=2), torch.ones(3, 16, 2, 3) / 3)
+
+
+@pytest.mark.parametrize("observe", ["joint", "own"])
+def test_policy_table_matches_the_policy_on_rollout_observations(observe):
+    """policy_table reads the env's public observation builder: its entry at each visited
+    (step, position) equals the policy's probabilities on the rollout's own observation."""
+    from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+    from torchrl_ermas.envs.bimatrix_analysis import policy_table
+    from torchrl_ermas.training import PPOConfig
+    from torchrl_ermas.training.models import make_policy
+
+    torch.manual_seed(0)
+    env = SequentialBimatrixEnv(6, grid_size=3, observe=observe, time_obs=True, max_steps=4)
+    actor = make_policy(env, "agents", PPOConfig(hidden=8), torch.device("cpu"))
+    table = policy_table(actor, env)  # [T, n * n, 2, 3]
+    with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
+        data = env.rollout(4, actor)
+    probs = actor.get_dist(data).probs  # [B, T, 2, 3]
+    flat = (data["planner", "observation"][..., 0, :9]).argmax(-1)  # [B, T]
+    steps = torch.arange(4).expand_as(flat)
+    torch.testing.assert_close(table[steps, flat], probs)
