@@ -26,10 +26,10 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from torchrl_ermas.validation import check_number  # noqa: E402
 from torchrl_ermas.training import (  # noqa: E402
+    method_seed_configs,
     run_many,
     TrainConfig,
     validate_experiment,
-    with_overrides,
 )
 
 
@@ -65,13 +65,13 @@ def validate(cfg: MetaAblationConfig, overrides: list[str] | tuple[str, ...] = (
 
 
 def run_configs(cfg: MetaAblationConfig, out: Path) -> dict[tuple[float, int], TrainConfig]:
-    """The runs, keyed by (beta, seed), in ``out/beta{beta}/seed{s}``."""
+    """The runs, keyed by (beta, seed), in ``out/beta{beta}/seed{s}``; each is validated."""
+    methods = {
+        f"beta{beta:g}": {"variant": "ermas", "ermas.meta_scale": beta} for beta in cfg.meta_scales
+    }
+    runs = method_seed_configs(cfg.train, methods, cfg.seeds, out)
     return {
-        (beta, seed): with_overrides(cfg.train, {
-            "variant": "ermas", "ermas.meta_scale": beta, "seed": seed,
-            "output_dir": str(out / f"beta{beta:g}" / f"seed{seed}"),
-        })
-        for beta in cfg.meta_scales for seed in cfg.seeds
+        (beta, seed): runs[f"beta{beta:g}", seed] for beta in cfg.meta_scales for seed in cfg.seeds
     }
 
 

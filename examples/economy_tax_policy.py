@@ -40,6 +40,7 @@ from torchrl_ermas.training import (  # noqa: E402
     run_many,
     TrainConfig,
     transfer_config,
+    validate as validate_run,
     validate_experiment,
     with_overrides,
 )
@@ -129,6 +130,7 @@ def evaluation_configs(
             for eta in cfg.eta_test:
                 overrides = {**fixed, "fixed_planner": planner, **where(name, seed, eta)}
                 runs[name, seed, eta] = with_overrides(base, overrides)
+                validate_run(runs[name, seed, eta])
     return runs
 
 

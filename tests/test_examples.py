@@ -76,6 +76,19 @@ def test_example_refuses_keys_it_sets_and_empty_sweeps(example, override, match,
         module.validate(cfg, [override])
 
 
+VALUE_REFUSED = [r for r in REFUSED if r[1].startswith("train.") and "=0" not in r[1]]
+
+
+@pytest.mark.parametrize(("example", "override", "match"), VALUE_REFUSED, ids=[f"{e}:{o}" for e, o, _ in VALUE_REFUSED])
+def test_example_refuses_owned_keys_set_in_the_config(example, override, match, import_example):
+    """The same refusals when the value comes from a config file, not the command line."""
+    module = import_example(example)
+    with initialize_config_dir(config_dir=str(EXAMPLES / "configs"), version_base="1.3"):
+        cfg = OmegaConf.to_object(compose(config_name=example, overrides=[override]))
+    with pytest.raises(ValueError, match=match):
+        module.validate(cfg, [])
+
+
 @pytest.mark.parametrize(("example", "config"), CONFIGS, ids=[c for _, c in CONFIGS])
 def test_example_default_configs_validate(example, config, import_example):
     module = import_example(example)

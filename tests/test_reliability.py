@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf.errors import ConfigKeyError
 from torchrl.envs import TransformedEnv
 from torchrl.objectives.multiagent import MAPPOLoss
 
@@ -27,6 +28,8 @@ from torchrl_ermas.training import (
     save_checkpoint,
     TrainConfig,
     transfer_config,
+    validate,
+    validate_experiment,
     with_overrides,
 )
 from torchrl_ermas.training.checkpoint import CheckpointError, load_latest_checkpoint
@@ -125,21 +128,22 @@ def test_checkpoint_rotation_keeps_the_previous_one(two_iterations):
 
 @pytest.mark.parametrize("damage", ["truncate", "empty", "missing"])
 def test_resume_falls_back_to_the_previous_checkpoint(tmp_path, two_iterations, damage):
-    """The newest checkpoint is lost (truncated, emptied, or a kill between the renames):
-    the run resumes from the previous one, says so, and ends as an uninterrupted run."""
+    """The newest checkpoint is lost (truncated, emptied, deleted): the run resumes from the
+    previous one, says so, sets an unreadable file aside (so that the next save keeps the
+    good previous checkpoint), and ends as an uninterrupted run."""
     cfg, src = two_iterations
     out = _copy_run(src, tmp_path / "run")
     newest = out / "checkpoint.pt"
     {"truncate": _truncate, "empty": lambda p: p.write_bytes(b""), "missing": Path.unlink}[damage](newest)
     resumed_cfg = _merge(cfg, {"output_dir": str(out), "resume": True, "iterations": 3})
-    if damage == "missing":
+    with pytest.warns(UserWarning, match="checkpoint.prev.pt") as record:
         trainer = ErmasTrainer(resumed_cfg)
-    else:
-        with pytest.warns(UserWarning, match="checkpoint.prev.pt") as record:
-            trainer = ErmasTrainer(resumed_cfg)
-        assert str(newest) in str(record[0].message)
+    assert str(newest) in str(record[0].message)
+    assert (out / "checkpoint.pt.unreadable").exists() == (damage != "missing")
+    assert not newest.exists()
     assert trainer.start_iteration == 1
     resumed = trainer.train()
+    assert load_checkpoint(out / "checkpoint.prev.pt")["iteration"] == 2
     full, _ = run(_merge(cfg, {"output_dir": str(tmp_path / "full"), "iterations": 3}))
     assert without_times(resumed["history"]) == without_times(full["history"])
 
@@ -371,7 +375,7 @@ def test_nested_nodes_may_be_dicts(tmp_path):
     assert trainer.cfg.logger == LoggerConfig(backend="")
     assert trainer.cfg.agents == PPOConfig(lr=1e-2, hidden=16)
     bad = TrainConfig(logger={"backnd": ""}, output_dir=str(tmp_path / "bad"))
-    with pytest.raises(Exception, match="backnd"):
+    with pytest.raises(ConfigKeyError, match="backnd"):
         ErmasTrainer(bad)
     assert trainer.train()["history"]["iteration"] == [0]
 
@@ -414,3 +418,81 @@ def test_seed_env_with_a_single_transform():
     torch.manual_seed(0)
     seed_env(env, 3)
     assert torch.equal(env.rollout(5)["next", "agents", "reward"], first)
+
+
+# ---------------------------------------------------------------- review follow-ups
+def test_checkpoint_pt_exists_at_every_moment_of_a_rotating_save(tmp_path, monkeypatch):
+    """The previous checkpoint is linked aside before the new file replaces checkpoint.pt,
+    so a reader (e.g. a transfer run's planner_checkpoint) never finds it missing."""
+    from torchrl_ermas.training import checkpoint
+
+    path = save_checkpoint({"iteration": 1}, tmp_path / "checkpoint.pt")
+    seen = []
+    original = checkpoint._keep_as_previous
+
+    def spy(p):
+        original(p)
+        seen.append((p.exists(), load_checkpoint(p)["iteration"]))
+
+    monkeypatch.setattr(checkpoint, "_keep_as_previous", spy)
+    save_checkpoint({"iteration": 2}, path, keep_previous=True)
+    assert seen == [(True, 1)]
+    assert load_checkpoint(path)["iteration"] == 2
+    assert load_checkpoint(tmp_path / "checkpoint.prev.pt")["iteration"] == 1
+
+
+def test_a_run_loading_a_planner_needs_its_own_folder(tmp_path, two_iterations):
+    """Even with overwrite=true on the base, a transfer into the training folder is refused
+    before anything is deleted."""
+    cfg, src = two_iterations
+    out = _copy_run(src, tmp_path / "trained")
+    base = with_overrides(TrainConfig(), {**cfg, "output_dir": str(out), "overwrite": True})
+    with pytest.raises(ValueError, match=r"planner_checkpoint .* lies in output_dir .* of its own"):
+        transfer_config(base, out / "checkpoint.pt")
+    assert (out / "checkpoint.pt").exists() and (out / "results.json").exists()
+
+
+def test_resume_needs_a_checkpoint_where_there_are_results(tmp_path, two_iterations):
+    cfg, src = two_iterations
+    out = _copy_run(src, tmp_path / "run")
+    (out / "checkpoint.pt").unlink()
+    (out / "checkpoint.prev.pt").unlink()
+    with pytest.raises(ValueError, match="holds results.json but no checkpoint"):
+        ErmasTrainer(_merge(cfg, {"output_dir": str(out), "resume": True}))
+
+
+def test_the_log_folder_belongs_to_the_run_whatever_the_backend(tmp_path):
+    logs = tmp_path / "logs" / "marl_seed0"
+    logs.mkdir(parents=True)
+    (logs / "events.out").write_text("tensorboard")
+    cfg = make_cfg(tmp_path, variant="marl", iterations=1)  # logger backend ""
+    with pytest.raises(ValueError, match=r"holds another run \(marl_seed0\)"):
+        ErmasTrainer(cfg)
+    ErmasTrainer(_merge(cfg, {"overwrite": True}))
+    assert not logs.exists()
+
+
+def test_nested_dicts_work_beyond_the_trainer():
+    cfg = TrainConfig(agents={"lr": 1e-2})
+    validate(cfg)
+    assert with_overrides(cfg, {"seed": 2}).agents == PPOConfig(lr=1e-2)
+
+
+def test_experiment_checks_only_what_the_runs_use():
+    """The base run's variant is replaced per run: marl methods with a warm-up longer than
+    the run are fine, and overriding a parent node (train.ermas=...) is judged by value."""
+    base = with_overrides(TrainConfig(), {"iterations": 5, "ermas.warmup_iters": 10})
+    validate_experiment(base, sweeps={"seeds": [0]}, workers=1, methods={"marl": {"variant": "marl"}})
+    lr = with_overrides(TrainConfig(), {"ermas.lambda_lr": 0.1})
+    owned = {"ermas.epsilon": "set epsilons instead"}
+    validate_experiment(lr, sweeps={}, workers=1, owned=owned, overrides=["train.ermas={lambda_lr:0.1}"])
+    eps = with_overrides(TrainConfig(), {"ermas.epsilon": 3.0})
+    with pytest.raises(ValueError, match=r"train.ermas.epsilon .*got train.ermas.epsilon=3.0"):
+        validate_experiment(eps, sweeps={}, workers=1, owned=owned, overrides=["train.ermas={epsilon:3}"])
+
+
+def test_huge_ints_are_refused_as_numbers():
+    from torchrl_ermas.validation import check_real
+
+    with pytest.raises(ValueError, match="x must be a finite number"):
+        check_real("x", 10**400)

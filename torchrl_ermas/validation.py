@@ -104,7 +104,10 @@ def check_real(
     accepted = "a finite number" + (" " + " and ".join(bounds) if bounds else "")
     if not isinstance(value, Real) or isinstance(value, bool):
         raise ValueError(f"{name} must be {accepted}, got {value!r} ({type(value).__name__}).")
-    ok = math.isfinite(value)
+    try:
+        ok = math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        ok = False
     if ok and low is not None:
         ok = value >= low if low_inclusive else value > low
     if ok and high is not None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import (
+    as_config,
     ErmasConfig,
     LoggerConfig,
     PPOConfig,
@@ -23,6 +24,7 @@ from .experiments import (
 from .trainer import ErmasTrainer, NonFiniteError
 
 __all__ = [
+    "as_config",
     "ErmasConfig",
     "ErmasTrainer",
     "LoggerConfig",

@@ -1,9 +1,10 @@
 """Atomic checkpoints that load with ``torch.load(..., weights_only=True)``.
 
 A run keeps its last two checkpoints: :func:`save_checkpoint` with ``keep_previous=True``
-moves the current ``checkpoint.pt`` to ``checkpoint.prev.pt`` before it puts the new one in
-place, and :func:`load_latest_checkpoint` falls back to the previous one when the newest
-does not load (truncated, emptied, or missing after a kill between the two renames).
+writes the new file aside, links the current ``checkpoint.pt`` as ``checkpoint.prev.pt``
+and then renames the new file over ``checkpoint.pt``, so that ``checkpoint.pt`` exists at
+every moment; :func:`load_latest_checkpoint` falls back to the previous one when the
+newest does not load (truncated, emptied, or deleted).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import glob
 import io
 import os
 import pickle
+import shutil
 import tempfile
 import warnings
 import zipfile
@@ -45,11 +47,24 @@ def _file_mode() -> int:
     return 0o666 & ~umask
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
+def _temporary(path: Path) -> Path:
+    """A new empty temporary file ``.{name}.*.tmp`` beside ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    return Path(tmp)
+
+
+def atomic_write(
+    path: str | os.PathLike,
+    write: Callable[[BinaryIO], Any],
+    *,
+    before_replace: Callable[[], Any] | None = None,
+) -> Path:
     """Writes ``path`` atomically: ``write(handle)`` fills a temporary file, then a rename.
 
     The temporary file ``.{name}.*.tmp`` sits in the same folder; a process killed while
     writing leaves it behind (see :func:`remove_stale_temporaries`) and ``path`` intact.
+    ``before_replace()`` runs once the new content is on disk, just before the rename.
     The file gets the ordinary mode of new files (``0666`` less the umask).
 
     Examples:
@@ -60,18 +75,32 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> P
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = _temporary(path)
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with open(tmp, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, _file_mode())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _keep_as_previous(path: Path) -> None:
+    """Makes ``previous_path(path)`` a copy of ``path`` (a hard link where the file system
+    has them), atomically, leaving ``path`` in place."""
+    link = _temporary(previous_path(path))
+    link.unlink()
+    try:
+        os.link(path, link)
+    except OSError:  # no hard links here: copy
+        shutil.copyfile(path, link)
+    os.replace(link, previous_path(path))
 
 
 def remove_stale_temporaries(folder: str | os.PathLike, names: Iterable[str]) -> list[Path]:
@@ -121,9 +150,8 @@ def save_checkpoint(
     buffer = io.BytesIO()
     torch.save(state, buffer)
     data = buffer.getvalue()
-    if keep_previous and path.exists():
-        os.replace(path, previous_path(path))
-    return atomic_write(path, lambda handle: handle.write(data))
+    rotate = (lambda: _keep_as_previous(path)) if keep_previous and path.exists() else None
+    return atomic_write(path, lambda handle: handle.write(data), before_replace=rotate)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
@@ -157,8 +185,8 @@ def load_latest_checkpoint(
 ) -> tuple[dict, Path] | None:
     """The newest of ``path`` and :func:`previous_path` that loads, with its path.
 
-    Returns ``None`` when neither file exists. A newest file that does not load is
-    reported with a warning and the previous one is used.
+    Returns ``None`` when neither file exists. When the newest file is missing or does not
+    load, a warning says so and the previous one is used.
 
     Raises:
         CheckpointError: the files exist but none of them loads.
@@ -179,6 +207,8 @@ def load_latest_checkpoint(
     errors = []
     for candidate in (path, previous_path(path)):
         if not candidate.exists():
+            if candidate == path and previous_path(path).exists():
+                errors.append(f"checkpoint {str(path)!r} is missing.")
             continue
         try:
             state = load_checkpoint(candidate, map_location)

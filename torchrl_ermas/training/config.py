@@ -8,20 +8,23 @@ imports :mod:`torchrl_ermas.envs`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
 
 from ..validation import check_choice, check_int, check_number, check_real, check_seed
 
 VARIANTS = ("ermas", "fixed_lambda", "marl")
 #: settings that may differ from a checkpoint's when a run resumes (``iterations`` may only
-#: grow); a ``logger`` entry stands for all of its keys
+#: grow; ``device`` moves a run to another machine, ``history_window`` only changes the
+#: final summary); a ``logger`` entry stands for all of its keys
 RESUMABLE_KEYS = (
     "iterations", "progress", "resume", "overwrite", "output_dir", "checkpoint_interval",
-    "logger",
+    "logger", "device", "history_window",
 )
 
 
@@ -226,8 +229,25 @@ def check_device(device: str) -> None:
             )
 
 
-def validate(cfg: TrainConfig) -> None:
+def as_config(cfg: TrainConfig | DictConfig | dict) -> TrainConfig:
+    """``cfg`` type-checked against the :class:`TrainConfig` schema (unknown keys raise).
+
+    A :class:`TrainConfig` may hold dicts in place of its nested nodes.
+
+    Examples:
+        >>> as_config(TrainConfig(agents={"lr": 0.01})).agents.lr
+        0.01
+        >>> as_config({"ermas": {"epsilon": 2}}).ermas.epsilon
+        2.0
+    """
+    if isinstance(cfg, TrainConfig):
+        cfg = asdict(cfg)
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg))
+
+
+def validate(cfg: TrainConfig | DictConfig | dict) -> None:
     """Raises a ``ValueError`` naming the first invalid setting of ``cfg``."""
+    cfg = as_config(cfg)
     check_choice("variant", cfg.variant, VARIANTS)
     check_seed("seed", cfg.seed)
     check_device(cfg.device)
@@ -250,6 +270,14 @@ def validate(cfg: TrainConfig) -> None:
         check_int(f"{group}.critic_depth", ppo.critic_depth, 0, optional=True)
     if cfg.planner_checkpoint is not None and not cfg.planner_checkpoint:
         raise ValueError("planner_checkpoint must be None or the path of a checkpoint, got ''.")
+    if cfg.planner_checkpoint and (
+        Path(cfg.planner_checkpoint).parent.resolve() == Path(cfg.output_dir).resolve()
+    ):
+        raise ValueError(
+            f"planner_checkpoint {cfg.planner_checkpoint!r} lies in output_dir "
+            f"{cfg.output_dir!r}: a run that loads a planner needs an output_dir of its own "
+            "(it would resume or overwrite the run that wrote the planner)."
+        )
     if cfg.fixed_planner is not None and not (
         isinstance(cfg.fixed_planner, dict) and "_target_" in cfg.fixed_planner
     ):

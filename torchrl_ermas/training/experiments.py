@@ -15,9 +15,9 @@ from torchrl.envs import EnvBase
 from tqdm.auto import tqdm
 
 from ..validation import check_int
-from .config import TrainConfig, validate
-from .run_folder import flatten
-from .trainer import _as_config, ErmasTrainer
+from .config import as_config, TrainConfig, validate
+from .run_folder import flatten, is_under
+from .trainer import ErmasTrainer
 
 PostHook = Callable[[ErmasTrainer], dict[str, Any]]
 #: ``env_factory(cfg, batch_size, device)`` builds the environments of the run ``cfg``
@@ -42,7 +42,7 @@ def with_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
         for parent in parents:
             node = node.setdefault(parent, {})
         node[leaf] = value
-    return _as_config(OmegaConf.merge(OmegaConf.structured(cfg), nested))
+    return as_config(OmegaConf.merge(OmegaConf.structured(as_config(cfg)), nested))
 
 
 def _override_key(override: str) -> str:
@@ -73,7 +73,8 @@ def validate_experiment(
     transfer runs also what :func:`transfer_config` sets and ``transfer_owned``).
 
     Args:
-        train: the experiment's base run; it must be valid (:func:`validate`).
+        train: the experiment's base run (each run built from it is validated when built,
+            by :func:`method_seed_configs` and :func:`transfer_config`).
         sweeps: name -> values of each list the experiment sweeps (``{"seeds": [0, 1]}``);
             none may be empty.
         workers: processes of :func:`run_many`, an int ``>= 1``.
@@ -105,25 +106,25 @@ def validate_experiment(
     if transfer is not None:
         _refuse_keys("transfer", transfer, {**per_run, **TRANSFER_KEYS, **(transfer_owned or {})})
     owned = {**per_run, **_keys_of_every_method(methods or {}), **(owned or {})}
-    default, given = OmegaConf.structured(TrainConfig), OmegaConf.structured(train)
+    default, given = OmegaConf.structured(TrainConfig), OmegaConf.structured(as_config(train))
     cli = [_override_key(o)[len("train."):] for o in overrides
            if _override_key(o).startswith("train.")]
     for key, instead in owned.items():
         value = OmegaConf.select(given, key)
-        on_cli = any(k == key or k.startswith(f"{key}.") or key.startswith(f"{k}.") for k in cli)
+        # an override of a parent node (train.ermas={...}) is judged by the value alone
+        on_cli = any(is_under(k, key) for k in cli)
         if on_cli or value != OmegaConf.select(default, key):
             raise ValueError(
                 f"train.{key} is set per run by this experiment: {instead} "
                 f"(got train.{key}={value!r})."
             )
-    validate(train)
 
 
 def _refuse_keys(where: str, overrides: dict[str, Any], owned: dict[str, str]) -> None:
     """Refuses the overrides ``where`` that set (or contain) a key of ``owned``."""
     for key in flatten(dict(overrides)):
         for taken, instead in owned.items():
-            if key == taken or key.startswith(f"{taken}.") or taken.startswith(f"{key}."):
+            if is_under(key, taken) or is_under(taken, key):
                 raise ValueError(
                     f"{where}.{key} is set per run by this experiment: {instead}."
                 )
@@ -169,7 +170,7 @@ def method_seed_configs(
 #: what :func:`transfer_config` sets in every transfer run, and why
 TRANSFER_KEYS = {
     key: "a transfer run trains fresh MARL agents against the frozen trained planner"
-    for key in ("variant", "train_planner", "resume", "planner_checkpoint")
+    for key in ("variant", "train_planner", "planner_checkpoint")
 }
 
 
@@ -180,9 +181,11 @@ def transfer_config(
 
     The returned run loads the planner of ``planner_checkpoint``, freezes it, and trains
     new agents with plain multi-agent PPO in the test environment given by ``overrides``
-    (for example ``{"reward.q": 0.4}``).
+    (for example ``{"reward.q": 0.4}``), which should also give it its own ``output_dir``
+    (the folder of ``planner_checkpoint`` is refused). ``resume`` and ``overwrite`` are
+    those of ``cfg``, so an experiment re-run with ``resume`` resumes its transfers too.
     """
-    settings = {"variant": "marl", "train_planner": False, "resume": False}
+    settings = {"variant": "marl", "train_planner": False}
     settings["planner_checkpoint"] = str(planner_checkpoint)
     transfer = with_overrides(cfg, {**settings, **(overrides or {})})
     validate(transfer)

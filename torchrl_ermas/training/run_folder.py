@@ -8,6 +8,7 @@ checkpoint belongs to the run that resumes it.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -37,6 +38,16 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def is_under(key: str, node: str) -> bool:
+    """Whether the dotted ``key`` is ``node`` or lies inside it.
+
+    Examples:
+        >>> is_under("logger.backend", "logger"), is_under("logger", "logger.backend")
+        (True, False)
+    """
+    return key == node or key.startswith(f"{node}.")
+
+
 def non_finite_entry(node: Any, path: str = "") -> str | None:
     """The dotted path of the first NaN or infinite float in nested dicts and lists.
 
@@ -61,10 +72,6 @@ def non_finite_entry(node: Any, path: str = "") -> str | None:
     return None
 
 
-def _is_resumable(key: str) -> bool:
-    return any(key == k or key.startswith(f"{k}.") for k in RESUMABLE_KEYS)
-
-
 def check_resumable(stored: dict[str, Any], current: dict[str, Any], path: Path) -> None:
     """Refuses to resume the checkpoint ``path`` of a run configured otherwise.
 
@@ -81,7 +88,8 @@ def check_resumable(stored: dict[str, Any], current: dict[str, Any], path: Path)
     old, new = flatten(stored), flatten(current)
     changed = [
         key for key in sorted(old.keys() | new.keys())
-        if not _is_resumable(key) and old.get(key, _ABSENT) != new.get(key, _ABSENT)
+        if not any(is_under(key, free) for free in RESUMABLE_KEYS)
+        and old.get(key, _ABSENT) != new.get(key, _ABSENT)
     ]
     if new["iterations"] < old["iterations"]:
         changed.insert(0, "iterations")
@@ -130,11 +138,12 @@ def check_state_fits(current: dict[str, Any], stored: dict[str, Any], path: Path
 
 
 class RunFolder:
-    """The files of one run in ``path``: checkpoints, ``results.json``, the CSV log folder.
+    """The files of one run in ``path``: checkpoints, ``results.json``, its log folder.
 
     Args:
         path: the run's ``output_dir``.
-        csv_log_dir: the folder of the run's CSV logger, if it logs to CSV.
+        log_dir: the folder of the run's logger (``logs/<experiment name>``), whatever
+            the backend; its CSV files are kept in step with resumes.
 
     Examples:
         >>> import tempfile
@@ -147,14 +156,19 @@ class RunFolder:
         ValueError: output_dir '...' holds another run (checkpoint.pt): set resume=true to continue it, overwrite=true to replace it, or choose another output_dir.
     """
 
-    def __init__(self, path: str | Path, csv_log_dir: str | Path | None = None) -> None:
+    def __init__(self, path: str | Path, log_dir: str | Path | None = None) -> None:
         self.path = Path(path)
-        self.csv_log_dir = None if csv_log_dir is None else Path(csv_log_dir)
+        self.log_dir = None if log_dir is None else Path(log_dir)
 
     @property
     def checkpoint(self) -> Path:
         """``checkpoint.pt`` (its fallback is ``checkpoint.prev.pt``)."""
         return self.path / CHECKPOINT_NAME
+
+    @property
+    def unreadable(self) -> Path:
+        """Where a ``checkpoint.pt`` that does not load is set aside."""
+        return self.path / f"{CHECKPOINT_NAME}.unreadable"
 
     @property
     def results(self) -> Path:
@@ -163,14 +177,15 @@ class RunFolder:
 
     def files(self) -> list[Path]:
         """The run's files and folders that exist."""
-        paths = [self.checkpoint, previous_path(self.checkpoint), self.results]
-        if self.csv_log_dir is not None:
-            paths.append(self.csv_log_dir)
+        paths = [self.checkpoint, previous_path(self.checkpoint), self.unreadable, self.results]
+        if self.log_dir is not None:
+            paths.append(self.log_dir)
         return [path for path in paths if path.exists()]
 
     def prepare(self, *, resume: bool, overwrite: bool) -> None:
         """Before any work: the folder is writable, interrupted writes are cleaned up, and
-        it holds no other run unless ``resume`` or ``overwrite`` is set."""
+        it holds no other run unless ``resume`` or ``overwrite`` is set (a ``resume``
+        needs a checkpoint where there are results)."""
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=self.path):
@@ -179,13 +194,20 @@ class RunFolder:
             raise ValueError(
                 f"output_dir {str(self.path)!r} is not a writable folder ({err})."
             ) from None
-        remove_stale_temporaries(self.path, (CHECKPOINT_NAME, RESULTS_NAME))
+        names = (CHECKPOINT_NAME, previous_path(self.checkpoint).name, RESULTS_NAME)
+        remove_stale_temporaries(self.path, names)
         existing = self.files()
         if existing and not (resume or overwrite):
             raise ValueError(
                 f"output_dir {str(self.path)!r} holds another run "
                 f"({', '.join(p.name for p in existing)}): set resume=true to continue it, "
                 "overwrite=true to replace it, or choose another output_dir."
+            )
+        checkpoints = (self.checkpoint, previous_path(self.checkpoint), self.unreadable)
+        if resume and self.results.exists() and not any(p.exists() for p in checkpoints):
+            raise ValueError(
+                f"output_dir {str(self.path)!r} holds results.json but no checkpoint to "
+                "resume from: set overwrite=true to start the run anew."
             )
 
     def remove(self) -> None:
@@ -196,13 +218,21 @@ class RunFolder:
             else:
                 path.unlink()
 
+    def set_aside_unreadable(self) -> Path:
+        """Renames an unreadable ``checkpoint.pt`` to :attr:`unreadable`, so that the next
+        save does not push it over the previous checkpoint, which did load."""
+        os.replace(self.checkpoint, self.unreadable)
+        return self.unreadable
+
     def truncate_csv_log(self, next_iteration: int) -> None:
         """Drops the CSV rows of iterations from ``next_iteration`` on (a resumed run
         replays them), and rows that a kill cut short."""
-        scalars = None if self.csv_log_dir is None else self.csv_log_dir / "scalars"
+        scalars = None if self.log_dir is None else self.log_dir / "scalars"
         if scalars is None or not scalars.is_dir():
             return
-        for csv in scalars.glob("*.csv"):
+        csvs = sorted(scalars.glob("*.csv"))
+        remove_stale_temporaries(scalars, [csv.name for csv in csvs])
+        for csv in csvs:
             rows = []
             for line in csv.read_text().splitlines():
                 step, _, value = line.partition(",")

@@ -39,7 +39,7 @@ from .checkpoint import (
     previous_path,
     save_checkpoint,
 )
-from .config import PPOConfig, TrainConfig, validate
+from .config import as_config, PPOConfig, TrainConfig, validate
 from .run_folder import check_resumable, check_state_fits, non_finite_entry, RunFolder
 from .models import has_action, make_critic, make_policy
 
@@ -53,17 +53,6 @@ def _group_keys(group: str) -> dict[str, tuple[str, str]]:
     keys = {name: (group, name) for name in names}
     keys.update(value=(group, "state_value"), sample_log_prob=(group, "action_log_prob"))
     return keys
-
-
-def _as_config(cfg: TrainConfig | DictConfig | dict) -> TrainConfig:
-    """Type-checks ``cfg`` against the :class:`TrainConfig` schema (unknown keys raise).
-
-    A :class:`TrainConfig` may hold dicts in place of its nested nodes.
-    """
-    if isinstance(cfg, TrainConfig):
-        cfg = asdict(cfg)
-    merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg)
-    return OmegaConf.to_object(merged)
 
 
 class ErmasTrainer:
@@ -121,7 +110,7 @@ class ErmasTrainer:
         cfg: TrainConfig | DictConfig | dict,
         env_fn: Callable[[int, torch.device], EnvBase] | None = None,
     ) -> None:
-        cfg = _as_config(cfg)
+        cfg = as_config(cfg)
         validate(cfg)
         if env_fn is None and not (isinstance(cfg.env, dict) and "_target_" in cfg.env):
             raise ValueError(
@@ -132,11 +121,7 @@ class ErmasTrainer:
         self.cfg = cfg
         self.device = torch.device(cfg.device)
         self.output_dir = Path(cfg.output_dir)
-        csv_log_dir = (
-            self.output_dir / "logs" / self._experiment_name()
-            if cfg.logger.backend == "csv" else None
-        )
-        self.folder = RunFolder(self.output_dir, csv_log_dir)
+        self.folder = RunFolder(self.output_dir, self._log_dir() / self._experiment_name())
         self.folder.prepare(resume=cfg.resume, overwrite=cfg.overwrite)
         self._env_fn = env_fn or self._instantiate_env
         torch.manual_seed(cfg.seed)
@@ -186,6 +171,8 @@ class ErmasTrainer:
         )
         if found is not None:
             self._restore(*found)
+            if found[1] != self.folder.checkpoint and self.folder.checkpoint.exists():
+                self.folder.set_aside_unreadable()
         if cfg.resume:  # the rows of iterations after the checkpoint are replayed
             self.folder.truncate_csv_log(self.start_iteration)
 
@@ -532,6 +519,9 @@ class ErmasTrainer:
         return OmegaConf.to_container(OmegaConf.structured(self.cfg), resolve=True)
 
     # ------------------------------------------------------------------ outputs
+    def _log_dir(self) -> Path:
+        return self.output_dir / "logs"
+
     def _experiment_name(self) -> str:
         return self.cfg.logger.exp_name or f"{self.cfg.variant}_seed{self.cfg.seed}"
 
@@ -541,7 +531,7 @@ class ErmasTrainer:
             return None
         extra = {"project": self.cfg.logger.project} if backend == "wandb" else {}
         return get_logger(
-            backend, logger_name=str(self.output_dir / "logs"),
+            backend, logger_name=str(self._log_dir()),
             experiment_name=self._experiment_name(), **extra,
         )
 
