@@ -29,7 +29,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from torchrl.envs import EnvBase, TransformedEnv
+from torchrl.envs import Compose, EnvBase, TransformedEnv
 
 from torchrl_ermas.validation import check_real
 from torchrl_ermas.training import (
@@ -39,7 +39,7 @@ from torchrl_ermas.training import (
     TrainConfig,
     validate_experiment,
 )
-from torchrl_ermas.transforms.planner import PlannerFromAgents
+from torchrl_ermas.transforms import PlannerFromAgents, TimeLimitAsTruncated
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -100,9 +100,15 @@ def make_regulator(regulator: RegulatorConfig) -> PlannerFromAgents:
 def make_env(
     regulator: RegulatorConfig, cfg: TrainConfig, batch_size: int, device: torch.device
 ) -> EnvBase:
-    """The VMAS scenario of ``cfg.env`` with ``batch_size`` worlds, plus the regulator planner."""
+    """The VMAS scenario of ``cfg.env`` with ``batch_size`` worlds, plus the regulator planner.
+
+    VMAS reports its time limit as ``terminated``; :class:`TimeLimitAsTruncated` makes it
+    ``truncated``, as the torchrl-ermas contract has it, so that GAE bootstraps there.
+    """
     base = instantiate(cfg.env, num_envs=batch_size, device=device)
-    return TransformedEnv(base, make_regulator(regulator))
+    return TransformedEnv(
+        base, Compose(TimeLimitAsTruncated(base.max_steps), make_regulator(regulator))
+    )
 
 
 def run_configs(cfg: VmasSearchConfig, out: Path) -> dict[tuple[str, int], TrainConfig]:

@@ -23,6 +23,7 @@ MODULES = [
     "torchrl_ermas.transforms.kl",
     "torchrl_ermas.transforms.planner",
     "torchrl_ermas.transforms.reward",
+    "torchrl_ermas.transforms.time_limit",
 ]
 
 

@@ -14,11 +14,12 @@ from omegaconf import OmegaConf
 from tensordict import TensorDict
 from torchrl.data import LazyTensorStorage, ReplayBuffer
 from torchrl.data.replay_buffers import SamplerWithoutReplacement
-from torchrl.envs import TransformedEnv
+from torchrl.envs import Compose, TransformedEnv
 from torchrl.envs.libs.vmas import VmasEnv
 from torchrl.envs.utils import check_env_specs
 
 import torchrl_ermas.transforms.planner as planner_module
+from torchrl_ermas.transforms import TimeLimitAsTruncated
 from torchrl_ermas.transforms.planner import PlannerFromAgents
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,6 +65,40 @@ def test_check_env_specs_on_vmas(name):
     assert env.full_reward_spec["planner", "reward"].shape == (4, 1, 1)
     assert env.full_reward_spec["agents", "reward"].shape == (4, 2, 1)
     assert env.full_done_spec["done"].shape == (4, 1)
+
+
+@pytest.mark.parametrize("name", TRANSFORMS)
+def test_time_limit_as_truncated_on_vmas(name):
+    """VMAS's time limit becomes truncated (not terminated); specs stay consistent with the
+    regulator on top, and GAE then bootstraps at the time limit."""
+    from torchrl.objectives.value.functional import vec_generalized_advantage_estimate
+
+    transforms = Compose(TimeLimitAsTruncated(3), TRANSFORMS[name]())
+    env = TransformedEnv(navigation(max_steps=3), transforms)
+    check_env_specs(env)
+    data = rollout(env, steps=6)
+    truncated = data["next", "truncated"].squeeze(-1)
+    assert truncated[:, 2].all() and truncated[:, 5].all() and truncated.sum() == 2 * 4
+    assert not data["next", "terminated"].any()
+    assert torch.equal(data["next", "done"], data["next", "truncated"])
+    raw = rollout(navigation(max_steps=3), steps=6)
+    assert raw["next", "terminated"].squeeze(-1)[:, 2].all()  # what VMAS says without it
+    value = torch.ones(4, 6, 1)
+    reward = torch.zeros(4, 6, 1)
+    kwargs = dict(gamma=0.9, lmbda=1.0, state_value=value, next_state_value=value, reward=reward)
+    bootstrapped, _ = vec_generalized_advantage_estimate(
+        done=data["next", "done"], terminated=data["next", "terminated"], **kwargs
+    )
+    cut, _ = vec_generalized_advantage_estimate(
+        done=raw["next", "done"], terminated=raw["next", "terminated"], **kwargs
+    )
+    assert torch.allclose(bootstrapped[:, 2], torch.full((4, 1), -0.1))  # 0.9 * 1 - 1
+    assert torch.allclose(cut[:, 2], torch.full((4, 1), -1.0))  # no value after a "terminal"
+
+
+def test_time_limit_as_truncated_validates_max_steps():
+    with pytest.raises(ValueError, match="max_steps must be an int >= 1"):
+        TimeLimitAsTruncated(0)
 
 
 def test_online_shapes_and_values():

@@ -1,4 +1,5 @@
-"""TorchRL transforms for ERMAS: reward baselines (reality gap, DR, RR) and the KL trust region."""
+"""TorchRL transforms for ERMAS: reward baselines (reality gap, DR, RR), the KL trust region,
+the regulator planner and time limits as truncation."""
 from __future__ import annotations
 
 from .kl import KLToReference
@@ -9,6 +10,7 @@ from .reward import (
     isoelastic,
     PlannerRewardGap,
 )
+from .time_limit import TimeLimitAsTruncated
 
 __all__ = [
     "ConcavePlannerReward",
@@ -16,5 +18,6 @@ __all__ = [
     "KLToReference",
     "PlannerFromAgents",
     "PlannerRewardGap",
+    "TimeLimitAsTruncated",
     "isoelastic",
 ]
