@@ -362,6 +362,23 @@ class TestErmasLoss:
         with pytest.raises(ValueError, match=match):
             ErmasLoss(_make_actor(), _make_critic(), LagrangeMultiplier(N_AGENTS), **kwargs)
 
+    def test_a_critic_writing_another_value_key_is_named(self):
+        """A ValueOperator-style critic writes a root "state_value": the error says what to set."""
+        actor, critic = _make_actor(), _make_critic()
+        critic.out_keys = ["state_value"]
+        loss = ErmasLoss(actor, critic, LagrangeMultiplier(N_AGENTS))
+        with pytest.raises(ValueError, match=r"the critic writes \['state_value'\] but ErmasLoss reads .*\('agents', 'state_value'\).*set_keys\(value="):
+            loss(_make_data(actor))
+
+    def test_torchrl_forms_of_the_settings_are_accepted(self):
+        """As in ClipPPOLoss: (low, high) clip bounds, per-key entropy weights, None."""
+        actor, critic = _make_actor(), _make_critic()
+        ErmasLoss(actor, critic, LagrangeMultiplier(N_AGENTS), clip_epsilon=(0.1, 0.3))
+        ErmasLoss(actor, critic, LagrangeMultiplier(N_AGENTS), entropy_coeff={("agents", "action"): 0.01})
+        ErmasLoss(actor, critic, LagrangeMultiplier(N_AGENTS), entropy_coeff=None, critic_coeff=None)
+        with pytest.raises(ValueError, match="entropy_coeff must be a finite number >= 0"):
+            ErmasLoss(actor, critic, LagrangeMultiplier(N_AGENTS), entropy_coeff={("agents", "action"): -1.0})
+
     def test_bad_constructor_args(self):
         actor, critic = _make_actor(), _make_critic()
         with pytest.raises(TypeError, match="lagrange"):

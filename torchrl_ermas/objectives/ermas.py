@@ -7,6 +7,7 @@ Eq. 9, as realised by the authors' "WPPO" loss.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -16,7 +17,7 @@ from tensordict.nn import (
     ProbabilisticTensorDictSequential,
     TensorDictModule,
 )
-from tensordict.utils import NestedKey
+from tensordict.utils import NestedKey, unravel_key
 from torchrl.objectives.multiagent import MAPPOLoss
 
 from torchrl_ermas.objectives.lagrange import LagrangeMultiplier
@@ -104,12 +105,12 @@ class ErmasLoss(MAPPOLoss):
             ``n_agents`` must match the agent dim of the data.
 
     Keyword Args:
-        clip_epsilon (float, optional): PPO ratio clip. Defaults to ``0.3``
-            (the authors' value).
+        clip_epsilon (float or (float, float), optional): PPO ratio clip, or its
+            ``(low, high)`` bounds as in TorchRL. Defaults to ``0.3`` (the authors' value).
         entropy_bonus (bool, optional): whether to add the entropy bonus.
             Defaults to ``True``.
-        entropy_coeff (float, optional): entropy weight. Defaults to ``0.025``
-            (the authors' value).
+        entropy_coeff (float or Mapping, optional): entropy weight, or one per action
+            key as in TorchRL. Defaults to ``0.025`` (the authors' value).
         critic_coeff (float, optional): critic loss weight. Defaults to
             ``0.05``, the authors' ``vf_loss_coeff`` on a squared error
             (TorchRL's PPO default is ``1.0``).
@@ -233,9 +234,9 @@ class ErmasLoss(MAPPOLoss):
         critic_network: TensorDictModule,
         lagrange: LagrangeMultiplier,
         *,
-        clip_epsilon: float = 0.3,
+        clip_epsilon: float | tuple[float, float] = 0.3,
         entropy_bonus: bool = True,
-        entropy_coeff: float = 0.025,
+        entropy_coeff: float | Mapping[NestedKey, float] | None = 0.025,
         critic_coeff: float = 0.05,
         loss_critic_type: str = "l2",
         normalize_advantage: bool = True,
@@ -255,8 +256,15 @@ class ErmasLoss(MAPPOLoss):
                 "ErmasLoss does not support advantage_norm: it would rescale the "
                 "agents' advantage but not the planner's. Use normalize_advantage."
             )
-        check_real("clip_epsilon", clip_epsilon, low=0, low_inclusive=False)
-        check_real("entropy_coeff", entropy_coeff, low=0)
+        clips = clip_epsilon if isinstance(clip_epsilon, (tuple, list)) else (clip_epsilon,)
+        if len(clips) not in (1, 2):
+            raise ValueError(f"clip_epsilon must be a number or (low, high), got {clip_epsilon!r}.")
+        for clip in clips:
+            check_real("clip_epsilon", clip, low=0, low_inclusive=False)
+        coeffs = entropy_coeff.values() if isinstance(entropy_coeff, Mapping) else [entropy_coeff]
+        for coeff in coeffs:
+            if coeff is not None:
+                check_real("entropy_coeff", coeff, low=0)
         if critic_coeff is not None:
             check_real("critic_coeff", critic_coeff, low=0)
         if clip_value is not None:
@@ -353,8 +361,21 @@ class ErmasLoss(MAPPOLoss):
             planner = self._standardize_advantage(planner, tensordict)
         return planner
 
+    def _check_critic_writes_value(self) -> None:
+        """The critic must write the value key the loss reads (a ``ValueOperator`` writes
+        a root ``"state_value"``, the default here is the group's)."""
+        out_keys = [unravel_key(k) for k in getattr(self.critic_network, "out_keys", ())]
+        value = unravel_key(self.tensor_keys.value)
+        if out_keys and value not in out_keys:
+            raise ValueError(
+                f"the critic writes {out_keys} but ErmasLoss reads the agents' values at "
+                f"{value}: give the critic out_keys=[{value}] (per-agent values, "
+                "[*B, n_agents, 1], e.g. a MultiAgentMLP) or call loss.set_keys(value=...)."
+            )
+
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        self._check_critic_writes_value()
         td_out = super().forward(tensordict)
         # ClipPPOLoss leaves these statistics shaped like the non-batch dims.
         for key in ("ESS", "explained_variance"):
