@@ -6,8 +6,8 @@ Eq. 9, as realised by the authors' "WPPO" loss.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch

@@ -229,25 +229,30 @@ def check_device(device: str) -> None:
             )
 
 
-def as_config(cfg: TrainConfig | DictConfig | dict) -> TrainConfig:
-    """``cfg`` type-checked against the :class:`TrainConfig` schema (unknown keys raise).
+#: the nested dataclass nodes of :class:`TrainConfig`
+_NODES = ("agents", "planner", "ermas", "reward", "logger")
+
+
+def as_config(*layers: TrainConfig | DictConfig | dict) -> TrainConfig:
+    """``layers`` merged in order and type-checked against the :class:`TrainConfig` schema
+    (unknown keys raise).
 
     A :class:`TrainConfig` may hold dicts in place of its nested nodes.
 
     Examples:
         >>> as_config(TrainConfig(agents={"lr": 0.01})).agents.lr
         0.01
-        >>> as_config({"ermas": {"epsilon": 2}}).ermas.epsilon
+        >>> as_config({"ermas": {"epsilon": 2}}, {"seed": 3}).ermas.epsilon
         2.0
     """
-    if isinstance(cfg, TrainConfig):
-        cfg = asdict(cfg)
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg))
+    layers = [asdict(layer) if isinstance(layer, TrainConfig) else layer for layer in layers]
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), *layers))
 
 
 def validate(cfg: TrainConfig | DictConfig | dict) -> None:
     """Raises a ``ValueError`` naming the first invalid setting of ``cfg``."""
-    cfg = as_config(cfg)
+    if not isinstance(cfg, TrainConfig) or any(isinstance(getattr(cfg, n), dict) for n in _NODES):
+        cfg = as_config(cfg)
     check_choice("variant", cfg.variant, VARIANTS)
     check_seed("seed", cfg.seed)
     check_device(cfg.device)

@@ -42,7 +42,7 @@ def with_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
         for parent in parents:
             node = node.setdefault(parent, {})
         node[leaf] = value
-    return as_config(OmegaConf.merge(OmegaConf.structured(as_config(cfg)), nested))
+    return as_config(cfg, nested)
 
 
 def _override_key(override: str) -> str:
