@@ -390,7 +390,7 @@ class TestErmasLoss:
 
     def test_state_dict_carries_lagrange(self):
         actor, critic = _make_actor(), _make_critic()
-        lagrange = LagrangeMultiplier(N_AGENTS, lr=1.0)
+        lagrange = LagrangeMultiplier(N_AGENTS, lr=1.0, rule="gradient_ascent")
         loss = ErmasLoss(actor, critic, lagrange)
         lagrange.update(torch.tensor([1.0, 2.0, 3.0]), epsilon=0.0)
         lagrange.freeze()

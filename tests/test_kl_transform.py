@@ -84,11 +84,11 @@ def rollout(env, policy, steps=5, seed=0):
 
 
 def hand_kl(policy, reference, data):
-    """KL(policy || reference) at the root observations of ``data``, ``[..., N, 1]``."""
+    """KL(reference || policy) (Eq. 12) at the root observations of ``data``, ``[..., N, 1]``."""
     with torch.no_grad():
         current = policy.get_dist(data.select(OBS))
         ref = reference.get_dist(data.select(OBS))
-    return kl_divergence(current, ref).unsqueeze(-1)
+    return kl_divergence(ref, current).unsqueeze(-1)
 
 
 # ---------------------------------------------------------------- env checks
@@ -197,8 +197,8 @@ def test_one_hot_categorical():
     logits = reference.get_dist(data.select(OBS)).logits
     with torch.no_grad():
         expected = kl_divergence(
-            Categorical(logits=policy.get_dist(data.select(OBS)).logits),
             Categorical(logits=logits),
+            Categorical(logits=policy.get_dist(data.select(OBS)).logits),
         )
     torch.testing.assert_close(kl, expected.unsqueeze(-1))
     assert (kl > 0).all()
@@ -243,7 +243,7 @@ def test_monte_carlo_fallback():
     kl = transform(data)["agents", "kl_ref"]
     with torch.no_grad():
         cur, ref = policy.get_dist(data.select(OBS)), reference.get_dist(data.select(OBS))
-    expected = kl_divergence(cur.base, ref.base).unsqueeze(-1)
+    expected = kl_divergence(ref.base, cur.base).unsqueeze(-1)
     torch.testing.assert_close(kl, expected, atol=0.03, rtol=0.05)
     assert (expected > 0.01).all()
 

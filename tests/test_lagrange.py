@@ -8,6 +8,8 @@ import torch
 
 from torchrl_ermas.objectives import LagrangeMultiplier
 
+GA = "gradient_ascent"
+
 
 def _sgd_step(
     lagrange: LagrangeMultiplier, regret: torch.Tensor, epsilon: float
@@ -24,7 +26,8 @@ class TestLagrangeMultiplier:
     def test_defaults(self):
         lagrange = LagrangeMultiplier(3)
         torch.testing.assert_close(lagrange.value, torch.full((3,), 8.0))
-        assert lagrange.lr == 0.005
+        assert lagrange.lr == 0.5
+        assert lagrange.rule == "nupi"
         assert lagrange.max_value == 100.0
         assert not lagrange.frozen
         assert isinstance(lagrange.multiplier, torch.nn.Parameter)
@@ -39,26 +42,26 @@ class TestLagrangeMultiplier:
         torch.testing.assert_close(value, torch.ones(2))
 
     def test_update_hand_computed(self):
-        lagrange = LagrangeMultiplier(3, init=8.0, lr=0.1)
+        lagrange = LagrangeMultiplier(3, init=8.0, lr=0.1, rule=GA)
         new = lagrange.update(torch.tensor([2.0, 5.0, -1.0]), epsilon=1.0)
         expected = torch.tensor([8.0 + 0.1 * 1.0, 8.0 + 0.1 * 4.0, 8.0 - 0.1 * 2.0])
         torch.testing.assert_close(new, expected)
         torch.testing.assert_close(lagrange.value, expected)
 
     def test_update_per_agent_epsilon_and_column_regret(self):
-        lagrange = LagrangeMultiplier(2, init=1.0, lr=1.0)
+        lagrange = LagrangeMultiplier(2, init=1.0, lr=1.0, rule=GA)
         new = lagrange.update(torch.tensor([[3.0], [3.0]]), torch.tensor([1.0, 2.0]))
         torch.testing.assert_close(new, torch.tensor([3.0, 2.0]))
 
     def test_projection_at_zero_and_max(self):
-        lagrange = LagrangeMultiplier(2, init=1.0, lr=1.0, max_value=5.0)
+        lagrange = LagrangeMultiplier(2, init=1.0, lr=1.0, max_value=5.0, rule=GA)
         new = lagrange.update(torch.tensor([-10.0, 10.0]), epsilon=0.0)
         torch.testing.assert_close(new, torch.tensor([0.0, 5.0]))
 
     @pytest.mark.parametrize("epsilon", [-2.0, 0.5])
     def test_optimizer_path_matches_update(self, epsilon):
         regret = torch.tensor([0.3, -4.0, 2.5, 400.0])
-        by_update = LagrangeMultiplier(4, init=1.0, lr=0.05, max_value=10.0)
+        by_update = LagrangeMultiplier(4, init=1.0, lr=0.05, max_value=10.0, rule=GA)
         by_optimizer = LagrangeMultiplier(4, init=1.0, lr=0.05, max_value=10.0)
         for _ in range(3):
             expected = by_update.update(regret, epsilon)
@@ -77,7 +80,7 @@ class TestLagrangeMultiplier:
         assert regret.grad is None
 
     def test_frozen_update_is_noop(self):
-        lagrange = LagrangeMultiplier(2, init=3.0, lr=1.0, frozen=True)
+        lagrange = LagrangeMultiplier(2, init=3.0, lr=1.0, frozen=True, rule=GA)
         assert lagrange.frozen
         new = lagrange.update(torch.tensor([10.0, -10.0]), epsilon=0.0)
         torch.testing.assert_close(new, torch.full((2,), 3.0))
@@ -105,11 +108,14 @@ class TestLagrangeMultiplier:
         source = LagrangeMultiplier(3, init=1.0, lr=1.0)
         source.update(torch.tensor([1.0, 2.0, 3.0]), epsilon=0.0)
         source.freeze()
-        target = LagrangeMultiplier(3)
+        target = LagrangeMultiplier(3, lr=1.0)  # hyperparameters are not state
         target.load_state_dict(source.state_dict())
-        torch.testing.assert_close(target.value, torch.tensor([2.0, 3.0, 4.0]))
+        torch.testing.assert_close(target.value, source.value)
         assert target.frozen
-        assert set(source.state_dict()) == {"multiplier", "_frozen"}
+        assert set(source.state_dict()) == {"multiplier", "_frozen", "_updates", "_square_ema", "_xi"}
+        source.unfreeze(), target.unfreeze()  # the controller state travels too
+        regret = torch.tensor([0.5, -2.0, 1.0])
+        torch.testing.assert_close(target.update(regret, 0.0), source.update(regret, 0.0))
 
     @pytest.mark.parametrize(
         "kwargs, name",
@@ -124,7 +130,11 @@ class TestLagrangeMultiplier:
             ({"n_agents": 2, "lr": math.inf}, r"lr must be a finite number >= 0, got inf"),
             ({"n_agents": 2, "lr": math.nan}, r"lr must be a finite number"),
             ({"n_agents": 2, "max_value": math.inf}, r"max_value must be a finite number > 0, got inf"),
-            ({"n_agents": 2, "init": "8"}, r"init must be a finite number, got '8' \(str\)"),
+            ({"n_agents": 2, "init": "8"}, r"init must be a finite number.*got '8' \(str\)"),
+            ({"n_agents": 2, "rule": "pid"}, r"rule must be one of \('nupi', 'gradient_ascent'\)"),
+            ({"n_agents": 2, "kp": -1.0}, r"kp must be"),
+            ({"n_agents": 2, "nu": 1.0}, r"nu must be"),
+            ({"n_agents": 2, "scale_decay": math.nan}, r"scale_decay must be"),
             ({"n_agents": 2, "frozen": "no"}, r"frozen must be a bool"),
         ],
     )

@@ -9,8 +9,8 @@ from torchrl.modules import MaskedCategorical, MultiAgentMLP, ProbabilisticActor
 
 from torchrl_ermas.envs import SequentialBimatrixEnv
 from torchrl_ermas.envs.bimatrix_analysis import exact_regret, policy_table
-from torchrl_ermas.regret import ReptileRegretEstimator
-from torchrl_ermas.regret.reptile import _centred_logit
+from torchrl_ermas.regret import ReptileRegretEstimator, ReptileStep
+from torchrl_ermas.regret.trust_region import _score
 
 STAY, UP, DOWN = 0, 1, 2  # UP cooperates (towards n-1), DOWN defects in "dilemma"
 HORIZON = 50
@@ -94,6 +94,44 @@ class TestAgainstExactRegret:
         assert (large > small + 5).all()
 
 
+class TestWarmStart:
+    def test_warm_start_continues_within_the_trust_region(self):
+        """The first call is a cold start; later calls start from the kept deviation (which
+        already holds the regret) and pull it back within the trust region of a policy that
+        moved."""
+        env = make_env(32)
+        actor = make_actor()
+        make_deterministic(actor, UP)
+        exact = exact_regret(env, policy_table(actor, env))
+        warm = ReptileRegretEstimator(actor, env, num_steps=1, seed=1)
+        cold = ReptileRegretEstimator(actor, env, num_steps=1, warm_start=False, seed=1)
+        torch.testing.assert_close(warm.estimate()["regret"], cold.estimate()["regret"])
+        kept = warm.state_dict()
+        assert kept and all(torch.isfinite(v).all() for v in kept.values())
+        with torch.no_grad():  # the agents move
+            TensorDict.from_module(actor).apply(lambda p: p.add_(0.3 * torch.randn_like(p)))
+        exact = exact_regret(env, policy_table(actor, env))
+        for _ in range(2):
+            moved = warm.estimate()
+            assert (moved["kl"] <= warm.trust_region * (1 + 1e-4)).all()
+        assert (moved["regret"] >= 0.75 * exact).all(), (moved["regret"], exact)
+
+    def test_state_dict_round_trip_reproduces_the_next_estimate(self):
+        env = make_env(16)
+        actor = make_actor()
+        make_deterministic(actor, UP, confidence=3.0)
+        estimator = ReptileRegretEstimator(actor, env, num_steps=1)
+        assert estimator.state_dict() == {}
+        estimator.estimate(seed=1)
+        state = estimator.state_dict()
+        expected = estimator.estimate(seed=2)["regret"]
+        restored = ReptileRegretEstimator(actor, env, num_steps=1)
+        restored.load_state_dict(state)
+        torch.testing.assert_close(restored.estimate(seed=2)["regret"], expected)
+        with pytest.raises(ValueError, match="does not fit this actor"):
+            ReptileRegretEstimator(make_actor(share_params=False), env).load_state_dict(state)
+
+
 class TestMechanics:
     def test_common_random_numbers_give_zero_regret_for_no_deviation(self):
         """A deviation that cannot move (tiny budget) is evaluated on identical rollouts."""
@@ -127,7 +165,7 @@ class TestMechanics:
         env = make_env(32)
         actor = make_actor()
         make_deterministic(actor, UP, confidence=3.0)
-        result = ReptileRegretEstimator(actor, env).estimate()
+        result = ReptileRegretEstimator(actor, env, meta=ReptileStep(0.2)).estimate()
         theta = TensorDict.from_module(actor).data
 
         def distance(params):  # per world
@@ -176,7 +214,7 @@ class TestMechanics:
     def test_meta_step_matches_formula(self):
         env = make_env(4)
         actor = make_actor()
-        estimator = ReptileRegretEstimator(actor, env, meta_scale=0.5, meta_cap=2.0)
+        estimator = ReptileRegretEstimator(actor, env, meta=ReptileStep(scale=0.5, cap=2.0))
         theta = TensorDict.from_module(actor).data.clone()
         deviation = theta.expand(2).clone().apply(lambda x: x + torch.randn_like(x))
         lagrange = torch.tensor([1.0, 10.0])  # scales 0.5 and min(5, 2) = 2
@@ -191,7 +229,7 @@ class TestMechanics:
     def test_meta_scale_zero_is_a_no_op(self):
         env = make_env(4)
         actor = make_actor()
-        estimator = ReptileRegretEstimator(actor, env, meta_scale=0.0)
+        estimator = ReptileRegretEstimator(actor, env, meta=ReptileStep(scale=0.0))
         theta = TensorDict.from_module(actor).data.clone()
         estimator.meta_step(theta.expand(2).clone().apply(torch.randn_like), torch.ones(2))
         assert (TensorDict.from_module(actor).data == theta).all()
@@ -208,8 +246,8 @@ class TestBadInput:
             (dict(exploration=1.0), "exploration"),
             (dict(exploration=-0.1), "exploration"),
             (dict(gamma=0.0), "gamma"),
-            (dict(meta_scale=-0.2), "meta_scale"),
-            (dict(meta_cap=-1.0), "meta_cap"),
+            (dict(meta=0.2), "meta must be a ReptileStep"),
+            (dict(warm_start=1), "warm_start"),
             (dict(horizon=0), "horizon"),
             (dict(max_step_scale=0.0), "max_step_scale"),
             (dict(line_search_points=0), "line_search_points"),
@@ -222,30 +260,44 @@ class TestBadInput:
         with pytest.raises(ValueError, match=name):
             ReptileRegretEstimator(make_actor(), make_env(4), **kwargs)
 
+    @pytest.mark.parametrize(
+        "kwargs,name",
+        [(dict(scale=-0.2), "scale"), (dict(cap=float("nan")), "cap"), (dict(trust_region=0.0), "trust_region")],
+    )
+    def test_invalid_reptile_step(self, kwargs, name):
+        with pytest.raises(ValueError, match=name):
+            ReptileStep(**kwargs)
+
+    def test_meta_step_without_meta(self):
+        estimator = ReptileRegretEstimator(make_actor(), make_env(4))
+        theta = TensorDict.from_module(estimator.actor).data
+        with pytest.raises(RuntimeError, match="ReptileStep"):
+            estimator.meta_step(theta.expand(2).clone(), torch.ones(2))
+
     def test_batch_not_divisible_into_worlds(self):
         with pytest.raises(ValueError, match="batch_size"):
             ReptileRegretEstimator(make_actor(), SequentialBimatrixEnv(5))
 
     def test_meta_step_lagrange_size(self):
-        estimator = ReptileRegretEstimator(make_actor(), make_env(4))
+        estimator = ReptileRegretEstimator(make_actor(), make_env(4), meta=ReptileStep(0.2))
         theta = TensorDict.from_module(estimator.actor).data
         with pytest.raises(ValueError, match="lagrange"):
             estimator.meta_step(theta.expand(2).clone(), torch.ones(3))
 
 
 @pytest.mark.parametrize("masked", [False, True])
-def test_centred_logit_is_blind_to_a_state_baseline(masked):
+def test_categorical_score_is_blind_to_a_state_baseline(masked):
     """sum_a grad l(a | s) = 0 over the allowed actions: a baseline c(s) adds nothing."""
     logits = torch.randn(5, 4, requires_grad=True)
     mask = torch.tensor([True, False, True, True]).expand(5, 4)
     dist = MaskedCategorical(logits=logits, mask=mask) if masked else torch.distributions.Categorical(logits=logits)
     allowed = [0, 2, 3] if masked else [0, 1, 2, 3]
-    total = sum(_centred_logit(dist, torch.full((5,), a)) for a in allowed)
+    total = sum(_score(dist, torch.full((5,), a)) for a in allowed)
     torch.testing.assert_close(total, torch.zeros(5), atol=1e-5, rtol=0)
     (grad,) = torch.autograd.grad((torch.randn(5) * total).sum(), logits, retain_graph=True)
     torch.testing.assert_close(grad, torch.zeros_like(grad), atol=1e-5, rtol=0)
     # the actions themselves still get a gradient (unlike grad pi for a saturated policy)
-    (grad,) = torch.autograd.grad(_centred_logit(dist, torch.zeros(5, dtype=torch.long)).sum(), logits)
+    (grad,) = torch.autograd.grad(_score(dist, torch.zeros(5, dtype=torch.long)).sum(), logits)
     assert (grad[:, 0] > 0).all()
 
 

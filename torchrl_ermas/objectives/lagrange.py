@@ -10,52 +10,74 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..validation import check_bool, check_int, check_real
+from ..validation import check_bool, check_choice, check_int, check_real
 
+RULES = ("nupi", "gradient_ascent")
 
 class LagrangeMultiplier(nn.Module):
     """Per-agent Lagrange multipliers ``lambda_i`` in ``[0, max_value]``.
 
     ``lambda_i`` weighs agent ``i``'s own objective against the planner's in
     :class:`~torchrl_ermas.objectives.ErmasLoss`: large values make the agent
-    selfish, ``0`` makes it fully adversarial to the planner. The multipliers
-    follow projected dual ascent on the regret constraint, as the ERMAS
-    authors' code does::
+    selfish, ``0`` makes it fully adversarial to the planner. :meth:`update`
+    ascends them on the constraint violation ``e_i = regret_i - epsilon`` with
+    one of two rules:
 
-        lambda_i <- clip(lambda_i + lr * (regret_i - epsilon), 0, max_value)
+    - ``"nupi"`` (default): the nuPI controller (Sohrabi et al., ICML 2024) on
+      the violation normalised by its own running scale, so that one setting works
+      in any reward unit::
 
-    There are two equivalent ways to drive them:
+          s_t  = sqrt(EMA_beta(e^2))            (bias-corrected; beta = scale_decay)
+          u_t  = e_t / s_t
+          xi_t = nu * xi_{t-1} + (1 - nu) * u_t
+          lambda <- clip(lambda + lr * (u_t + kp * (xi_t - xi_{t-1})), 0, max_value)
 
-    - :meth:`update` applies the rule above in place;
-    - :meth:`forward` returns ``loss_lagrange``, whose gradient is
-      ``-(regret_i - epsilon)``, so one plain SGD step with learning rate
-      ``lr`` followed by :meth:`project_` reproduces :meth:`update`. Users
-      driving ``lambda`` with an optimizer must call ``lagrange.project_()``
-      after every ``optimizer.step()``.
+      The first update moves ``lambda`` by ``lr`` exactly; later steps shrink as
+      the violation falls below the size it had (the scale remembers about
+      ``1 / (1 - beta)`` updates), so the multipliers settle where
+      ``regret ~ epsilon`` instead of oscillating between ``0`` and their start.
+      The proportional term ``kp`` damps the lag of the agents behind ``lambda``.
+    - ``"gradient_ascent"``: the ERMAS authors' plain projected dual ascent
+      ``lambda <- clip(lambda + lr * e, 0, max_value)``, in reward units.
+
+    :meth:`forward` returns ``loss_lagrange = -(lambda * e).sum()`` for users who
+    drive ``lambda`` with an optimizer instead (its gradient is the raw violation,
+    so plain SGD with learning rate ``lr`` and :meth:`project_` after every
+    ``optimizer.step()`` reproduces ``"gradient_ascent"``).
 
     Freezing (:meth:`freeze`, used to warm the agents up before the
     multipliers move) makes :meth:`update` a no-op and gives ``loss_lagrange``
     a zero gradient. Only the gradient is zeroed: an optimizer with momentum
     or weight decay can still move a frozen ``lambda``, so pair the
     optimizer path with plain SGD or skip ``optimizer.step()`` while frozen.
-    The frozen flag is a buffer, so it travels with :meth:`state_dict`.
+    The frozen flag and the controller's state are buffers, so they travel with
+    :meth:`state_dict`.
 
     Args:
         n_agents (int): number of agents, ``>= 1``.
         init (float, optional): initial value of every ``lambda_i``, in
             ``[0, max_value]``. Defaults to ``8.0`` (the authors' ``lambda_0``
             for the bimatrix game).
-        lr (float, optional): dual step size ``alpha_lambda``, ``>= 0``.
-            Defaults to ``0.005``.
-        max_value (float, optional): upper projection bound, ``> 0``.
+        lr (float, optional): dual step size, ``>= 0``: in units of ``lambda`` for
+            ``"nupi"`` (the size of the first step), in ``lambda`` per unit of
+            reward for ``"gradient_ascent"``. Defaults to ``0.5``.
+        max_value (float, optional): upper projection bound, finite and ``> 0``.
             Defaults to ``100.0``.
         frozen (bool, optional): whether the multipliers start frozen.
             Defaults to ``False``.
+        rule (str, optional): ``"nupi"`` or ``"gradient_ascent"``.
+            Defaults to ``"nupi"``.
+        kp (float, optional): proportional gain of ``"nupi"``, ``>= 0``.
+            Defaults to ``1.0``.
+        nu (float, optional): EMA coefficient of the proportional term, in
+            ``[0, 1)``. Defaults to ``0.5``.
+        scale_decay (float, optional): EMA coefficient ``beta`` of the violation's
+            scale, in ``[0, 1)``. Defaults to ``0.95``.
 
     Examples:
         >>> import torch
         >>> from torchrl_ermas.objectives import LagrangeMultiplier
-        >>> lagrange = LagrangeMultiplier(n_agents=2, init=1.0, lr=0.5)
+        >>> lagrange = LagrangeMultiplier(n_agents=2, init=1.0, lr=0.5, rule="gradient_ascent")
         >>> lagrange.update(torch.tensor([3.0, -4.0]), epsilon=1.0)
         tensor([2., 0.])
         >>> lagrange.freeze()
@@ -68,31 +90,54 @@ class LagrangeMultiplier(nn.Module):
         >>> lagrange.project_()
         >>> lagrange.value
         tensor([3., 1.])
+
+        The default rule is scale-free: the same violations in other units move
+        ``lambda`` the same way.
+
+        >>> small, large = LagrangeMultiplier(1, init=4.0), LagrangeMultiplier(1, init=4.0)
+        >>> for regret in (0.0, 0.5, 1.5):
+        ...     _ = small.update(torch.tensor([regret]), epsilon=1.0)
+        ...     _ = large.update(torch.tensor([1000 * regret]), epsilon=1000.0)
+        >>> torch.allclose(small.value, large.value)
+        True
     """
 
     def __init__(
         self,
         n_agents: int,
         init: float = 8.0,
-        lr: float = 0.005,
+        lr: float = 0.5,
         max_value: float = 100.0,
         frozen: bool = False,
+        *,
+        rule: str = "nupi",
+        kp: float = 1.0,
+        nu: float = 0.5,
+        scale_decay: float = 0.95,
     ) -> None:
         check_int("n_agents", n_agents, 1)
         check_real("lr", lr, low=0)
         check_real("max_value", max_value, low=0, low_inclusive=False)
-        check_real("init", init)
+        check_real("init", init, low=0, high=max_value)
         check_bool("frozen", frozen)
-        if not 0 <= init <= max_value:
-            raise ValueError(
-                f"init must be in [0, max_value] = [0, {max_value}], got {init}."
-            )
+        check_choice("rule", rule, RULES)
+        check_real("kp", kp, low=0)
+        check_real("nu", nu, low=0, high=1, high_inclusive=False)
+        check_real("scale_decay", scale_decay, low=0, high=1, high_inclusive=False)
         super().__init__()
         self.n_agents = n_agents
         self.lr = float(lr)
         self.max_value = float(max_value)
+        self.rule = rule
+        self.kp = float(kp)
+        self.nu = float(nu)
+        self.scale_decay = float(scale_decay)
         self.multiplier = nn.Parameter(torch.full((self.n_agents,), float(init)))
         self.register_buffer("_frozen", torch.tensor(bool(frozen)))
+        # nuPI state: updates so far, EMA of e^2 (the scale), EMA of e / s (xi)
+        self.register_buffer("_updates", torch.zeros((), dtype=torch.long))
+        self.register_buffer("_square_ema", torch.zeros(self.n_agents))
+        self.register_buffer("_xi", torch.zeros(self.n_agents))
 
     @property
     def value(self) -> torch.Tensor:
@@ -112,10 +157,11 @@ class LagrangeMultiplier(nn.Module):
         """Lets the multipliers move again."""
         self._frozen.fill_(False)
 
+    @torch.no_grad()
     def update(
         self, regret: torch.Tensor, epsilon: float | torch.Tensor
     ) -> torch.Tensor:
-        """Projected dual ascent step, in place; a no-op while frozen.
+        """One step of the update rule, in place; a no-op while frozen.
 
         Args:
             regret (torch.Tensor): per-agent regret estimate, shape
@@ -127,11 +173,25 @@ class LagrangeMultiplier(nn.Module):
             The new multipliers (detached copy), shape ``[n_agents]``.
         """
         violation = self._violation(regret, epsilon)
-        if not self.frozen:
-            with torch.no_grad():
-                self.multiplier.add_(self.lr * violation)
-                self.project_()
+        if self.frozen:
+            return self.value
+        if self.rule == "gradient_ascent":
+            self.multiplier.add_(self.lr * violation)
+        else:
+            self.multiplier.add_(self.lr * self._nupi_step(violation))
+        self.project_()
         return self.value
+
+    def _nupi_step(self, violation: torch.Tensor) -> torch.Tensor:
+        """``u_t + kp * (xi_t - xi_{t-1})`` on the normalised violation; advances the state."""
+        self._updates += 1
+        decay = self.scale_decay
+        self._square_ema.mul_(decay).add_((1 - decay) * violation.square())
+        scale = (self._square_ema / (1 - decay ** self._updates.item())).sqrt()
+        normalised = torch.where(scale > 0, violation / scale, torch.zeros_like(scale))
+        previous = self._xi.clone()
+        self._xi.mul_(self.nu).add_((1 - self.nu) * normalised)
+        return normalised + self.kp * (self._xi - previous)
 
     def project_(self) -> None:
         """Clamps the multipliers into ``[0, max_value]``, in place."""
@@ -188,4 +248,7 @@ class LagrangeMultiplier(nn.Module):
         return (regret.reshape(n_agents) - epsilon).detach()
 
     def extra_repr(self) -> str:
-        return f"n_agents={self.n_agents}, lr={self.lr}, max_value={self.max_value}"
+        return (
+            f"n_agents={self.n_agents}, rule={self.rule!r}, lr={self.lr}, "
+            f"max_value={self.max_value}"
+        )

@@ -16,6 +16,7 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from ..objectives.lagrange import RULES as LAMBDA_RULES
 from ..validation import check_choice, check_int, check_number, check_real, check_seed
 
 VARIANTS = ("ermas", "fixed_lambda", "marl")
@@ -93,8 +94,12 @@ class ErmasConfig:
 
     epsilon: float = 0.0
     lambda_init: float = 8.0
-    lambda_lr: float = 0.005
+    lambda_lr: float = 0.5
     lambda_max: float = 100.0
+    lambda_rule: str = "nupi"
+    lambda_kp: float = 1.0
+    lambda_nu: float = 0.5
+    lambda_scale_decay: float = 0.95
     warmup_iters: int = 10
     regret_interval: int = 5
     regret_envs: int = 32
@@ -103,6 +108,7 @@ class ErmasConfig:
     regret_baseline: str = "critic"
     trust_region: float = 3.0
     deviation_steps: int = 3
+    warm_start: bool = True
     exploration: float = 0.2
     meta_scale: float = 0.0
     meta_trust_region: float = 0.002
@@ -300,6 +306,10 @@ def validate(cfg: TrainConfig | DictConfig | dict) -> None:
     check_real("ermas.epsilon", e.epsilon)
     check_number("ermas.lambda_lr", e.lambda_lr, strict=False)
     check_number("ermas.lambda_max", e.lambda_max)
+    check_choice("ermas.lambda_rule", e.lambda_rule, LAMBDA_RULES)
+    check_real("ermas.lambda_kp", e.lambda_kp, low=0)
+    for name in ("lambda_nu", "lambda_scale_decay"):
+        check_real(f"ermas.{name}", getattr(e, name), low=0, high=1, high_inclusive=False)
     if not 0 <= e.lambda_init <= e.lambda_max:
         raise ValueError(
             f"ermas.lambda_init must be in [0, ermas.lambda_max={e.lambda_max}], "

@@ -24,7 +24,7 @@ from torchrl.record.loggers import get_logger
 from tqdm.auto import tqdm
 
 from torchrl_ermas.objectives import ErmasLoss, LagrangeMultiplier
-from torchrl_ermas.regret import ReptileRegretEstimator, seed_env
+from torchrl_ermas.regret import ReptileRegretEstimator, ReptileStep, seed_env
 from torchrl_ermas.transforms import (
     ConcavePlannerReward,
     DomainRandomizedReward,
@@ -233,7 +233,9 @@ class ErmasTrainer:
         else:
             self.lagrange = LagrangeMultiplier(
                 self.n_agents, init=cfg.ermas.lambda_init, lr=cfg.ermas.lambda_lr,
-                max_value=cfg.ermas.lambda_max,
+                max_value=cfg.ermas.lambda_max, rule=cfg.ermas.lambda_rule,
+                kp=cfg.ermas.lambda_kp, nu=cfg.ermas.lambda_nu,
+                scale_decay=cfg.ermas.lambda_scale_decay,
                 frozen=cfg.variant == "fixed_lambda" or cfg.ermas.warmup_iters > 0,
             ).to(self.device)
             loss = self._ppo_loss(
@@ -303,10 +305,9 @@ class ErmasTrainer:
             horizon=e.regret_horizon if e.regret_horizon is not None else self.horizon,
             trust_region=e.trust_region,
             num_steps=e.deviation_steps,
+            warm_start=e.warm_start,
             exploration=e.exploration,
-            meta_scale=e.meta_scale,
-            meta_trust_region=e.meta_trust_region,
-            meta_cap=e.meta_cap,
+            meta=ReptileStep(e.meta_scale, e.meta_cap, e.meta_trust_region),
             seed=self.cfg.seed,
         )
 
@@ -323,7 +324,7 @@ class ErmasTrainer:
             # parameters and optimizer states are live references: copy them; the history
             # is only appended to once the iteration succeeds, so it needs no copy
             good_state = self.state(iteration)
-            for key in ("modules", "optimizers", "planner_policy"):
+            for key in ("modules", "optimizers", "planner_policy", "estimator"):
                 good_state[key] = copy.deepcopy(good_state[key])
             try:
                 row = self._iteration(iteration)
@@ -466,7 +467,7 @@ class ErmasTrainer:
             if not torch.isfinite(result[name]).all():
                 raise NonFiniteError(f"non-finite {name} estimate {result[name].tolist()}")
         self.lagrange.update(regret, e.epsilon)
-        if e.meta_scale > 0:
+        if self.estimator.meta.enabled:
             self.estimator.meta_step(result["meta_params"], self.lagrange.value)
             self._check_finite_params("agents")
         return {
@@ -486,6 +487,7 @@ class ErmasTrainer:
             "planner_policy": (
                 self.planner_policy.state_dict() if self.planner_policy is not None else None
             ),
+            "estimator": self.estimator.state_dict() if self.estimator is not None else {},
             "config": self._config_json,
         }
 
@@ -495,6 +497,8 @@ class ErmasTrainer:
         self.modules.load_state_dict(state["modules"])
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
+        if self.estimator is not None:
+            self.estimator.load_state_dict(state["estimator"])
         self.history = state["history"]
         self.start_iteration = state["iteration"]
 

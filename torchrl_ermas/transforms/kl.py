@@ -1,4 +1,4 @@
-"""Per-agent KL divergence of a live policy to a frozen reference snapshot of itself."""
+"""Per-agent KL divergence of a frozen reference snapshot of a policy to the live policy."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -16,23 +16,25 @@ from torchrl_ermas.validation import check_int
 __all__ = ["KLToReference"]
 
 
-def _kl(current: Distribution, reference: Distribution, num_samples: int) -> torch.Tensor:
-    """``KL(current || reference)``: analytic where registered, Monte-Carlo otherwise."""
+def _kl(p: Distribution, q: Distribution, num_samples: int) -> torch.Tensor:
+    """``KL(p || q)``: analytic where registered, Monte-Carlo over draws from ``p`` otherwise."""
     try:
-        return kl_divergence(current, reference)
+        return kl_divergence(p, q)
     except NotImplementedError:
-        sample = current.sample((num_samples,))
-        return (current.log_prob(sample) - reference.log_prob(sample)).mean(0)
+        sample = p.sample((num_samples,))
+        return (p.log_prob(sample) - q.log_prob(sample)).mean(0)
 
 
 class KLToReference(Transform):
-    """Writes the per-agent ``KL(pi || pi_ref)`` of a policy to a frozen copy of its parameters.
+    """Writes the per-agent ``KL(pi_ref || pi)`` of a policy from a frozen copy of its parameters.
 
     ``pi`` is the live ``policy`` (its current parameters, read at every call) and ``pi_ref``
     the same architecture with the reference parameters, a frozen copy taken at construction
     (or given as ``reference_params``) and refreshed by :meth:`update_reference`. This is the
-    data side of the ERMAS trust region: a unilateral deviation of the agent policy is kept
-    within ``KL <= eta`` of the policy it started from.
+    ERMAS trust region (Eq. 12: ``KL(pi || pi') <= eta`` for a unilateral deviation ``pi'`` of
+    the agents' policy ``pi``), with ``pi_ref`` the policy the deviation started from and the
+    live policy the deviation. :class:`~torchrl_ermas.regret.ReptileRegretEstimator` bounds its
+    deviations with this transform (through :meth:`reference_dist` and :meth:`divergence`).
 
     - Online (inside a :class:`~torchrl.envs.TransformedEnv`), each step computes the KL at the
       observation the policy acted on (the root data at time ``t``, which must hold the
@@ -42,8 +44,8 @@ class KLToReference(Transform):
       under ``"next"`` when the data has a ``"next"`` entry, at the root otherwise.
 
     The KL is analytic (:func:`torch.distributions.kl_divergence`) where a rule is registered
-    for the pair of distributions, and a Monte-Carlo estimate ``mean(log pi(x) - log
-    pi_ref(x))`` over ``num_samples`` draws ``x ~ pi`` (from torch's global generator)
+    for the pair of distributions, and a Monte-Carlo estimate ``mean(log pi_ref(x) - log
+    pi(x))`` over ``num_samples`` draws ``x ~ pi_ref`` (from torch's global generator)
     otherwise. It is computed without gradients. Its shape is the distribution's batch shape
     (``[*B, N]`` for per-agent categorical policies) plus a trailing ``1``.
 
@@ -159,14 +161,25 @@ class KLToReference(Transform):
             )
         return params
 
-    def kl(self, tensordict: TensorDictBase) -> torch.Tensor:
-        """``KL(pi || pi_ref)`` at the root entries of ``tensordict``, trailing dim 1 added."""
+    def reference_dist(self, tensordict: TensorDictBase) -> Distribution:
+        """The reference policy's distribution at the root entries of ``tensordict``."""
         policy = self.policy
+        with torch.no_grad(), self._reference.to_module(policy):
+            return policy.get_dist(tensordict.select(*self.in_keys))
+
+    def divergence(self, reference: Distribution, policy: Distribution) -> torch.Tensor:
+        """``KL(reference || policy)`` of two distributions (no trailing dim added).
+
+        ``policy`` may carry leading batch dims that ``reference`` broadcasts over, e.g.
+        candidate deviations ``[C, *B, N]`` against the reference ``[*B, N]``.
+        """
+        return _kl(reference, policy, self.num_samples)
+
+    def kl(self, tensordict: TensorDictBase) -> torch.Tensor:
+        """``KL(pi_ref || pi)`` at the root entries of ``tensordict``, trailing dim 1 added."""
         with torch.no_grad():
-            current = policy.get_dist(tensordict.select(*self.in_keys))
-            with self._reference.to_module(policy):
-                reference = policy.get_dist(tensordict.select(*self.in_keys))
-            return _kl(current, reference, self.num_samples).unsqueeze(-1)
+            live = self.policy.get_dist(tensordict.select(*self.in_keys))
+            return self.divergence(self.reference_dist(tensordict), live).unsqueeze(-1)
 
     def _step(
         self, tensordict: TensorDictBase, next_tensordict: TensorDictBase

@@ -1,0 +1,243 @@
+"""The trust-region deviation step of ERMAS (Eqs. 11-12): a KL-sized policy-gradient step."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tensordict import TensorDictBase
+
+from ..transforms.kl import KLToReference
+from ..validation import check_int, check_number
+from .deviation import DeviationDistributions, world_mask
+
+
+def world_norm(params: TensorDictBase) -> torch.Tensor:
+    """Euclidean norm of each world's parameters, ``[W]``."""
+    squares = [x.flatten(1).square().sum(-1) for x in params.values(True, True)]
+    return torch.stack(squares).sum(0).sqrt()
+
+
+def scale_worlds(params: TensorDictBase, factor: torch.Tensor) -> TensorDictBase:
+    """Multiplies each world's parameters by ``factor[w]``."""
+    return params.apply(lambda x: x * factor.view(-1, *(1,) * (x.dim() - 1)))
+
+
+def select_worlds(mask: torch.Tensor, a: TensorDictBase, b: TensorDictBase) -> TensorDictBase:
+    """Per world ``w``: ``a[w]`` where ``mask[w]`` else ``b[w]``."""
+    return a.apply(lambda x, y: torch.where(mask.view(-1, *(1,) * (x.dim() - 1)), x, y), b)
+
+
+def own(x: torch.Tensor, world_dim: int = 0) -> torch.Tensor:
+    """Selects agent ``i`` in world ``i`` (the agent dim is last and is removed)."""
+    n_agents = x.shape[-1]
+    shape = [1] * x.dim()
+    shape[world_dim] = shape[-1] = n_agents
+    return (x * world_mask(n_agents, x.device).view(shape)).sum(-1)
+
+
+def _score(dist: torch.distributions.Distribution, action: torch.Tensor) -> torch.Tensor:
+    """The per-action score whose gradient gives the deviation direction.
+
+    For a categorical policy: ``log pi(a | s)`` minus its mean over the allowed actions
+    (the centred logit). ``sum_t (A_t / behaviour_t) grad l'(a_t)`` then has expectation
+    ``sum_a A(s, a) grad l'(a | s)``: every action weighted by its advantage alone, not by
+    its probability, so a saturated policy still gets a direction towards the actions it
+    no longer takes, and the direction is blind to any baseline error ``c(s)`` (the
+    centred logits sum to zero). Other distributions use ``log pi(a | s)``.
+    """
+    log_prob = dist.log_prob(action)
+    logits = getattr(dist, "logits", None)
+    if not isinstance(dist, torch.distributions.Categorical) or logits is None:
+        return log_prob
+    support = getattr(dist, "mask", None)
+    if support is None:
+        mean = logits.mean(-1)
+    else:
+        support = support.expand_as(logits)
+        mean = torch.where(support, logits, 0.0).sum(-1) / support.sum(-1)
+    return logits.gather(-1, action.unsqueeze(-1).long()).squeeze(-1) - mean
+
+
+@dataclass
+class DeviationBatch:
+    """The data of one deviation step, per world ``[W, S, ...]``.
+
+    Attributes:
+        observation: the root entries the policy reads.
+        action: the actions taken.
+        behaviour_log_prob: the deviating agent's log-probability under the behaviour policy.
+        advantage: the deviating agent's advantage, normalised per world.
+    """
+
+    observation: TensorDictBase
+    action: torch.Tensor
+    behaviour_log_prob: torch.Tensor
+    advantage: torch.Tensor
+
+    def subset(self, size: int) -> DeviationBatch:
+        """A random subset of ``size`` transitions per world (the same ones in every world)."""
+        index = torch.randperm(self.advantage.shape[1], device=self.advantage.device)[:size]
+        return DeviationBatch(
+            self.observation[:, index], self.action[:, index],
+            self.behaviour_log_prob[:, index], self.advantage[:, index],
+        )
+
+
+class TrustRegionStep:
+    """One KL-sized step of the per-world deviations ``theta_i'`` (ERMAS Eqs. 11-12).
+
+    Eq. 11 improves agent ``i``'s deviation on its own reward; Eq. 12 keeps it within
+    ``KL(pi_i || pi_i') <= budget`` of the current policy ``pi`` (the mean over the visited
+    states), measured by :class:`~torchrl_ermas.transforms.KLToReference` with the current
+    parameters as its reference. The step is sized in KL, not in parameter space:
+
+    1. the direction is the importance-weighted policy gradient of the deviating agent's
+       score (the centred logit for categorical policies, see :func:`_score`);
+    2. a line search tries lengths halving from ``max_step_scale`` (relative to the norm
+       of the parameters, at least 1: saturated policies with large weights get
+       proportionally longer steps) and keeps the best importance-weighted surrogate among
+       the candidates within the budget (the zero step is always allowed);
+    3. ``bisection_steps`` refine the longest feasible length between the grid points
+       around the budget's boundary (the KL of a saturated policy can jump by orders of
+       magnitude between two grid points).
+
+    The line search evaluates the surrogate and the KL on ``line_search_samples``
+    transitions per world.
+
+    Args:
+        dists (DeviationDistributions): the agents' distributions in the deviation worlds.
+        kl (KLToReference): the trust region's KL; its reference is the current policy.
+
+    Keyword Args:
+        max_step_scale (float): longest step tried, relative to the parameters' norm.
+            Defaults to ``2.0``.
+        line_search_points (int): step lengths tried. Defaults to ``12``.
+        bisection_steps (int): bisection refinements. Defaults to ``6``.
+        line_search_samples (int): transitions per world of the line search.
+            Defaults to ``1024``.
+    """
+
+    def __init__(
+        self,
+        dists: DeviationDistributions,
+        kl: KLToReference,
+        *,
+        max_step_scale: float = 2.0,
+        line_search_points: int = 12,
+        bisection_steps: int = 6,
+        line_search_samples: int = 1024,
+    ) -> None:
+        check_number("max_step_scale", max_step_scale)
+        check_int("line_search_points", line_search_points, 1)
+        check_int("bisection_steps", bisection_steps, 0)
+        check_int("line_search_samples", line_search_samples, 1)
+        self.dists = dists
+        self.kl = kl
+        self.step_scales = max_step_scale * 0.5 ** torch.arange(line_search_points)
+        self.bisection_steps = bisection_steps
+        self.line_search_samples = line_search_samples
+
+    @property
+    def actor(self):
+        return self.dists.actor
+
+    def direction(self, deviation: TensorDictBase, batch: DeviationBatch) -> TensorDictBase:
+        """The unit-norm (per world) ascent direction of Eq. 11 at ``deviation``."""
+        leaves = deviation.clone().requires_grad_()
+        dist = self.actor.build_dist_from_params(self.dists.deviating(leaves, batch.observation))
+        score = own(_score(dist, batch.action.expand(*dist.batch_shape, *dist.event_shape)))
+        weight = batch.advantage / batch.behaviour_log_prob.exp()
+        objective = (weight * score).mean(-1).sum()
+        grads = torch.autograd.grad(objective, list(leaves.values(True, True)))
+        grad = deviation.empty().update(dict(zip(deviation.keys(True, True), grads)))
+        return scale_worlds(grad, 1.0 / world_norm(grad).clamp_min(1e-12))
+
+    def __call__(
+        self,
+        deviation: TensorDictBase,
+        batch: DeviationBatch,
+        budget: float,
+        subset: DeviationBatch | None = None,
+    ) -> tuple[TensorDictBase, torch.Tensor]:
+        """The step from ``deviation`` within ``budget``: new parameters and their KL ``[W]``.
+
+        The direction uses all of ``batch``, the line search ``subset`` (default: a random
+        subset of ``line_search_samples`` transitions of ``batch``, see :meth:`subset`).
+        """
+        direction = self.direction(deviation, batch)
+        unit = world_norm(deviation).clamp_min(1.0)
+        grid = torch.cat([torch.zeros(1), self.step_scales.flip(0)]).to(unit.device)
+        subset = self.subset(batch) if subset is None else subset
+        return self.line_search(deviation, scale_worlds(direction, unit), grid, subset, budget)
+
+    def subset(self, batch: DeviationBatch) -> DeviationBatch:
+        """The line search's random subset of ``batch`` (``line_search_samples`` per world)."""
+        return batch.subset(self.line_search_samples)
+
+    def pull_within(
+        self,
+        deviation: TensorDictBase,
+        current: TensorDictBase,
+        subset: DeviationBatch,
+        budget: float,
+    ) -> tuple[TensorDictBase, torch.Tensor]:
+        """Moves a warm start towards the current policy until it is within ``budget``.
+
+        The candidates are ``current + t * (deviation - current)`` for ``t`` in ``[0, 1]``;
+        the best surrogate on ``subset`` among the feasible ones is kept (``t = 1`` where
+        the warm start is already within the budget).
+        """
+        grid = torch.cat([torch.zeros(1), 0.5 ** torch.arange(len(self.step_scales)).flip(0)])
+        return self.line_search(
+            current, deviation - current, grid.to(subset.advantage.device), subset, budget
+        )
+
+    @torch.no_grad()
+    def line_search(
+        self,
+        origin: TensorDictBase,
+        direction: TensorDictBase,
+        grid: torch.Tensor,
+        batch: DeviationBatch,
+        budget: float,
+    ) -> tuple[TensorDictBase, torch.Tensor]:
+        """Best surrogate on ``batch`` among ``origin + l * direction`` for ``l`` in ``grid``
+        (increasing, ``grid[0] = 0``) within ``budget``, refined by bisection at the
+        budget's boundary."""
+        reference = self.kl.reference_dist(batch.observation)
+        n_worlds = batch.advantage.shape[0]
+        worlds = torch.arange(n_worlds, device=batch.advantage.device)
+
+        def evaluate(lengths: torch.Tensor) -> tuple:
+            """Candidates ``origin + lengths[c, w] * direction``: surrogate and KL ``[C, W]``."""
+            candidates = torch.stack([origin + scale_worlds(direction, length) for length in lengths])
+            dist = self.actor.build_dist_from_params(
+                self.dists.candidates(candidates, batch.observation)
+            )
+            action = batch.action.expand(*dist.batch_shape, *dist.event_shape)
+            log_prob = own(dist.log_prob(action), 1)  # [C, W, S]
+            surrogate = ((log_prob - batch.behaviour_log_prob).exp() * batch.advantage).mean(-1)
+            kl = own(self.kl.divergence(reference, dist), 1).mean(-1)
+            return candidates, surrogate, kl
+
+        grid = grid[:, None].expand(-1, n_worlds)  # [C, W]
+        candidates, surrogate, kl = evaluate(grid)
+        feasible = kl <= budget  # false for NaN
+        feasible[0] = True
+        best = torch.where(feasible, surrogate, -torch.inf).argmax(0)
+        chosen, chosen_kl = candidates[best, worlds], kl[best, worlds]
+        chosen_score = surrogate[best, worlds]
+        # end of the feasible prefix of the grid: bisect between it and the next length
+        last_feasible = feasible.long().cumprod(0).sum(0) - 1
+        low = grid[last_feasible, worlds]
+        high = grid[(last_feasible + 1).clamp_max(grid.shape[0] - 1), worlds]
+        for _ in range(self.bisection_steps):
+            mid = (low + high) / 2
+            candidate, score, mid_kl = evaluate(mid[None])
+            ok = mid_kl[0] <= budget
+            better = ok & (score[0] > chosen_score)
+            chosen = select_worlds(better, candidate[0], chosen)
+            chosen_kl = torch.where(better, mid_kl[0], chosen_kl)
+            chosen_score = torch.where(better, score[0], chosen_score)
+            low, high = torch.where(ok, mid, low), torch.where(ok, high, mid)
+        return chosen, chosen_kl
