@@ -74,7 +74,9 @@ class AdversarialSearchConfig:
     """
 
     train: TrainConfig = field(default_factory=TrainConfig)
-    epsilons: list[float] = field(default_factory=lambda: [-10.0, 0.0, 5.0, 10.0, 20.0])
+    epsilons: list[float] = field(
+        default_factory=lambda: [-10.0, 0.0, 3.0, 6.0, 9.0, 12.0, 15.0, 18.0, 21.0, 25.0]
+    )
     fixed_lambdas: list[float] = field(default_factory=lambda: [0.0, 1.0, 10.0])
     marl: bool = True
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
@@ -111,13 +113,22 @@ def validate(cfg: AdversarialSearchConfig, overrides: list[str] | tuple[str, ...
 
 
 def exact_regret_hook(trainer) -> dict[str, Any]:
-    """Exact values of the final agent policies in the training game (by DP)."""
+    """Exact values of the final agent policies in the training game (by DP), the
+    calibration of the final regret estimates (estimated / exact, agents with exact > 1)
+    and how much lambda moved over the last 20 % of the iterations (relative change)."""
     env = trainer.env.base_env
     values = exact_values(env, policy_table(trainer.agent_policy, env))
-    return {
-        "exact_regret": (values[:, 1] - values[:, 0]).tolist(),
-        "exact_agent_reward": values[:, 0].tolist(),
-    }
+    exact = values[:, 1] - values[:, 0]
+    out = {"exact_regret": exact.tolist(), "exact_agent_reward": values[:, 0].tolist()}
+    final = trainer.final_metrics()
+    if final["regret"] is not None:
+        ratios = [e / x for e, x in zip(final["regret"], exact.tolist()) if x > 1]
+        out["calibration"] = min(ratios) if ratios else None
+        lambdas = torch.tensor(trainer.history["lambda"])
+        start, end = lambdas[int(0.8 * len(lambdas))], lambdas[-1]
+        change = ((end - start).abs() / end.clamp_min(1e-12)).where(end > 0, 0.0)
+        out["lambda_change"] = change.max().item()
+    return out
 
 
 def frontier_rows(cfg: AdversarialSearchConfig) -> list[dict[str, Any]]:
@@ -162,6 +173,11 @@ def summarize(results: dict[tuple, dict]) -> list[dict[str, Any]]:
                 continue
             per_agent = [max(f[name]) for f in finals]  # the agent with the largest value
             row[f"max_{name}"], row[f"max_{name}_sem"] = mean_sem(per_agent)
+        calibrations = [f["calibration"] for f in finals if f.get("calibration") is not None]
+        if calibrations:  # the worst run (least estimated / exact among agents with exact > 1)
+            row["min_calibration"] = min(calibrations)
+        if finals[0].get("lambda_change") is not None:
+            row["max_lambda_change"] = max(f["lambda_change"] for f in finals)
         rows.append(row)
     return rows
 
@@ -213,15 +229,17 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     print(f"{'method':>13} {'value':>6} {'planner':>14} {'agents':>14} {'exact regret':>14} "
-          f"{'est. regret':>12} {'lambda':>8}")
+          f"{'est. regret':>12} {'calib.':>7} {'lambda':>8} {'d lambda':>9}")
     for r in rows:
         value = "-" if r["value"] is None else f"{r['value']:g}"
         exact = f"{r['max_exact_regret']:.1f} ± {r['max_exact_regret_sem']:.1f}"
         est = f"{r['max_regret']:.1f}" if "max_regret" in r else "-"
+        calibration = f"{r['min_calibration']:.2f}" if "min_calibration" in r else "-"
         lam = f"{r['max_lambda']:.2f}" if "max_lambda" in r else "-"
+        change = f"{r['max_lambda_change']:.0%}" if "max_lambda_change" in r else "-"
         print(f"{r['method']:>13} {value:>6} {r['planner_reward']:>7.1f} ± {r['planner_reward_sem']:<4.1f} "
               f"{r['combined_agent_reward']:>7.1f} ± {r['combined_agent_reward_sem']:<4.1f} "
-              f"{exact:>14} {est:>12} {lam:>8}")
+              f"{exact:>14} {est:>12} {calibration:>7} {lam:>8} {change:>9}")
 
 
 def print_frontier(rows: list[dict[str, Any]]) -> None:

@@ -26,7 +26,7 @@ class TestLagrangeMultiplier:
     def test_defaults(self):
         lagrange = LagrangeMultiplier(3)
         torch.testing.assert_close(lagrange.value, torch.full((3,), 8.0))
-        assert lagrange.lr == 0.5
+        assert lagrange.lr == 0.3
         assert lagrange.rule == "nupi"
         assert lagrange.max_value == 100.0
         assert not lagrange.frozen

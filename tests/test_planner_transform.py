@@ -17,8 +17,10 @@ from torchrl.data.replay_buffers import SamplerWithoutReplacement
 from torchrl.envs import Compose, TransformedEnv
 from torchrl.envs.libs.vmas import VmasEnv
 from torchrl.envs.utils import check_env_specs
+from torchrl.modules import TanhNormal
 
 import torchrl_ermas.transforms.planner as planner_module
+from torchrl_ermas.training import ErmasTrainer
 from torchrl_ermas.transforms import TimeLimitAsTruncated
 from torchrl_ermas.transforms.planner import PlannerFromAgents
 
@@ -260,6 +262,42 @@ def test_callable_with_wrong_output_raises():
 def test_docstring_example():
     result = doctest.testmod(planner_module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+# ------------------------------------------------------------------------ continuous actions
+@pytest.mark.slow
+@pytest.mark.parametrize("epsilon, rises", [(-100.0, True), (100.0, False)])
+def test_ermas_trains_with_continuous_vmas_actions(tmp_path, epsilon, rises):
+    """VMAS's default continuous actions: a TanhNormal policy, finite regret estimates,
+    their KL within the trust region, and lambda moving towards the constraint."""
+
+    def make_env(batch_size: int, device: torch.device):
+        base = VmasEnv(
+            "navigation", num_envs=batch_size, n_agents=2, max_steps=20,
+            continuous_actions=True, shared_rew=False, device=device,
+        )
+        return TransformedEnv(
+            base, Compose(TimeLimitAsTruncated(base.max_steps), PlannerFromAgents("speed", features=VELOCITY))
+        )
+
+    cfg = {
+        "variant": "ermas", "iterations": 4, "num_envs": 8, "output_dir": str(tmp_path),
+        "logger": {"backend": ""}, "agents": {"epochs": 1, "minibatches": 1, "hidden": 32},
+        "ermas": {
+            "epsilon": epsilon, "lambda_init": 2.0, "warmup_iters": 1, "regret_interval": 1,
+            "regret_envs": 16, "deviation_steps": 1, "trust_region": 0.3,
+        },
+    }
+    trainer = ErmasTrainer(cfg, env_fn=make_env)
+    assert isinstance(trainer.agent_policy.get_dist(trainer.env.reset()), TanhNormal)
+    results = trainer.train()
+    regrets = [r for r in results["history"]["regret"] if r is not None]
+    kls = [k for k in results["history"]["kl"] if k is not None]
+    assert len(regrets) == 3 and torch.isfinite(torch.tensor(regrets)).all()
+    assert (torch.tensor(kls) <= 0.3 * 1.05).all()  # sampled KL (TanhNormal has no rule)
+    lambdas = torch.tensor(results["history"]["lambda"])
+    moved = lambdas[-1] - lambdas[0]
+    assert ((moved > 0) if rises else (moved < 0)).all(), lambdas
 
 
 # ------------------------------------------------------------------------ the example

@@ -25,18 +25,22 @@ class LagrangeMultiplier(nn.Module):
 
     - ``"nupi"`` (default): the nuPI controller (Sohrabi et al., ICML 2024) on
       the violation normalised by its own running scale, so that one setting works
-      in any reward unit::
+      in any reward unit, acting on the planner's weight ``w = 1 / (1 + lambda)``
+      in the loss (``w = 1``: fully adversarial, ``w -> 0``: selfish)::
 
           s_t  = sqrt(EMA_beta(e^2))            (bias-corrected; beta = scale_decay)
           u_t  = e_t / s_t
           xi_t = nu * xi_{t-1} + (1 - nu) * u_t
-          lambda <- clip(lambda + lr * (u_t + kp * (xi_t - xi_{t-1})), 0, max_value)
+          w    <- clip(w - lr * (u_t + kp * (xi_t - xi_{t-1})), 1 / (1 + max_value), 1)
 
-      The first update moves ``lambda`` by ``lr`` exactly; later steps shrink as
-      the violation falls below the size it had (the scale remembers about
-      ``1 / (1 - beta)`` updates), so the multipliers settle where
+      The first update moves ``w`` by ``lr * (1 + kp * (1 - nu))``; later steps
+      shrink as the violation falls below the size it had (the scale remembers
+      about ``1 / (1 - beta)`` updates), so the multipliers settle where
       ``regret ~ epsilon`` instead of oscillating between ``0`` and their start.
-      The proportional term ``kp`` damps the lag of the agents behind ``lambda``.
+      Bounded steps of ``w`` keep the multiplier from running away while the
+      agents lag behind it (a step of ``lambda`` itself matters less the larger
+      ``lambda`` is), and ``lambda = 0`` is reached exactly. The proportional term
+      ``kp`` damps that lag.
     - ``"gradient_ascent"``: the ERMAS authors' plain projected dual ascent
       ``lambda <- clip(lambda + lr * e, 0, max_value)``, in reward units.
 
@@ -58,9 +62,9 @@ class LagrangeMultiplier(nn.Module):
         init (float, optional): initial value of every ``lambda_i``, in
             ``[0, max_value]``. Defaults to ``8.0`` (the authors' ``lambda_0``
             for the bimatrix game).
-        lr (float, optional): dual step size, ``>= 0``: in units of ``lambda`` for
-            ``"nupi"`` (the size of the first step), in ``lambda`` per unit of
-            reward for ``"gradient_ascent"``. Defaults to ``0.5``.
+        lr (float, optional): dual step size, ``>= 0``: of the planner's weight
+            ``1 / (1 + lambda)`` for ``"nupi"``, in ``lambda`` per unit of reward for
+            ``"gradient_ascent"``. Defaults to ``0.02``.
         max_value (float, optional): upper projection bound, finite and ``> 0``.
             Defaults to ``100.0``.
         frozen (bool, optional): whether the multipliers start frozen.
@@ -72,7 +76,7 @@ class LagrangeMultiplier(nn.Module):
         nu (float, optional): EMA coefficient of the proportional term, in
             ``[0, 1)``. Defaults to ``0.5``.
         scale_decay (float, optional): EMA coefficient ``beta`` of the violation's
-            scale, in ``[0, 1)``. Defaults to ``0.95``.
+            scale, in ``[0, 1)``. Defaults to ``0.99``.
 
     Examples:
         >>> import torch
@@ -106,14 +110,14 @@ class LagrangeMultiplier(nn.Module):
         self,
         n_agents: int,
         init: float = 8.0,
-        lr: float = 0.5,
+        lr: float = 0.02,
         max_value: float = 100.0,
         frozen: bool = False,
         *,
         rule: str = "nupi",
         kp: float = 1.0,
         nu: float = 0.5,
-        scale_decay: float = 0.95,
+        scale_decay: float = 0.99,
     ) -> None:
         check_int("n_agents", n_agents, 1)
         check_real("lr", lr, low=0)
@@ -178,7 +182,11 @@ class LagrangeMultiplier(nn.Module):
         if self.rule == "gradient_ascent":
             self.multiplier.add_(self.lr * violation)
         else:
-            self.multiplier.add_(self.lr * self._nupi_step(violation))
+            # the planner's weight w = 1 / (1 + lambda) moves by -lr * step, within
+            # [1 / (1 + max_value), 1]
+            weight = (1 + self.multiplier).reciprocal() - self.lr * self._nupi_step(violation)
+            weight = weight.clamp(1 / (1 + self.max_value), 1.0)
+            self.multiplier.copy_(weight.reciprocal() - 1)
         self.project_()
         return self.value
 

@@ -7,6 +7,8 @@ All worlds run in one batched call (the deviation parameters are ``vmap``-ed).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from tensordict import TensorDictBase
 from tensordict.nn import ProbabilisticTensorDictSequential, TensorDictModuleBase
@@ -24,13 +26,36 @@ def broadcast_world_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor
     return mask.view(n_worlds, *(1,) * (like.dim() - 3), n_agents, 1)
 
 
-def _uniform_over_support(dist: torch.distributions.Categorical) -> torch.Tensor:
-    """Uniform probabilities over the actions ``dist`` allows (its ``mask``, if masked)."""
-    support = getattr(dist, "mask", None)
-    if support is None:
-        return torch.full_like(dist.probs, 1.0 / dist.probs.shape[-1])
-    support = support.to(dist.probs.dtype).expand_as(dist.probs)
-    return support / support.sum(-1, keepdim=True)
+#: how the deviating agent's exploration distribution is made from the policy's parameters
+_EXPLORATION_PARAMS = {
+    "logits": lambda x: torch.zeros_like(x),  # uniform over the allowed actions
+    "scale": lambda x: 2.0 * x,  # the same distribution, twice as wide
+}
+
+
+def exploration_params(dist_params: TensorDictBase) -> TensorDictBase:
+    """The parameters of the exploration distribution: uniform logits, or twice the scale.
+
+    The exploration distribution is the policy's own family built from these parameters, so
+    a mixture ``(1 - e) pi' + e q`` keeps the importance weights ``pi' / behaviour`` below
+    ``1 / (1 - e)`` for categorical and continuous (Normal, TanhNormal) policies alike.
+    """
+    out = dist_params.clone(False)
+    for key, value in dist_params.items(True, True):
+        name = key[-1] if isinstance(key, tuple) else key
+        if name in _EXPLORATION_PARAMS:
+            out.set(key, _EXPLORATION_PARAMS[name](value))
+    return out
+
+
+def check_explorable(dist_keys: list) -> None:
+    """The policy's distribution must have ``logits`` (categorical) or ``scale`` parameters."""
+    names = {k[-1] if isinstance(k, tuple) else k for k in dist_keys}
+    if not names & set(_EXPLORATION_PARAMS):
+        raise ValueError(
+            "the agents' distribution must be parameterised by 'logits' (categorical) or "
+            f"'loc' and 'scale' (Normal, TanhNormal) to explore; got {sorted(map(str, dist_keys))}."
+        )
 
 
 class DeviationDistributions:
@@ -74,11 +99,13 @@ class DeviationDistributions:
 class DeviationPolicy(TensorDictModuleBase):
     """Acts in ``n_agents`` stacked deviation worlds (env batch ``[n_agents * B]``).
 
-    The deviating agent of each world samples from its deviation policy mixed with the
-    uniform distribution over its allowed actions (weight ``exploration``), so that actions
-    the current policy no longer takes are still tried; the behaviour log-probability of
-    every agent's action is written to ``behaviour_log_prob_key`` for importance
-    weighting. The planner (if any) acts first with its own policy.
+    The deviating agent of each world samples from its deviation policy mixed (weight
+    ``exploration``) with an exploration distribution of the same family
+    (:func:`exploration_params`: uniform over its allowed actions for categorical policies,
+    twice the scale for Normal / TanhNormal ones), so that actions the current policy no
+    longer takes are still tried; the behaviour log-probability of every agent's action is
+    written to ``behaviour_log_prob_key`` for importance weighting. The planner (if any)
+    acts first with its own policy.
     """
 
     def __init__(
@@ -120,18 +147,37 @@ class DeviationPolicy(TensorDictModuleBase):
             dist_params = self.dists.current(worlds)
         else:
             dist_params = self.dists.merged(self.params, worlds)
-        dist = self.dists.actor.build_dist_from_params(dist_params)
-        probs = dist.probs  # [W, B, N, A]
-        mask = broadcast_world_mask(world_mask(self.n_agents, probs.device), probs)
-        explore = (1 - self.exploration) * probs + self.exploration * _uniform_over_support(dist)
-        behaviour = torch.where(mask, explore, probs)
-        # non-finite probabilities are flagged, not sampled (sampling would raise mid-rollout
-        # without saying where they came from); the caller raises after the rollout
-        finite = torch.isfinite(behaviour).all(-1, keepdim=True)
-        self.non_finite = self.non_finite.to(finite.device) | ~finite.all()
-        behaviour = torch.where(finite, behaviour, torch.ones_like(behaviour))
-        action = torch.distributions.Categorical(probs=behaviour).sample()
-        log_prob = behaviour.gather(-1, action.unsqueeze(-1)).squeeze(-1).log()
-        tensordict.set(self.action_key, action.reshape(*batch, self.n_agents))
+        dist_params = self._flag_non_finite(dist_params)
+        build = self.dists.actor.build_dist_from_params
+        dist = build(dist_params)
+        action = dist.sample()  # [W, B, N, *event]
+        log_prob = dist.log_prob(action)  # [W, B, N]
+        mask = world_mask(self.n_agents, log_prob.device).view(self.n_agents, 1, self.n_agents)
+        if self.exploration > 0:
+            wide = build(exploration_params(dist_params))
+            explore = mask & (torch.rand_like(log_prob) < self.exploration)
+            event = (1,) * (action.dim() - explore.dim())
+            action = torch.where(explore.view(*explore.shape, *event), wide.sample(), action)
+            log_prob = dist.log_prob(action)
+            mixture = torch.logaddexp(
+                math.log1p(-self.exploration) + log_prob,
+                math.log(self.exploration) + wide.log_prob(action),
+            )
+            log_prob = torch.where(mask, mixture, log_prob)
+        tensordict.set(self.action_key, action.reshape(*batch, *action.shape[2:]))
         tensordict.set(self.behaviour_log_prob_key, log_prob.reshape(*batch, self.n_agents))
         return tensordict
+
+    def _flag_non_finite(self, dist_params: TensorDictBase) -> TensorDictBase:
+        """Flags NaN or inf distribution parameters and replaces them by ones.
+
+        Non-finite parameters are flagged, not sampled (sampling would raise mid-rollout
+        without saying where they came from); the caller raises after the rollout.
+        """
+        floats = [v for v in dist_params.values(True, True) if v.is_floating_point()]
+        bad = torch.stack([~torch.isfinite(v).all() for v in floats]).any()
+        self.non_finite = self.non_finite.to(bad.device) | bad
+        return dist_params.apply(
+            lambda v: torch.nan_to_num(v, nan=1.0, posinf=1.0, neginf=1.0)
+            if v.is_floating_point() else v
+        )

@@ -14,7 +14,7 @@ from torchrl.objectives.value.functional import reward2go
 
 from ..transforms.kl import KLToReference
 from ..validation import check_bool, check_int, check_number, check_real, check_seed
-from .deviation import DeviationDistributions, DeviationPolicy
+from .deviation import check_explorable, DeviationDistributions, DeviationPolicy
 from .meta import ReptileStep
 from .trust_region import DeviationBatch, own, select_worlds, TrustRegionStep
 
@@ -98,7 +98,8 @@ class ReptileRegretEstimator:
     Args:
         actor (ProbabilisticTensorDictSequential): the agents' policy (e.g. a
             :class:`~torchrl.modules.ProbabilisticActor` over a categorical distribution with
-            per-agent logits). Its own parameters are the current policy; they are only
+            per-agent logits, or over a Normal / TanhNormal with per-agent ``loc`` and
+            ``scale`` for continuous actions). Its own parameters are the current policy; they are only
             changed by :meth:`meta_step`.
         env (EnvBase): a batched environment following the torchrl-ermas contract whose
             batch ``[n_agents * B]`` holds the deviation worlds. The estimator seeds and
@@ -196,12 +197,13 @@ class ReptileRegretEstimator:
                 f"its actions are {list(env.full_action_spec.keys(True, True))}."
             )
         action_spec = env.full_action_spec[action_key]
-        if action_spec.shape != env.full_action_spec[group].shape:
+        group_shape = env.full_action_spec[group].shape
+        if action_spec.shape[: len(group_shape)] != group_shape:
             raise ValueError(
-                f"{action_key} must hold one categorical action per agent, shape "
-                f"{list(env.full_action_spec[group].shape)}; got {list(action_spec.shape)}."
+                f"{action_key} must hold one action per agent, shape "
+                f"{list(group_shape)} + [*action dims]; got {list(action_spec.shape)}."
             )
-        self.n_agents = action_spec.shape[-1]
+        self.n_agents = group_shape[-1]
         if len(env.batch_size) != 1 or env.batch_size[0] % self.n_agents:
             raise ValueError(
                 f"env.batch_size must be [n_agents * B] = [{self.n_agents} * B] to hold one "
@@ -223,7 +225,9 @@ class ReptileRegretEstimator:
         self.action_key = action_key
         self._seeds = torch.Generator().manual_seed(seed)
         self._deviation: TensorDictBase | None = None
-        self.dists = DeviationDistributions(actor, list(actor.module[-1].in_keys))
+        dist_keys = list(actor.module[-1].in_keys)
+        check_explorable(dist_keys)
+        self.dists = DeviationDistributions(actor, dist_keys)
         self.kl = KLToReference(actor, in_keys=list(actor.in_keys))
         self.step = TrustRegionStep(
             self.dists, self.kl, max_step_scale=max_step_scale,

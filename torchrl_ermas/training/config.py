@@ -94,12 +94,12 @@ class ErmasConfig:
 
     epsilon: float = 0.0
     lambda_init: float = 8.0
-    lambda_lr: float = 0.5
+    lambda_lr: float = 0.02
     lambda_max: float = 100.0
     lambda_rule: str = "nupi"
     lambda_kp: float = 1.0
     lambda_nu: float = 0.5
-    lambda_scale_decay: float = 0.95
+    lambda_scale_decay: float = 0.99
     warmup_iters: int = 10
     regret_interval: int = 5
     regret_envs: int = 32

@@ -4,10 +4,10 @@ from __future__ import annotations
 import math
 
 import torch
-from tensordict.nn import TensorDictModule
+from tensordict.nn import NormalParamExtractor, TensorDictModule
 from torch import distributions as D
 from torchrl.envs import EnvBase
-from torchrl.modules import MaskedCategorical, MultiAgentMLP, ProbabilisticActor
+from torchrl.modules import MaskedCategorical, MultiAgentMLP, ProbabilisticActor, TanhNormal
 
 from .config import PPOConfig
 
@@ -59,26 +59,28 @@ def has_action(env: EnvBase, group: str) -> bool:
 def make_policy(
     env: EnvBase, group: str, cfg: PPOConfig, device: torch.device
 ) -> ProbabilisticActor:
-    """A categorical policy over ``(group, "action")`` reading ``(group, "observation")``.
+    """A policy over ``(group, "action")`` reading ``(group, "observation")``.
 
-    If the environment exposes ``(group, "action_mask")`` the policy is masked
-    (:class:`~torchrl.modules.MaskedCategorical`). Actions with dims beyond the group's
-    (``[*B, n_members, *event]``, e.g. one choice per tax bracket) get one independent
-    categorical per component (:class:`IndependentMaskedCategorical`, which needs the mask).
+    Categorical actions get a categorical policy; if the environment exposes
+    ``(group, "action_mask")`` it is masked (:class:`~torchrl.modules.MaskedCategorical`).
+    Actions with dims beyond the group's (``[*B, n_members, *event]``, e.g. one choice per
+    tax bracket) get one independent categorical per component
+    (:class:`IndependentMaskedCategorical`, which needs the mask). Continuous actions
+    (``[*B, n_members, D]``) get a :class:`~torchrl.modules.TanhNormal` within the spec's
+    bounds, as in TorchRL's multi-agent PPO script.
     """
-    n, obs_dim = group_sizes(env, group)
     action_spec = env.full_action_spec[group, "action"]
+    if action_spec.dtype.is_floating_point:
+        return _continuous_policy(env, group, cfg, device)
+    n, obs_dim = group_sizes(env, group)
     if not isinstance(getattr(action_spec.space, "n", None), int):
         raise ValueError(
-            f"({group!r}, 'action') must be categorical to build a policy, got {action_spec}."
+            f"({group!r}, 'action') must be categorical or continuous to build a policy, "
+            f"got {action_spec}."
         )
     event = action_spec.shape[len(env.full_action_spec[group].shape):]
     choices = action_spec.space.n
-    net = MultiAgentMLP(
-        obs_dim, math.prod(event) * choices, n_agents=n, centralized=False,
-        share_params=cfg.share_params, depth=cfg.depth, num_cells=cfg.hidden,
-        activation_class=torch.nn.Tanh, bias_last_layer=cfg.policy_bias, device=device,
-    )
+    net = _mlp(obs_dim, math.prod(event) * choices, n, cfg, device)
     if event:
         net = torch.nn.Sequential(net, torch.nn.Unflatten(-1, (*event, choices)))
     module = TensorDictModule(net, [(group, "observation")], [(group, "logits")])
@@ -99,6 +101,38 @@ def make_policy(
     return ProbabilisticActor(
         module, in_keys=dist_keys, out_keys=[(group, "action")],
         distribution_class=distribution, distribution_kwargs=kwargs, return_log_prob=True,
+    )
+
+
+def _mlp(obs_dim: int, out_dim: int, n: int, cfg: PPOConfig, device: torch.device) -> MultiAgentMLP:
+    return MultiAgentMLP(
+        obs_dim, out_dim, n_agents=n, centralized=False,
+        share_params=cfg.share_params, depth=cfg.depth, num_cells=cfg.hidden,
+        activation_class=torch.nn.Tanh, bias_last_layer=cfg.policy_bias, device=device,
+    )
+
+
+def _continuous_policy(
+    env: EnvBase, group: str, cfg: PPOConfig, device: torch.device
+) -> ProbabilisticActor:
+    """A TanhNormal policy (``loc``, ``scale``) over continuous per-member actions."""
+    n, obs_dim = group_sizes(env, group)
+    action_spec = env.full_action_spec[group, "action"]
+    event = action_spec.shape[len(env.full_action_spec[group].shape):]
+    if len(event) != 1:
+        raise ValueError(
+            f"continuous ({group!r}, 'action') must have one action dim per member, shape "
+            f"[*B, n, D]; got {list(action_spec.shape)}."
+        )
+    net = torch.nn.Sequential(_mlp(obs_dim, 2 * event[0], n, cfg, device), NormalParamExtractor())
+    module = TensorDictModule(
+        net, [(group, "observation")], [(group, "loc"), (group, "scale")]
+    )
+    space = action_spec.space
+    return ProbabilisticActor(
+        module, in_keys={"loc": (group, "loc"), "scale": (group, "scale")},
+        out_keys=[(group, "action")], distribution_class=TanhNormal,
+        distribution_kwargs={"low": space.low, "high": space.high}, return_log_prob=True,
     )
 
 

@@ -21,7 +21,9 @@ def _kl(p: Distribution, q: Distribution, num_samples: int) -> torch.Tensor:
     try:
         return kl_divergence(p, q)
     except NotImplementedError:
-        sample = p.sample((num_samples,))
+        # q may carry leading batch dims that p broadcasts over (candidates [C, *B])
+        extra = (1,) * (len(q.batch_shape) - len(p.batch_shape))
+        sample = p.sample((num_samples, *extra))
         return (p.log_prob(sample) - q.log_prob(sample)).mean(0)
 
 
