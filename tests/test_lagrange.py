@@ -26,7 +26,7 @@ class TestLagrangeMultiplier:
     def test_defaults(self):
         lagrange = LagrangeMultiplier(3)
         torch.testing.assert_close(lagrange.value, torch.full((3,), 8.0))
-        assert lagrange.lr == 0.3
+        assert lagrange.lr == 0.02
         assert lagrange.rule == "nupi"
         assert lagrange.max_value == 100.0
         assert not lagrange.frozen
@@ -162,6 +162,41 @@ class TestLagrangeMultiplier:
             getattr(lagrange, method)(regret, epsilon)
         torch.testing.assert_close(lagrange.value, before)
 
+
+
+def _lagging_plant(lagrange: LagrangeMultiplier, epsilon: float, scale: float, seed: int):
+    """Agents that lag behind lambda: their cooperation ``c`` moves 30 % of the way per
+    update towards ``sigmoid((4/3 - lambda) / 0.5)`` (the bimatrix game's switching
+    multiplier), their regret is ``scale * (30 c + noise)``. Returns the final regret (in
+    units of 1) and lambda's relative change over the last 20 % of the updates."""
+    generator = torch.Generator().manual_seed(seed)
+    cooperation, trajectory = 0.0, []
+    for _ in range(40):
+        target = torch.sigmoid(torch.tensor((4 / 3 - lagrange.value.item()) / 0.5)).item()
+        cooperation += 0.3 * (target - cooperation)
+        noise = 1.5 * torch.randn((), generator=generator).item()
+        lagrange.update(torch.tensor([scale * (30 * cooperation + noise)]), scale * epsilon)
+        trajectory.append(lagrange.value.item())
+    start, end = trajectory[32], trajectory[-1]
+    return 30 * cooperation, abs(end - start) / end if end > 0 else 0.0
+
+
+@pytest.mark.parametrize("scale", [1.0, 1000.0])
+@pytest.mark.parametrize("epsilon", [4.0, 11.0, 17.0, 23.0])
+def test_nupi_tracks_epsilon_in_any_reward_scale(epsilon, scale):
+    """One default setting lands the lagging agents' regret on epsilon and lets lambda
+    settle, whatever the reward unit; the plain rule with a step size that suits one unit
+    does not in another."""
+    for seed in range(3):
+        regret, change = _lagging_plant(LagrangeMultiplier(1), epsilon, scale, seed)
+        assert abs(regret - epsilon) < 2.0, (seed, regret)
+        assert change < 0.2, (seed, change)
+    plain = [
+        _lagging_plant(LagrangeMultiplier(1, rule=GA, lr=0.1), epsilon, scale, seed)
+        for seed in range(3)
+    ]
+    if scale > 1 and epsilon < 20:  # 0.1 lambda per unit of reward: far too large in milli-units
+        assert max(abs(regret - epsilon) for regret, _ in plain) > 3.0
 
 if __name__ == "__main__":
     pytest.main([__file__, "--capture", "no", "--exitfirst"])
