@@ -25,8 +25,8 @@ def _sgd_step(
 class TestLagrangeMultiplier:
     def test_defaults(self):
         lagrange = LagrangeMultiplier(3)
-        torch.testing.assert_close(lagrange.value, torch.full((3,), 8.0))
-        assert lagrange.lr == 0.02
+        torch.testing.assert_close(lagrange.value, torch.full((3,), 1.0))
+        assert lagrange.lr == 0.01
         assert lagrange.rule == "nupi"
         assert lagrange.max_value == 100.0
         assert not lagrange.frozen
@@ -197,6 +197,21 @@ def test_nupi_tracks_epsilon_in_any_reward_scale(epsilon, scale):
     ]
     if scale > 1 and epsilon < 20:  # 0.1 lambda per unit of reward: far too large in milli-units
         assert max(abs(regret - epsilon) for regret, _ in plain) > 3.0
+
+
+def test_noise_floor_ignores_noise_level_violations_at_zero_epsilon():
+    """At epsilon = 0 a Nash equilibrium's regret estimates are noise around 0: relative to
+    a reference return of 35 they are below the noise floor and barely move lambda, while
+    without a reference they are normalised into whole units."""
+    noise = 0.2 * torch.randn(20, 2, generator=torch.Generator().manual_seed(0)).abs()
+    floored, unfloored = LagrangeMultiplier(2), LagrangeMultiplier(2)
+    for regret in noise:
+        floored.update(regret, 0.0, reference=torch.tensor([35.0, 35.0]))
+        unfloored.update(regret, 0.0)
+    assert ((floored.value - 1.0).abs() < 0.2).all(), floored.value
+    assert ((unfloored.value - 1.0).abs() > 2.0).all(), unfloored.value
+    with pytest.raises(ValueError, match="reference must be finite"):
+        floored.update(torch.zeros(2), 0.0, reference=torch.tensor([math.nan, 1.0]))
 
 if __name__ == "__main__":
     pytest.main([__file__, "--capture", "no", "--exitfirst"])

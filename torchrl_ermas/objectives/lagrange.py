@@ -28,7 +28,7 @@ class LagrangeMultiplier(nn.Module):
       in any reward unit, acting on the planner's weight ``w = 1 / (1 + lambda)``
       in the loss (``w = 1``: fully adversarial, ``w -> 0``: selfish)::
 
-          s_t  = sqrt(EMA_beta(e^2))            (bias-corrected; beta = scale_decay)
+          s_t  = max(sqrt(EMA_beta(e^2)), noise_floor * |reference|)   (EMA bias-corrected)
           u_t  = e_t / s_t
           xi_t = nu * xi_{t-1} + (1 - nu) * u_t
           w    <- clip(w - lr * (u_t + kp * (xi_t - xi_{t-1})), 1 / (1 + max_value), 1)
@@ -40,7 +40,9 @@ class LagrangeMultiplier(nn.Module):
       Bounded steps of ``w`` keep the multiplier from running away while the
       agents lag behind it (a step of ``lambda`` itself matters less the larger
       ``lambda`` is), and ``lambda = 0`` is reached exactly. The proportional term
-      ``kp`` damps that lag.
+      ``kp`` damps that lag. ``reference`` (passed to :meth:`update`, e.g. the agents'
+      episode returns) floors the scale, so that at ``epsilon ~ 0`` violations at the
+      noise level of the regret estimate do not count as whole units.
     - ``"gradient_ascent"``: the ERMAS authors' plain projected dual ascent
       ``lambda <- clip(lambda + lr * e, 0, max_value)``, in reward units.
 
@@ -60,11 +62,11 @@ class LagrangeMultiplier(nn.Module):
     Args:
         n_agents (int): number of agents, ``>= 1``.
         init (float, optional): initial value of every ``lambda_i``, in
-            ``[0, max_value]``. Defaults to ``8.0`` (the authors' ``lambda_0``
-            for the bimatrix game).
+            ``[0, max_value]``. Defaults to ``1.0``: equal weights on the agent's own
+            objective and the planner's (the authors used ``8.0`` in the bimatrix game).
         lr (float, optional): dual step size, ``>= 0``: of the planner's weight
             ``1 / (1 + lambda)`` for ``"nupi"``, in ``lambda`` per unit of reward for
-            ``"gradient_ascent"``. Defaults to ``0.02``.
+            ``"gradient_ascent"``. Defaults to ``0.01``.
         max_value (float, optional): upper projection bound, finite and ``> 0``.
             Defaults to ``100.0``.
         frozen (bool, optional): whether the multipliers start frozen.
@@ -72,11 +74,13 @@ class LagrangeMultiplier(nn.Module):
         rule (str, optional): ``"nupi"`` or ``"gradient_ascent"``.
             Defaults to ``"nupi"``.
         kp (float, optional): proportional gain of ``"nupi"``, ``>= 0``.
-            Defaults to ``1.0``.
+            Defaults to ``20.0``.
         nu (float, optional): EMA coefficient of the proportional term, in
-            ``[0, 1)``. Defaults to ``0.5``.
+            ``[0, 1)``. Defaults to ``0.9``.
         scale_decay (float, optional): EMA coefficient ``beta`` of the violation's
             scale, in ``[0, 1)``. Defaults to ``0.99``.
+        noise_floor (float, optional): the scale's floor relative to ``reference``,
+            ``>= 0``. Defaults to ``0.05``.
 
     Examples:
         >>> import torch
@@ -109,15 +113,16 @@ class LagrangeMultiplier(nn.Module):
     def __init__(
         self,
         n_agents: int,
-        init: float = 8.0,
-        lr: float = 0.02,
+        init: float = 1.0,
+        lr: float = 0.01,
         max_value: float = 100.0,
         frozen: bool = False,
         *,
         rule: str = "nupi",
-        kp: float = 1.0,
-        nu: float = 0.5,
+        kp: float = 20.0,
+        nu: float = 0.9,
         scale_decay: float = 0.99,
+        noise_floor: float = 0.05,
     ) -> None:
         check_int("n_agents", n_agents, 1)
         check_real("lr", lr, low=0)
@@ -128,6 +133,7 @@ class LagrangeMultiplier(nn.Module):
         check_real("kp", kp, low=0)
         check_real("nu", nu, low=0, high=1, high_inclusive=False)
         check_real("scale_decay", scale_decay, low=0, high=1, high_inclusive=False)
+        check_real("noise_floor", noise_floor, low=0)
         super().__init__()
         self.n_agents = n_agents
         self.lr = float(lr)
@@ -136,6 +142,7 @@ class LagrangeMultiplier(nn.Module):
         self.kp = float(kp)
         self.nu = float(nu)
         self.scale_decay = float(scale_decay)
+        self.noise_floor = float(noise_floor)
         self.multiplier = nn.Parameter(torch.full((self.n_agents,), float(init)))
         self.register_buffer("_frozen", torch.tensor(bool(frozen)))
         # nuPI state: updates so far, EMA of e^2 (the scale), EMA of e / s (xi)
@@ -163,7 +170,10 @@ class LagrangeMultiplier(nn.Module):
 
     @torch.no_grad()
     def update(
-        self, regret: torch.Tensor, epsilon: float | torch.Tensor
+        self,
+        regret: torch.Tensor,
+        epsilon: float | torch.Tensor,
+        reference: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One step of the update rule, in place; a no-op while frozen.
 
@@ -172,11 +182,17 @@ class LagrangeMultiplier(nn.Module):
                 ``[n_agents]`` (or ``[n_agents, 1]``).
             epsilon (float or torch.Tensor): the equilibrium slack, a float or
                 a tensor broadcastable to ``[n_agents]``.
+            reference (torch.Tensor, optional): a per-agent reward scale in the units of
+                the regret (e.g. the agents' episode returns), broadcastable to
+                ``[n_agents]``; ``"nupi"`` floors its scale at ``noise_floor * |reference|``.
 
         Returns:
             The new multipliers (detached copy), shape ``[n_agents]``.
         """
         violation = self._violation(regret, epsilon)
+        floor = torch.zeros_like(violation)
+        if reference is not None:
+            floor = self.noise_floor * self._per_agent("reference", reference).abs()
         if self.frozen:
             return self.value
         if self.rule == "gradient_ascent":
@@ -184,18 +200,18 @@ class LagrangeMultiplier(nn.Module):
         else:
             # the planner's weight w = 1 / (1 + lambda) moves by -lr * step, within
             # [1 / (1 + max_value), 1]
-            weight = (1 + self.multiplier).reciprocal() - self.lr * self._nupi_step(violation)
+            weight = (1 + self.multiplier).reciprocal() - self.lr * self._nupi_step(violation, floor)
             weight = weight.clamp(1 / (1 + self.max_value), 1.0)
             self.multiplier.copy_(weight.reciprocal() - 1)
         self.project_()
         return self.value
 
-    def _nupi_step(self, violation: torch.Tensor) -> torch.Tensor:
+    def _nupi_step(self, violation: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
         """``u_t + kp * (xi_t - xi_{t-1})`` on the normalised violation; advances the state."""
         self._updates += 1
         decay = self.scale_decay
         self._square_ema.mul_(decay).add_((1 - decay) * violation.square())
-        scale = (self._square_ema / (1 - decay ** self._updates.item())).sqrt()
+        scale = (self._square_ema / (1 - decay ** self._updates.item())).sqrt().maximum(floor)
         normalised = torch.where(scale > 0, violation / scale, torch.zeros_like(scale))
         previous = self._xi.clone()
         self._xi.mul_(self.nu).add_((1 - self.nu) * normalised)
@@ -241,19 +257,24 @@ class LagrangeMultiplier(nn.Module):
                 f"regret must have shape [{n_agents}] or [{n_agents}, 1] "
                 f"(one entry per agent), got {list(regret.shape)}."
             )
-        epsilon = torch.as_tensor(epsilon, dtype=like.dtype, device=like.device)
-        try:
-            epsilon = epsilon.expand(n_agents)
-        except RuntimeError as err:
-            raise ValueError(
-                f"epsilon must be a float or broadcastable to [{n_agents}], "
-                f"got shape {list(epsilon.shape)}."
-            ) from err
         if not torch.isfinite(regret).all():
             raise ValueError(f"regret must be finite, got {regret.tolist()}.")
-        if not torch.isfinite(epsilon).all():
-            raise ValueError(f"epsilon must be finite, got {epsilon.tolist()}.")
-        return (regret.reshape(n_agents) - epsilon).detach()
+        return (regret.reshape(n_agents) - self._per_agent("epsilon", epsilon)).detach()
+
+    def _per_agent(self, name: str, value: float | torch.Tensor) -> torch.Tensor:
+        """``value`` as a finite ``[n_agents]`` tensor (a float or broadcastable tensor)."""
+        like = self.multiplier
+        value = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+        try:
+            value = value.expand(self.n_agents)
+        except RuntimeError as err:
+            raise ValueError(
+                f"{name} must be a float or broadcastable to [{self.n_agents}], "
+                f"got shape {list(value.shape)}."
+            ) from err
+        if not torch.isfinite(value).all():
+            raise ValueError(f"{name} must be finite, got {value.tolist()}.")
+        return value.detach()
 
     def extra_repr(self) -> str:
         return (

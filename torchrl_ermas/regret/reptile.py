@@ -73,11 +73,12 @@ class ReptileRegretEstimator:
     in the units of the ERMAS ``epsilon``.
 
     With ``warm_start`` the deviations persist across calls, as the ERMAS authors'
-    deviation trainers do: each call starts from the previous call's kept deviation,
-    pulled back towards the current policy until it is within the trust region again
-    (:meth:`TrustRegionStep.pull_within`), and adds ``num_steps`` steps to it; so a
-    deviation keeps improving while the agents move slowly, and few steps per call
-    suffice. A cold start (the first call, or ``warm_start=False``) starts from the current
+    deviation trainers do: each call re-bases the previous call's kept displacement
+    ``theta_i' - theta`` on the current parameters, pulls it back towards them until it is
+    within the trust region again (:meth:`TrustRegionStep.pull_within`; a pulled deviation
+    collects fresh data before its first step), and adds ``num_steps`` steps to it; so a
+    deviation keeps improving while the agents move, and few steps per call suffice. A
+    deviation the selection rejects is not continued (the next call starts cold there). A cold start (the first call, or ``warm_start=False``) starts from the current
     policy and spreads the budget over its steps (``trust_region * (k + 1) / num_steps``
     at step ``k``).
 
@@ -224,7 +225,7 @@ class ReptileRegretEstimator:
         self.reward_key = (group, "reward")
         self.action_key = action_key
         self._seeds = torch.Generator().manual_seed(seed)
-        self._deviation: TensorDictBase | None = None
+        self._displacement: TensorDictBase | None = None
         dist_keys = list(actor.module[-1].in_keys)
         check_explorable(dist_keys)
         self.dists = DeviationDistributions(actor, dist_keys)
@@ -266,14 +267,19 @@ class ReptileRegretEstimator:
             self._seeds.manual_seed(seed)
         current = self.params.data.expand(self.n_agents).clone()
         self.kl.update_reference(self.params.data)
-        warm = self.warm_start and self._deviation is not None
-        deviation = self._deviation if warm else current
+        warm = self.warm_start and self._displacement is not None
+        deviation = current + self._displacement if warm else current
         meta = None
         for k in range(self.num_steps):
             batch = self._batch(self._rollout(deviation, exploration=self.exploration))
             subset = self.step.subset(batch)
             if k == 0 and warm:
-                deviation, _ = self.step.pull_within(deviation, current, subset, self.trust_region)
+                deviation, kept = self.step.pull_within(
+                    deviation, current, subset, self.trust_region
+                )
+                if (kept < 1).any():  # the data of a pulled deviation is off its policy
+                    batch = self._batch(self._rollout(deviation, exploration=self.exploration))
+                    subset = self.step.subset(batch)
             if k == 0 and self.meta is not None and self.meta.enabled:
                 meta, _ = self.step(current, batch, self.meta.trust_region, subset)
             budget = self.trust_region * (1 if warm else (k + 1) / self.num_steps)
@@ -288,7 +294,8 @@ class ReptileRegretEstimator:
         )
         deviation = select_worlds(better, deviation, current)
         kl = torch.where(better, kl, torch.zeros_like(kl))
-        self._deviation = deviation
+        # the next call continues from the kept displacement (none where it was rejected)
+        self._displacement = deviation - current
         eval_seed = self._next_seed()
         current_return = self._returns(self._rollout(None, seed=eval_seed))
         deviation_return = self._returns(self._rollout(deviation, seed=eval_seed))
@@ -321,15 +328,16 @@ class ReptileRegretEstimator:
         self.meta(self.params.data, adapted, lagrange)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The persistent deviations (flat ``{key: tensor}``; empty before the first call)."""
-        if self._deviation is None:
+        """The persistent deviations, as displacements from the current parameters (flat
+        ``{key: tensor}``; empty before the first call)."""
+        if self._displacement is None:
             return {}
-        return {".".join(k): v for k, v in self._deviation.items(True, True)}
+        return {".".join(k): v for k, v in self._displacement.items(True, True)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restores the persistent deviations of :meth:`state_dict`."""
         if not state:
-            self._deviation = None
+            self._displacement = None
             return
         expected = self.params.data.expand(self.n_agents)
         keys = {".".join(k): k for k in expected.keys(True, True)}
@@ -340,10 +348,10 @@ class ReptileRegretEstimator:
                 "the estimator state does not fit this actor: expected the keys "
                 f"{sorted(keys)} with the actor's parameter shapes times n_agents."
             )
-        deviation = expected.clone()
+        displacement = expected.clone()
         for name, key in keys.items():
-            deviation.set_(key, state[name].to(deviation.get(key).device))
-        self._deviation = deviation
+            displacement.set_(key, state[name].to(displacement.get(key).device))
+        self._displacement = displacement
 
     # ------------------------------------------------------------------ internals
     @property

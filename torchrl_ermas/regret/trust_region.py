@@ -95,8 +95,9 @@ class TrustRegionStep:
        score (the centred logit for categorical policies, see :func:`_score`);
     2. a line search tries lengths halving from ``max_step_scale`` (relative to the norm
        of the parameters, at least 1: saturated policies with large weights get
-       proportionally longer steps) and keeps the best importance-weighted surrogate among
-       the candidates within the budget (the zero step is always allowed);
+       proportionally longer steps) and keeps, among the candidates within the budget, the
+       best lower confidence bound of the importance-weighted surrogate's improvement (the
+       zero step, with bound ``0``, is always allowed);
     3. ``bisection_steps`` refine the longest feasible length between the grid points
        around the budget's boundary (the KL of a saturated policy can jump by orders of
        magnitude between two grid points).
@@ -115,6 +116,8 @@ class TrustRegionStep:
         bisection_steps (int): bisection refinements. Defaults to ``6``.
         line_search_samples (int): transitions per world of the line search.
             Defaults to ``1024``.
+        confidence (float): ``z`` of the lower confidence bound by which the line search
+            ranks candidates (``0``: the plain surrogate). Defaults to ``1.0``.
     """
 
     def __init__(
@@ -126,8 +129,10 @@ class TrustRegionStep:
         line_search_points: int = 12,
         bisection_steps: int = 6,
         line_search_samples: int = 1024,
+        confidence: float = 1.0,
     ) -> None:
         check_number("max_step_scale", max_step_scale)
+        check_number("confidence", confidence, strict=False)
         check_int("line_search_points", line_search_points, 1)
         check_int("bisection_steps", bisection_steps, 0)
         check_int("line_search_samples", line_search_samples, 1)
@@ -136,6 +141,7 @@ class TrustRegionStep:
         self.step_scales = max_step_scale * 0.5 ** torch.arange(line_search_points)
         self.bisection_steps = bisection_steps
         self.line_search_samples = line_search_samples
+        self.confidence = float(confidence)
 
     @property
     def actor(self):
@@ -183,13 +189,15 @@ class TrustRegionStep:
     ) -> tuple[TensorDictBase, torch.Tensor]:
         """Moves a warm start towards the current policy until it is within ``budget``.
 
-        The candidates are ``current + t * (deviation - current)`` for ``t`` in ``[0, 1]``;
-        the best surrogate on ``subset`` among the feasible ones is kept (``t = 1`` where
-        the warm start is already within the budget).
+        The projection keeps the largest ``t`` in ``[0, 1]`` for which
+        ``current + t * (deviation - current)`` is within the budget on the states of
+        ``subset`` (``t = 1`` where the warm start is already within it). Returns the
+        projected parameters and ``t`` per world.
         """
         grid = torch.cat([torch.zeros(1), 0.5 ** torch.arange(len(self.step_scales)).flip(0)])
         return self.line_search(
-            current, deviation - current, grid.to(subset.advantage.device), subset, budget
+            current, deviation - current, grid.to(subset.advantage.device), subset, budget,
+            longest=True,
         )
 
     @torch.no_grad()
@@ -200,25 +208,43 @@ class TrustRegionStep:
         grid: torch.Tensor,
         batch: DeviationBatch,
         budget: float,
+        longest: bool = False,
     ) -> tuple[TensorDictBase, torch.Tensor]:
         """Best surrogate on ``batch`` among ``origin + l * direction`` for ``l`` in ``grid``
         (increasing, ``grid[0] = 0``) within ``budget``, refined by bisection at the
-        budget's boundary."""
+        budget's boundary; returns the parameters and their KL ``[W]``. With ``longest``
+        the score is the length itself (a projection) and the length is returned."""
         reference = self.kl.reference_dist(batch.observation)
         n_worlds = batch.advantage.shape[0]
         worlds = torch.arange(n_worlds, device=batch.advantage.device)
 
-        def evaluate(lengths: torch.Tensor) -> tuple:
-            """Candidates ``origin + lengths[c, w] * direction``: surrogate and KL ``[C, W]``."""
-            candidates = torch.stack([origin + scale_worlds(direction, length) for length in lengths])
+        def terms(candidates: TensorDictBase) -> tuple:
+            """Per-sample surrogate terms ``[C, W, S]`` and the KL ``[C, W]`` of candidates."""
             dist = self.actor.build_dist_from_params(
                 self.dists.candidates(candidates, batch.observation)
             )
             action = batch.action.expand(*dist.batch_shape, *dist.event_shape)
-            log_prob = own(dist.log_prob(action), 1)  # [C, W, S]
-            surrogate = ((log_prob - batch.behaviour_log_prob).exp() * batch.advantage).mean(-1)
-            kl = own(self.kl.divergence(reference, dist), 1).mean(-1)
-            return candidates, surrogate, kl
+            log_prob = own(dist.log_prob(action), 1)
+            weighted = (log_prob - batch.behaviour_log_prob).exp() * batch.advantage
+            return weighted, own(self.kl.divergence(reference, dist), 1).mean(-1)
+
+        base, _ = terms(origin.unsqueeze(0))
+
+        def evaluate(lengths: torch.Tensor) -> tuple:
+            """Candidates ``origin + lengths[c, w] * direction``, their score and KL ``[C, W]``.
+
+            The score is a lower confidence bound of the surrogate's improvement over the
+            origin, ``mean - z * s.e.`` of the per-sample differences (``0`` at the origin):
+            a step is taken only where the data supports it, not to chase the noise of a
+            few importance-weighted samples of rarely taken actions.
+            """
+            candidates = torch.stack([origin + scale_worlds(direction, length) for length in lengths])
+            weighted, kl = terms(candidates)
+            if longest:
+                return candidates, lengths, kl
+            gain = weighted - base
+            bound = gain.mean(-1) - self.confidence * gain.std(-1) / gain.shape[-1] ** 0.5
+            return candidates, torch.where(lengths > 0, bound, 0.0), kl
 
         grid = grid[:, None].expand(-1, n_worlds)  # [C, W]
         candidates, surrogate, kl = evaluate(grid)
@@ -240,4 +266,4 @@ class TrustRegionStep:
             chosen_kl = torch.where(better, mid_kl[0], chosen_kl)
             chosen_score = torch.where(better, score[0], chosen_score)
             low, high = torch.where(ok, mid, low), torch.where(ok, high, mid)
-        return chosen, chosen_kl
+        return chosen, chosen_score if longest else chosen_kl

@@ -84,22 +84,25 @@ class ErmasConfig:
     of the economy, ``regret_gamma=1`` with ``"mean"`` points the search at the return
     itself.
 
-    ``meta_scale`` (the paper's ``beta``) defaults to ``0``: the Reptile step
-    ``theta <- theta - min(beta * lambda_i, 2) * (theta_i' - theta)`` reaches its cap at
-    ``lambda >= 2 / beta``, where it repeatedly pushes the agents away from their selfish
-    improvements; in the bimatrix game (authors' ``beta = 0.2``) that knocked agents out
-    of the Nash equilibrium even at ``epsilon = -10``. ``examples/bimatrix_meta_ablation.py``
-    compares ``beta in {0, 0.2, 1}``.
+    The multipliers (``lambda_*``) follow :class:`~torchrl_ermas.objectives.LagrangeMultiplier`:
+    ``lambda_rule="nupi"`` (default, scale-free: ``lambda_lr`` is a step of the planner's
+    weight ``1 / (1 + lambda)``) or ``"gradient_ascent"`` (the authors' rule: ``lambda_lr``
+    is in lambda per unit of regret). The deviations (``trust_region``,
+    ``deviation_steps`` per estimate, ``warm_start``, ``exploration``) follow
+    :class:`~torchrl_ermas.regret.ReptileRegretEstimator`, and ``meta_*`` the Reptile step
+    :class:`~torchrl_ermas.regret.ReptileStep` (Eq. 13), whose defaults they repeat:
+    ``meta_scale`` (the paper's ``beta``) is ``0``, see that class for why.
     """
 
     epsilon: float = 0.0
-    lambda_init: float = 8.0
-    lambda_lr: float = 0.02
+    lambda_init: float = 1.0
+    lambda_lr: float = 0.01
     lambda_max: float = 100.0
     lambda_rule: str = "nupi"
-    lambda_kp: float = 1.0
-    lambda_nu: float = 0.5
+    lambda_kp: float = 20.0
+    lambda_nu: float = 0.9
     lambda_scale_decay: float = 0.99
+    lambda_noise_floor: float = 0.05
     warmup_iters: int = 10
     regret_interval: int = 5
     regret_envs: int = 32
@@ -308,6 +311,7 @@ def validate(cfg: TrainConfig | DictConfig | dict) -> None:
     check_number("ermas.lambda_max", e.lambda_max)
     check_choice("ermas.lambda_rule", e.lambda_rule, LAMBDA_RULES)
     check_real("ermas.lambda_kp", e.lambda_kp, low=0)
+    check_real("ermas.lambda_noise_floor", e.lambda_noise_floor, low=0)
     for name in ("lambda_nu", "lambda_scale_decay"):
         check_real(f"ermas.{name}", getattr(e, name), low=0, high=1, high_inclusive=False)
     if not 0 <= e.lambda_init <= e.lambda_max:

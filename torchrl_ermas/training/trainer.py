@@ -235,7 +235,7 @@ class ErmasTrainer:
                 self.n_agents, init=cfg.ermas.lambda_init, lr=cfg.ermas.lambda_lr,
                 max_value=cfg.ermas.lambda_max, rule=cfg.ermas.lambda_rule,
                 kp=cfg.ermas.lambda_kp, nu=cfg.ermas.lambda_nu,
-                scale_decay=cfg.ermas.lambda_scale_decay,
+                scale_decay=cfg.ermas.lambda_scale_decay, noise_floor=cfg.ermas.lambda_noise_floor,
                 frozen=cfg.variant == "fixed_lambda" or cfg.ermas.warmup_iters > 0,
             ).to(self.device)
             loss = self._ppo_loss(
@@ -466,7 +466,7 @@ class ErmasTrainer:
         for name in ("regret", "kl"):
             if not torch.isfinite(result[name]).all():
                 raise NonFiniteError(f"non-finite {name} estimate {result[name].tolist()}")
-        self.lagrange.update(regret, e.epsilon)
+        self.lagrange.update(regret, e.epsilon, reference=result["current_return"])
         if self.estimator.meta.enabled:
             self.estimator.meta_step(result["meta_params"], self.lagrange.value)
             self._check_finite_params("agents")
