@@ -35,11 +35,17 @@ from torchrl_ermas.training import (  # noqa: E402
 
 @dataclass
 class MetaAblationConfig:
-    """Schema of the experiment: the base ERMAS run, the meta scales and the seeds."""
+    """Schema of the experiment: the base ERMAS run, the meta scales and the seeds.
+
+    Attributes:
+        agent_target: the combined agent reward whose first crossing (per seed) measures
+            how soon the agents leave the Nash equilibrium for the adversarial one.
+    """
 
     train: TrainConfig = field(default_factory=TrainConfig)
     meta_scales: list[float] = field(default_factory=lambda: [0.0, 0.2, 1.0])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    agent_target: float = 80.0
     workers: int = 2
 
 
@@ -84,6 +90,14 @@ def curves(results: list[dict], key: str) -> tuple[torch.Tensor, torch.Tensor]:
     return values.mean(0), sem
 
 
+def first_crossing(result: dict, target: float) -> int | None:
+    """The first iteration whose combined agent reward reaches ``target`` (None: never)."""
+    for iteration, rewards in enumerate(result["history"]["agent_reward"]):
+        if sum(rewards) >= target:
+            return iteration
+    return None
+
+
 @hydra.main(version_base="1.3", config_path="configs", config_name="bimatrix_meta_ablation")
 def main(cfg: MetaAblationConfig) -> None:
     cfg = OmegaConf.to_object(cfg)
@@ -107,6 +121,10 @@ def main(cfg: MetaAblationConfig) -> None:
             summary[beta][label] = {"mean": mean.tolist(), "sem": sem.tolist()}
             cells = "".join(f"{mean[i]:>9.1f} ± {sem[i]:<4.1f}" for i in checkpoints)
             print(f"{beta:>5g} {label:>9} {cells}")
+        crossings = [first_crossing(r, cfg.agent_target) for r in group]
+        summary[beta]["first_crossing"] = crossings
+        print(f"{beta:>5g} agents first reach {cfg.agent_target:g} at iterations "
+              + " / ".join("never" if c is None else str(c) for c in crossings))
     axes[0].set(xlabel="iteration", ylabel="planner episode reward", title="Planner reward")
     axes[1].set(xlabel="iteration", ylabel="combined agent episode reward", title="Agent reward")
     for axis in axes:

@@ -33,6 +33,7 @@ REWARD_P = ("next", "planner", "reward")
 
 
 def navigation(num_envs: int = 4, n_agents: int = 2, max_steps: int = 6) -> VmasEnv:
+    """Categorical navigation (the transforms' tests; the example uses continuous actions)."""
     return VmasEnv(
         "navigation", num_envs=num_envs, n_agents=n_agents, max_steps=max_steps,
         continuous_actions=False, categorical_actions=True, shared_rew=False,
@@ -307,7 +308,7 @@ def test_example_configs_type_check(name, import_example):
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         cfg = OmegaConf.to_object(compose(config_name=name, overrides=["hydra.job.chdir=false"]))
         assert isinstance(cfg, example.VmasSearchConfig)
-        assert cfg.train.env["continuous_actions"] is False
+        assert cfg.train.env["continuous_actions"] is True
         assert min(cfg.epsilons) < 0 and cfg.marl and len(cfg.seeds) >= 3
         for key in ("bogus", "train.bogus", "train.ermas.bogus", "regulator.bogus"):
             with pytest.raises(Exception, match="bogus"):

@@ -1,6 +1,8 @@
 """Tests of the ReptileRegretEstimator against exact regrets of the bimatrix game."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from tensordict import TensorDict
@@ -11,6 +13,7 @@ from torchrl_ermas.envs import SequentialBimatrixEnv
 from torchrl_ermas.envs.bimatrix_analysis import exact_regret, policy_table
 from torchrl_ermas.regret import ReptileRegretEstimator, ReptileStep
 from torchrl_ermas.regret.trust_region import _score
+from torchrl_ermas.transforms import KLToReference
 
 STAY, UP, DOWN = 0, 1, 2  # UP cooperates (towards n-1), DOWN defects in "dilemma"
 HORIZON = 50
@@ -130,6 +133,31 @@ class TestWarmStart:
         torch.testing.assert_close(restored.estimate(seed=2)["regret"], expected)
         with pytest.raises(ValueError, match="does not fit this actor"):
             ReptileRegretEstimator(make_actor(share_params=False), env).load_state_dict(state)
+
+
+class TestTrustRegionKL:
+    def test_the_bound_is_klto_reference_in_the_direction_of_eq_12(self):
+        """The estimator bounds its deviations with KLToReference (reference: the current
+        policy): the transform, given a deviation as the live policy, measures the KL the
+        estimator reports, KL(pi || pi'), not the reverse direction."""
+        env = make_env(32)
+        actor = make_actor()
+        make_deterministic(actor, UP, confidence=3.0)
+        estimator = ReptileRegretEstimator(actor, env, num_steps=2, trust_region=0.5, seed=3)
+        assert isinstance(estimator.kl, KLToReference)
+        result = estimator.estimate()
+        current = TensorDict.from_module(actor).data.clone()
+        data = env.rollout(HORIZON, actor, break_when_any_done=False).reshape(-1)
+        for world in range(2):
+            live = copy.deepcopy(actor)
+            result["deviation_params"][world].to_module(live)
+            transform = KLToReference(live, reference_params=current)
+            forward = transform.kl(data)[..., world, 0].mean()
+            with torch.no_grad():
+                p, q = actor.get_dist(data.select(*actor.in_keys)), live.get_dist(data.select(*actor.in_keys))
+            reverse = torch.distributions.kl_divergence(q, p)[..., world].mean()
+            assert abs(forward - result["kl"][world]) < 0.15 * result["kl"][world] + 0.02, (forward, result["kl"])
+            assert not torch.isclose(forward, reverse, rtol=0.05)
 
 
 class TestMechanics:
