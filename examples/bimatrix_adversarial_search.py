@@ -54,6 +54,7 @@ from torchrl_ermas.envs.bimatrix_frontier import epsilon_frontier  # noqa: E402
 from torchrl_ermas.training import (  # noqa: E402
     mean_sem,
     method_seed_configs,
+    multiplier_settling,
     run_many,
     TrainConfig,
     validate_experiment,
@@ -117,7 +118,8 @@ def validate(cfg: AdversarialSearchConfig, overrides: list[str] | tuple[str, ...
 def exact_regret_hook(trainer) -> dict[str, Any]:
     """Exact values of the final agent policies in the training game (by DP), the
     calibration of the final regret estimates (estimated / exact, agents with exact > 1)
-    and how much lambda moved over the last 20 % of the iterations (relative change)."""
+    and how much lambda moved over the last 20 % of the iterations
+    (:func:`~torchrl_ermas.training.multiplier_settling`, the agent that moved most)."""
     env = trainer.env.base_env
     values = exact_values(env, policy_table(trainer.agent_policy, env))
     exact = values[:, 1] - values[:, 0]
@@ -126,10 +128,7 @@ def exact_regret_hook(trainer) -> dict[str, Any]:
     if final["regret"] is not None:
         ratios = [e / x for e, x in zip(final["regret"], exact.tolist()) if x > 1]
         out["calibration"] = min(ratios) if ratios else None
-        lambdas = torch.tensor(trainer.history["lambda"])
-        start, end = lambdas[int(0.8 * len(lambdas))], lambdas[-1]
-        change = ((end - start).abs() / end.clamp_min(1e-12)).where(end > 0, 0.0)
-        out["lambda_change"] = change.max().item()
+        out["lambda_change"] = max(multiplier_settling(trainer.history["lambda"]))
     return out
 
 

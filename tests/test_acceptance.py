@@ -21,6 +21,7 @@ from torchrl_ermas.training import (
     ErmasTrainer,
     mean_sem,
     method_seed_configs,
+    multiplier_settling,
     run_many,
     TrainConfig,
     transfer_config,
@@ -53,10 +54,9 @@ def figure2_hook(trainer) -> dict:
     """Exact regrets of the final policies and lambda's change over the last 20 %."""
     env = trainer.env.base_env
     values = exact_values(env, policy_table(trainer.agent_policy, env))
-    lambdas = trainer.history["lambda"]
     out = {"exact_regret": (values[:, 1] - values[:, 0]).tolist()}
-    if lambdas[0] is not None:
-        out["lambda_window"] = [lambdas[int(0.8 * len(lambdas))], lambdas[-1]]
+    if trainer.history["lambda"][0] is not None:
+        out["lambda_change"] = multiplier_settling(trainer.history["lambda"])
     return out
 
 
@@ -110,11 +110,12 @@ class TestAdversarialSearchTracksTheFrontier:
                         assert estimated >= 0.7 * exact, (eps, estimated, exact)
 
     def test_multipliers_settle(self, figure2):
+        """Where the constraint can hold (epsilon >= 0), lambda has settled by the end."""
         for eps in EPSILONS:
+            if eps < 0:  # infeasible (regret >= 0 > epsilon): lambda climbs towards its cap
+                continue
             for final in figure2["ermas", eps]:
-                start, end = (torch.tensor(v) for v in final["lambda_window"])
-                change = torch.where(end > 0, (end - start).abs() / end.clamp_min(1e-12), 0.0)
-                assert (change < 0.1).all(), (eps, start, end)
+                assert max(final["lambda_change"]) < 0.1, (eps, final["lambda_change"])
 
     def test_very_negative_epsilon_matches_marl(self, figure2):
         ermas, se_e = stat(figure2["ermas", EPSILONS[0]], "planner_reward")

@@ -15,6 +15,7 @@ from .config import (
 from .experiments import (
     mean_sem,
     method_seed_configs,
+    multiplier_settling,
     run,
     run_many,
     transfer_config,
@@ -35,6 +36,7 @@ __all__ = [
     "load_checkpoint",
     "mean_sem",
     "method_seed_configs",
+    "multiplier_settling",
     "register_configs",
     "run",
     "run_many",

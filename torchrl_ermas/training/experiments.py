@@ -260,3 +260,30 @@ def mean_sem(values: Iterable[float]) -> tuple[float, float]:
         return mean, 0.0
     var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
     return mean, math.sqrt(var / len(values))
+
+
+def multiplier_settling(lambdas: Sequence[Sequence[float]]) -> list[float]:
+    """Per agent, how much ``lambda`` still moved over the last 20 % of a run.
+
+    The relative change between the mean over the last 10 % of the iterations and the mean
+    over the 10 % before (each a few regret estimates, so that the noise of single
+    estimates averages out); ``0`` where ``lambda`` ends at ``0`` (a slack constraint).
+
+    Args:
+        lambdas: the run's ``history["lambda"]``, one ``[n_agents]`` row per iteration.
+
+    Examples:
+        >>> multiplier_settling([[4.0, 0.0]] * 10 + [[2.0, 0.0]] * 10)
+        [0.0, 0.0]
+        >>> multiplier_settling([[4.0, 1.0]] * 18 + [[2.0, 1.0]] * 2)
+        [1.0, 0.0]
+    """
+    values = torch.tensor(lambdas, dtype=torch.float64)
+    if values.dim() != 2 or len(values) < 2:
+        raise ValueError(
+            f"lambdas must hold at least 2 rows of per-agent values, got shape {list(values.shape)}."
+        )
+    tenth = max(len(values) // 10, 1)
+    before, last = values[-2 * tenth:-tenth].mean(0), values[-tenth:].mean(0)
+    change = (last - before).abs() / last.clamp_min(1e-12)
+    return torch.where(last > 1e-9, change, 0.0).tolist()
