@@ -97,44 +97,6 @@ class TestAgainstExactRegret:
         assert (large > small + 5).all()
 
 
-class TestWarmStart:
-    def test_warm_start_continues_within_the_trust_region(self):
-        """The first call is a cold start; later calls start from the kept deviation (which
-        already holds the regret) and pull it back within the trust region of a policy that
-        moved."""
-        env = make_env(32)
-        actor = make_actor()
-        make_deterministic(actor, UP)
-        exact = exact_regret(env, policy_table(actor, env))
-        warm = ReptileRegretEstimator(actor, env, num_steps=1, seed=1)
-        cold = ReptileRegretEstimator(actor, env, num_steps=1, warm_start=False, seed=1)
-        torch.testing.assert_close(warm.estimate()["regret"], cold.estimate()["regret"])
-        kept = warm.state_dict()
-        assert kept and all(torch.isfinite(v).all() for v in kept.values())
-        with torch.no_grad():  # the agents move
-            TensorDict.from_module(actor).apply(lambda p: p.add_(0.3 * torch.randn_like(p)))
-        exact = exact_regret(env, policy_table(actor, env))
-        for _ in range(2):
-            moved = warm.estimate()
-            assert (moved["kl"] <= warm.trust_region * (1 + 1e-4)).all()
-        assert (moved["regret"] >= 0.75 * exact).all(), (moved["regret"], exact)
-
-    def test_state_dict_round_trip_reproduces_the_next_estimate(self):
-        env = make_env(16)
-        actor = make_actor()
-        make_deterministic(actor, UP, confidence=3.0)
-        estimator = ReptileRegretEstimator(actor, env, num_steps=1)
-        assert estimator.state_dict() == {}
-        estimator.estimate(seed=1)
-        state = estimator.state_dict()
-        expected = estimator.estimate(seed=2)["regret"]
-        restored = ReptileRegretEstimator(actor, env, num_steps=1)
-        restored.load_state_dict(state)
-        torch.testing.assert_close(restored.estimate(seed=2)["regret"], expected)
-        with pytest.raises(ValueError, match="does not fit this actor"):
-            ReptileRegretEstimator(make_actor(share_params=False), env).load_state_dict(state)
-
-
 class TestTrustRegionKL:
     def test_the_bound_is_klto_reference_in_the_direction_of_eq_12(self):
         """The estimator bounds its deviations with KLToReference (reference: the current
@@ -275,7 +237,6 @@ class TestBadInput:
             (dict(exploration=-0.1), "exploration"),
             (dict(gamma=0.0), "gamma"),
             (dict(meta=0.2), "meta must be a ReptileStep"),
-            (dict(warm_start=1), "warm_start"),
             (dict(horizon=0), "horizon"),
             (dict(max_step_scale=0.0), "max_step_scale"),
             (dict(line_search_points=0), "line_search_points"),

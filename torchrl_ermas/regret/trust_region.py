@@ -180,26 +180,6 @@ class TrustRegionStep:
         """The line search's random subset of ``batch`` (``line_search_samples`` per world)."""
         return batch.subset(self.line_search_samples)
 
-    def pull_within(
-        self,
-        deviation: TensorDictBase,
-        current: TensorDictBase,
-        subset: DeviationBatch,
-        budget: float,
-    ) -> tuple[TensorDictBase, torch.Tensor]:
-        """Moves a warm start towards the current policy until it is within ``budget``.
-
-        The projection keeps the largest ``t`` in ``[0, 1]`` for which
-        ``current + t * (deviation - current)`` is within the budget on the states of
-        ``subset`` (``t = 1`` where the warm start is already within it). Returns the
-        projected parameters and ``t`` per world.
-        """
-        grid = torch.cat([torch.zeros(1), 0.5 ** torch.arange(len(self.step_scales)).flip(0)])
-        return self.line_search(
-            current, deviation - current, grid.to(subset.advantage.device), subset, budget,
-            longest=True,
-        )
-
     @torch.no_grad()
     def line_search(
         self,
@@ -208,12 +188,10 @@ class TrustRegionStep:
         grid: torch.Tensor,
         batch: DeviationBatch,
         budget: float,
-        longest: bool = False,
     ) -> tuple[TensorDictBase, torch.Tensor]:
-        """Best surrogate on ``batch`` among ``origin + l * direction`` for ``l`` in ``grid``
+        """Best score on ``batch`` among ``origin + l * direction`` for ``l`` in ``grid``
         (increasing, ``grid[0] = 0``) within ``budget``, refined by bisection at the
-        budget's boundary; returns the parameters and their KL ``[W]``. With ``longest``
-        the score is the length itself (a projection) and the length is returned."""
+        budget's boundary; returns the parameters and their KL ``[W]``."""
         reference = self.kl.reference_dist(batch.observation)
         n_worlds = batch.advantage.shape[0]
         worlds = torch.arange(n_worlds, device=batch.advantage.device)
@@ -240,8 +218,6 @@ class TrustRegionStep:
             """
             candidates = torch.stack([origin + scale_worlds(direction, length) for length in lengths])
             weighted, kl = terms(candidates)
-            if longest:
-                return candidates, lengths, kl
             gain = weighted - base
             bound = gain.mean(-1) - self.confidence * gain.std(-1) / gain.shape[-1] ** 0.5
             return candidates, torch.where(lengths > 0, bound, 0.0), kl
@@ -266,4 +242,4 @@ class TrustRegionStep:
             chosen_kl = torch.where(better, mid_kl[0], chosen_kl)
             chosen_score = torch.where(better, score[0], chosen_score)
             low, high = torch.where(ok, mid, low), torch.where(ok, high, mid)
-        return chosen, chosen_score if longest else chosen_kl
+        return chosen, chosen_kl

@@ -88,7 +88,7 @@ class ErmasConfig:
     ``lambda_rule="nupi"`` (default, scale-free: ``lambda_lr`` is a step of the planner's
     weight ``1 / (1 + lambda)``) or ``"gradient_ascent"`` (the authors' rule: ``lambda_lr``
     is in lambda per unit of regret). The deviations (``trust_region``,
-    ``deviation_steps`` per estimate, ``warm_start``, ``exploration``) follow
+    ``deviation_steps`` per estimate, ``exploration``) follow
     :class:`~torchrl_ermas.regret.ReptileRegretEstimator`, and ``meta_*`` the Reptile step
     :class:`~torchrl_ermas.regret.ReptileStep` (Eq. 13), whose defaults they repeat:
     ``meta_scale`` (the paper's ``beta``) is ``0``, see that class for why.
@@ -111,7 +111,6 @@ class ErmasConfig:
     regret_baseline: str = "critic"
     trust_region: float = 3.0
     deviation_steps: int = 3
-    warm_start: bool = True
     exploration: float = 0.2
     meta_scale: float = 0.0
     meta_trust_region: float = 0.002

@@ -305,7 +305,6 @@ class ErmasTrainer:
             horizon=e.regret_horizon if e.regret_horizon is not None else self.horizon,
             trust_region=e.trust_region,
             num_steps=e.deviation_steps,
-            warm_start=e.warm_start,
             exploration=e.exploration,
             meta=ReptileStep(e.meta_scale, e.meta_cap, e.meta_trust_region),
             seed=self.cfg.seed,
@@ -324,7 +323,7 @@ class ErmasTrainer:
             # parameters and optimizer states are live references: copy them; the history
             # is only appended to once the iteration succeeds, so it needs no copy
             good_state = self.state(iteration)
-            for key in ("modules", "optimizers", "planner_policy", "estimator"):
+            for key in ("modules", "optimizers", "planner_policy"):
                 good_state[key] = copy.deepcopy(good_state[key])
             try:
                 row = self._iteration(iteration)
@@ -487,7 +486,6 @@ class ErmasTrainer:
             "planner_policy": (
                 self.planner_policy.state_dict() if self.planner_policy is not None else None
             ),
-            "estimator": self.estimator.state_dict() if self.estimator is not None else {},
             "config": self._config_json,
         }
 
@@ -497,8 +495,6 @@ class ErmasTrainer:
         self.modules.load_state_dict(state["modules"])
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
-        if self.estimator is not None:
-            self.estimator.load_state_dict(state["estimator"])
         self.history = state["history"]
         self.start_iteration = state["iteration"]
 
