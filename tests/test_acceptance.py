@@ -118,15 +118,16 @@ class TestAdversarialSearchTracksTheFrontier:
                 assert sum(ratios) / len(ratios) >= 0.7, (eps, ratios)
 
     def test_multipliers_hover_instead_of_oscillating(self, figure2):
-        """Where the constraint can hold (epsilon >= 0) lambda ends in a narrow band: within
-        a factor 3 over the last 20 % of the run (an integral-only rule swings between 0 and
-        its start), and its window means move by less than half."""
+        """Where the constraint can hold (epsilon >= 0) lambda ends in a narrow band: the
+        planner's weight 1 / (1 + lambda) stays within a factor 2 over the last 20 % of the
+        run (an integral-only rule swings between 0 and its start), and lambda's window
+        means move by less than half."""
         for eps in EPSILONS:
             if eps < 0:  # infeasible (regret >= 0 > epsilon): lambda climbs towards its cap
                 continue
             for final in figure2["ermas", eps]:
                 band = torch.tensor(final["lambda_band"])
-                assert (band[1] < 3 * band[0]).all(), (eps, band)
+                assert (1 + band[1] < 2 * (1 + band[0])).all(), (eps, band)
                 assert max(final["lambda_change"]) < 0.5, (eps, final["lambda_change"])
 
     def test_very_negative_epsilon_matches_marl(self, figure2):
