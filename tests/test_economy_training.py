@@ -12,6 +12,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from tensordict import TensorDict
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import MaskedCategorical
 
@@ -22,7 +23,7 @@ from torchrl_ermas.envs.economy import (
     SaezPlanner,
 )
 from torchrl_ermas.regret import ReptileRegretEstimator
-from torchrl_ermas.regret.deviation import _uniform_over_support
+from torchrl_ermas.regret.deviation import exploration_params
 from torchrl_ermas.training import ErmasTrainer, PPOConfig, TrainConfig
 from torchrl_ermas.training.models import IndependentMaskedCategorical, make_policy
 
@@ -87,8 +88,9 @@ def test_independent_masked_categorical_sums_over_components():
 
 def test_deviation_exploration_stays_within_the_mask():
     mask = torch.tensor([[True, False, True, False], [True, True, True, True]])
-    dist = MaskedCategorical(logits=torch.randn(2, 4), mask=mask)
-    uniform = _uniform_over_support(dist)
+    params = TensorDict({"logits": torch.randn(2, 4), "mask": mask}, [2])
+    explore = exploration_params(params)
+    uniform = MaskedCategorical(logits=explore["logits"], mask=explore["mask"]).probs
     torch.testing.assert_close(uniform[0], torch.tensor([0.5, 0.0, 0.5, 0.0]))
     torch.testing.assert_close(uniform[1], torch.full((4,), 0.25))
 
