@@ -428,10 +428,11 @@ class ErmasLossConfig:
     actor_network: Any = None
     critic_network: Any = None
     n_agents: int | None = None
-    lagrange_init: float = 8.0
-    lagrange_lr: float = 0.005
+    lagrange_init: float = 1.0
+    lagrange_lr: float = 0.01
     lagrange_max_value: float = 100.0
     lagrange_frozen: bool = False
+    lagrange_rule: str = "nupi"
     clip_epsilon: float = 0.3
     entropy_bonus: bool = True
     entropy_coeff: float = 0.025
@@ -456,6 +457,7 @@ def _make_ermas_loss(
     lagrange_lr: float,
     lagrange_max_value: float,
     lagrange_frozen: bool,
+    lagrange_rule: str,
     normalize_advantage_exclude_dims: tuple[int, ...],
     gamma: float | None = None,
     lmbda: float | None = None,
@@ -468,6 +470,7 @@ def _make_ermas_loss(
         lr=lagrange_lr,
         max_value=lagrange_max_value,
         frozen=lagrange_frozen,
+        rule=lagrange_rule,
     )
     loss = ErmasLoss(
         lagrange=lagrange,
