@@ -151,14 +151,14 @@ class DeviationPolicy(TensorDictModuleBase):
         build = self.dists.actor.build_dist_from_params
         dist = build(dist_params)
         action = dist.sample()  # [W, B, N, *event]
-        log_prob = dist.log_prob(action)  # [W, B, N]
-        mask = world_mask(self.n_agents, log_prob.device).view(self.n_agents, 1, self.n_agents)
+        mask = world_mask(self.n_agents, action.device).view(self.n_agents, 1, self.n_agents)
         if self.exploration > 0:
             wide = build(exploration_params(dist_params))
-            explore = mask & (torch.rand_like(log_prob) < self.exploration)
+            explore = mask & (torch.rand(dist.batch_shape, device=action.device) < self.exploration)
             event = (1,) * (action.dim() - explore.dim())
             action = torch.where(explore.view(*explore.shape, *event), wide.sample(), action)
-            log_prob = dist.log_prob(action)
+        log_prob = dist.log_prob(action)  # [W, B, N]
+        if self.exploration > 0:
             mixture = torch.logaddexp(
                 math.log1p(-self.exploration) + log_prob,
                 math.log(self.exploration) + wide.log_prob(action),
