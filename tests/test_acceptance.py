@@ -21,6 +21,7 @@ from torchrl_ermas.training import (
     ErmasTrainer,
     mean_sem,
     method_seed_configs,
+    multiplier_settling,
     run_many,
     TrainConfig,
     transfer_config,
@@ -55,8 +56,7 @@ def figure2_hook(trainer) -> dict:
     values = exact_values(env, policy_table(trainer.agent_policy, env))
     out = {"exact_regret": (values[:, 1] - values[:, 0]).tolist()}
     if trainer.history["lambda"][0] is not None:
-        tail = torch.tensor(trainer.history["lambda"][int(0.8 * trainer.cfg.iterations):])
-        out["lambda_band"] = [tail.min(0).values.tolist(), tail.max(0).values.tolist()]
+        out["lambda_change"] = multiplier_settling(trainer.history["lambda"])
     return out
 
 
@@ -88,7 +88,7 @@ def stat(finals: list[dict], name: str) -> tuple[float, float]:
 @pytest.mark.slow
 class TestAdversarialSearchTracksTheFrontier:
     """Epsilon is a control knob: the planner reward falls monotonically with it, close to
-    the exact frontier, with calibrated regret estimates and multipliers that hover."""
+    the exact frontier, with calibrated regret estimates and multipliers that settle."""
 
     def test_planner_reward_is_monotone_in_epsilon(self, figure2):
         rewards = [stat(figure2["ermas", eps], "planner_reward") for eps in EPSILONS]
@@ -115,24 +115,24 @@ class TestAdversarialSearchTracksTheFrontier:
             if ratios:
                 assert sum(ratios) / len(ratios) >= 0.7, (eps, ratios)
 
-    def test_multipliers_hover_instead_of_oscillating(self, figure2):
-        """Where the constraint can hold (epsilon >= 0) lambda ends in a narrow band: the
-        planner's weight 1 / (1 + lambda) stays within a factor 2 over the last 20 % of the
-        run (an integral-only rule swings between 0 and its start). The 10 % settling of
-        lambda itself is not reached at the noise level of the estimates (README)."""
+    def test_multipliers_settle(self, figure2):
+        """Where the constraint can hold (epsilon >= 0) lambda has settled by the end of the
+        run: its relative change over the last 20 % (``multiplier_settling``) is below 10 %
+        on average over the seeds and agents, and below 20 % in every run; where it cannot,
+        lambda sits at its cap."""
         for eps in EPSILONS:
-            if eps < 0:  # infeasible (regret >= 0 > epsilon): lambda climbs towards its cap
+            finals = figure2["ermas", eps]
+            if eps < 0:  # infeasible (regret >= 0 > epsilon)
+                assert all(lam > 99.0 for f in finals for lam in f["lambda"]), eps  # cap: 100
                 continue
-            for final in figure2["ermas", eps]:
-                band = torch.tensor(final["lambda_band"])
-                assert (1 + band[1] < 2 * (1 + band[0])).all(), (eps, band)
+            changes = [change for f in finals for change in f["lambda_change"]]
+            assert sum(changes) / len(changes) < 0.1, (eps, changes)
+            assert max(changes) < 0.2, (eps, changes)
 
     def test_very_negative_epsilon_matches_marl(self, figure2):
         ermas, se_e = stat(figure2["ermas", EPSILONS[0]], "planner_reward")
         marl, se_m = stat(figure2["marl", None], "planner_reward")
         assert abs(ermas - marl) <= 2 * (se_e + se_m) + 2.0, (ermas, marl)
-        lambdas = torch.tensor([f["lambda"] for f in figure2["ermas", EPSILONS[0]]])
-        assert (lambdas > 8.0).all()  # far above its start (1): the constraint binds
 
 
 # ---------------------------------------------------------------------------- Figure 4

@@ -23,26 +23,31 @@ class LagrangeMultiplier(nn.Module):
     ascends them on the constraint violation ``e_i = regret_i - epsilon`` with
     one of two rules:
 
-    - ``"nupi"`` (default): the nuPI controller (Sohrabi et al., ICML 2024) on
-      the violation normalised by its own running scale, so that one setting works
-      in any reward unit, acting on the planner's weight ``w = 1 / (1 + lambda)``
-      in the loss (``w = 1``: fully adversarial, ``w -> 0``: selfish)::
+    - ``"nupi"`` (default): the nuPI controller (Sohrabi et al., ICML 2024) on the
+      violation in units of its own spread, so that one setting works in any reward unit,
+      acting on the planner's weight ``w = 1 / (1 + lambda)`` in the loss (``w = 1``:
+      fully adversarial, ``w -> 0``: selfish)::
 
-          s_t  = max(sqrt(EMA_beta(e^2)), noise_floor * |reference|)   (EMA bias-corrected)
+          s_t  = max(std_beta(e), noise_floor * |reference|)   (EMA, bias-corrected)
           u_t  = e_t / s_t
           xi_t = nu * xi_{t-1} + (1 - nu) * u_t
           w    <- clip(w - lr * (u_t + kp * (xi_t - xi_{t-1})), 1 / (1 + max_value), 1)
 
-      The first update moves ``w`` by ``lr * (1 + kp * (1 - nu))``; later steps
-      shrink as the violation falls below the size it had (the scale remembers
-      about ``1 / (1 - beta)`` updates), so the multipliers settle where
-      ``regret ~ epsilon`` instead of oscillating between ``0`` and their start.
-      Bounded steps of ``w`` keep the multiplier from running away while the
-      agents lag behind it (a step of ``lambda`` itself matters less the larger
-      ``lambda`` is), and ``lambda = 0`` is reached exactly. The proportional term
-      ``kp`` damps that lag. ``reference`` (passed to :meth:`update`, e.g. the agents'
-      episode returns) floors the scale, so that at ``epsilon ~ 0`` violations at the
-      noise level of the regret estimate do not count as whole units.
+      Summed over the updates, ``w = w_0 - lr * (sum_t u_t + kp * xi_t)``: an integral
+      term that settles where ``regret ~ epsilon`` and a proportional one that damps the
+      oscillation the agents' lag would otherwise cause (they follow ``lambda`` with a
+      delay of several updates, so an integral-only rule swings between ``0`` and its
+      start). ``nu`` smooths the proportional term against the noise of single estimates.
+      The spread ``s`` is the standard deviation of the violations (the scale remembers
+      about ``1 / (1 - beta)`` updates): violations at the level of the estimate's noise
+      and of the oscillation move ``w`` by about ``lr`` per update, while a constraint
+      that cannot hold (a violation far outside its spread, every update) drives
+      ``lambda`` to ``max_value`` within a few updates. Bounded steps of ``w`` keep the
+      multiplier from running away while the agents lag behind it, and ``lambda = 0`` is
+      reached exactly. ``reference`` (passed to :meth:`update`, e.g. the agents' episode
+      returns) floors the spread, so that around ``epsilon ~ 0`` violations at the noise
+      level of the regret estimate do not count as whole units; without it the floor is
+      ``noise_floor`` times the violations' root mean square.
     - ``"gradient_ascent"``: the ERMAS authors' plain projected dual ascent
       ``lambda <- clip(lambda + lr * e, 0, max_value)``, in reward units.
 
@@ -74,13 +79,13 @@ class LagrangeMultiplier(nn.Module):
         rule (str, optional): ``"nupi"`` or ``"gradient_ascent"``.
             Defaults to ``"nupi"``.
         kp (float, optional): proportional gain of ``"nupi"``, ``>= 0``.
-            Defaults to ``20.0``.
+            Defaults to ``6.0``.
         nu (float, optional): EMA coefficient of the proportional term, in
-            ``[0, 1)``. Defaults to ``0.9``.
+            ``[0, 1)``. Defaults to ``0.5``.
         scale_decay (float, optional): EMA coefficient ``beta`` of the violation's
             scale, in ``[0, 1)``. Defaults to ``0.99``.
-        noise_floor (float, optional): the scale's floor relative to ``reference``,
-            ``>= 0``. Defaults to ``0.05``.
+        noise_floor (float, optional): the spread's floor relative to ``reference`` (or,
+            without one, to the violations' root mean square), ``> 0``. Defaults to ``0.05``.
 
     Examples:
         >>> import torch
@@ -119,8 +124,8 @@ class LagrangeMultiplier(nn.Module):
         frozen: bool = False,
         *,
         rule: str = "nupi",
-        kp: float = 20.0,
-        nu: float = 0.9,
+        kp: float = 6.0,
+        nu: float = 0.5,
         scale_decay: float = 0.99,
         noise_floor: float = 0.05,
     ) -> None:
@@ -133,7 +138,7 @@ class LagrangeMultiplier(nn.Module):
         check_real("kp", kp, low=0)
         check_real("nu", nu, low=0, high=1, high_inclusive=False)
         check_real("scale_decay", scale_decay, low=0, high=1, high_inclusive=False)
-        check_real("noise_floor", noise_floor, low=0)
+        check_real("noise_floor", noise_floor, low=0, low_inclusive=False)
         super().__init__()
         self.n_agents = n_agents
         self.lr = float(lr)
@@ -145,8 +150,9 @@ class LagrangeMultiplier(nn.Module):
         self.noise_floor = float(noise_floor)
         self.multiplier = nn.Parameter(torch.full((self.n_agents,), float(init)))
         self.register_buffer("_frozen", torch.tensor(bool(frozen)))
-        # nuPI state: updates so far, EMA of e^2 (the scale), EMA of e / s (xi)
+        # nuPI state: updates so far, EMAs of e and e^2 (the spread), EMA of e / s (xi)
         self.register_buffer("_updates", torch.zeros((), dtype=torch.long))
+        self.register_buffer("_mean_ema", torch.zeros(self.n_agents))
         self.register_buffer("_square_ema", torch.zeros(self.n_agents))
         self.register_buffer("_xi", torch.zeros(self.n_agents))
 
@@ -184,15 +190,14 @@ class LagrangeMultiplier(nn.Module):
                 a tensor broadcastable to ``[n_agents]``.
             reference (torch.Tensor, optional): a per-agent reward scale in the units of
                 the regret (e.g. the agents' episode returns), broadcastable to
-                ``[n_agents]``; ``"nupi"`` floors its scale at ``noise_floor * |reference|``.
+                ``[n_agents]``; ``"nupi"`` floors its spread at ``noise_floor * |reference|``.
 
         Returns:
             The new multipliers (detached copy), shape ``[n_agents]``.
         """
         violation = self._violation(regret, epsilon)
-        floor = torch.zeros_like(violation)
         if reference is not None:
-            floor = self.noise_floor * self._per_agent("reference", reference).abs()
+            reference = self._per_agent("reference", reference)
         if self.frozen:
             return self.value
         if self.rule == "gradient_ascent":
@@ -200,18 +205,24 @@ class LagrangeMultiplier(nn.Module):
         else:
             # the planner's weight w = 1 / (1 + lambda) moves by -lr * step, within
             # [1 / (1 + max_value), 1]
-            weight = (1 + self.multiplier).reciprocal() - self.lr * self._nupi_step(violation, floor)
+            step = self._nupi_step(violation, reference)
+            weight = (1 + self.multiplier).reciprocal() - self.lr * step
             weight = weight.clamp(1 / (1 + self.max_value), 1.0)
             self.multiplier.copy_(weight.reciprocal() - 1)
         self.project_()
         return self.value
 
-    def _nupi_step(self, violation: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
+    def _nupi_step(self, violation: torch.Tensor, reference: torch.Tensor | None) -> torch.Tensor:
         """``u_t + kp * (xi_t - xi_{t-1})`` on the normalised violation; advances the state."""
         self._updates += 1
         decay = self.scale_decay
+        self._mean_ema.mul_(decay).add_((1 - decay) * violation)
         self._square_ema.mul_(decay).add_((1 - decay) * violation.square())
-        scale = (self._square_ema / (1 - decay ** self._updates.item())).sqrt().maximum(floor)
+        correction = 1 - decay ** self._updates.item()
+        mean, square = self._mean_ema / correction, self._square_ema / correction
+        level = square.sqrt() if reference is None else reference.abs()
+        spread = (square - mean.square()).clamp_min(0).sqrt()
+        scale = spread.maximum(self.noise_floor * level)
         normalised = torch.where(scale > 0, violation / scale, torch.zeros_like(scale))
         previous = self._xi.clone()
         self._xi.mul_(self.nu).add_((1 - self.nu) * normalised)

@@ -99,8 +99,8 @@ class ErmasConfig:
     lambda_lr: float = 0.01
     lambda_max: float = 100.0
     lambda_rule: str = "nupi"
-    lambda_kp: float = 20.0
-    lambda_nu: float = 0.9
+    lambda_kp: float = 6.0
+    lambda_nu: float = 0.5
     lambda_scale_decay: float = 0.99
     lambda_noise_floor: float = 0.05
     warmup_iters: int = 10
