@@ -15,7 +15,6 @@ import time
 
 import numpy as np
 import torch
-
 from torchrl_ermas.envs.economy import EconomyEnv, FreeMarketPlanner, USFederalPlanner
 from torchrl_ermas.envs.economy.reference import (
     REFERENCE_RANDOM_POLICY,
@@ -30,10 +29,12 @@ def original_statistics(tier: str, planner: str, episodes: int, seed: int) -> di
     """The same statistics from the original package (paper configuration, notes 2.1)."""
     from ai_economist import foundation
 
-    components = [("Build", {"skill_dist": "pareto", "payment_max_skill_multiplier": 3, "build_labor": 10, "payment": 10})]
+    build = {"skill_dist": "pareto", "payment_max_skill_multiplier": 3, "build_labor": 10, "payment": 10}
+    components = [("Build", build)]
     if tier == "gather_trade_build":
         components.append(
-            ("ContinuousDoubleAuction", {"max_bid_ask": 10, "order_labor": 0.25, "max_num_orders": 5, "order_duration": 50})
+            ("ContinuousDoubleAuction",
+             {"max_bid_ask": 10, "order_labor": 0.25, "max_num_orders": 5, "order_duration": 50})
         )
     components.append(("Gather", {"move_labor": 1, "collect_labor": 1, "skill_dist": "pareto"}))
     tax = {"period": 100, "bracket_spacing": "us-federal", "usd_scaling": 1000}

@@ -18,8 +18,7 @@ import random
 import time
 
 import torch
-
-from torchrl_ermas.envs import dilemma_payoffs, SequentialBimatrixEnv
+from torchrl_ermas.envs import SequentialBimatrixEnv, dilemma_payoffs
 
 
 class PythonBimatrix:

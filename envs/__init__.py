@@ -6,7 +6,7 @@ Every environment here is a batched TorchRL :class:`~torchrl.envs.EnvBase` with 
 """
 from __future__ import annotations
 
-from .bimatrix import dilemma_payoffs, seed0_payoffs, SequentialBimatrixEnv
+from .bimatrix import SequentialBimatrixEnv, dilemma_payoffs, seed0_payoffs
 from .economy import (
     BracketTax,
     EconomyEnv,

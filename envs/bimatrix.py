@@ -11,7 +11,7 @@ from torchrl.data import Bounded, Categorical, Composite, Unbounded
 
 from torchrl_ermas.validation import check_bool, check_choice, check_int, check_real
 
-from ._grid_game import as_batch_size, GridGameEnv, one_hot
+from ._grid_game import GridGameEnv, as_batch_size, one_hot
 
 PAYOFF_PRESETS = ("dilemma", "seed0")
 PLANNER_MODES = ("passive", "officers")

@@ -10,8 +10,9 @@ observation reveals). Returns and best responses are exact and differentiable
 primal descent on the (augmented) Lagrangian ``J_p + sum_i lambda_i (regret_i - epsilon)``
 and dual ascent on ``lambda_i >= 0``, from a selfish warm start (each agent ascends its
 own return). The method is local: each point is an epsilon-equilibrium, so its planner
-return bounds the true minimum from above, tight when the descent finds the optimum. Regrets here are global (exact best responses over the joint
-position and time), whereas ERMAS bounds a regret estimated within a KL trust region.
+return bounds the true minimum from above, tight when the descent finds the optimum.
+Regrets here are global (exact best responses over the joint position and time), whereas
+ERMAS bounds a regret estimated within a KL trust region.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import torch
 from torchrl_ermas.validation import check_int, check_real
 
 from .bimatrix import SequentialBimatrixEnv
-from .bimatrix_analysis import exact_returns, ExactReturns
+from .bimatrix_analysis import ExactReturns, exact_returns
 
 
 class FrontierPoint(NamedTuple):

@@ -47,18 +47,18 @@ from hydra.core.config_store import ConfigStore  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
-
-from torchrl_ermas.validation import check_real  # noqa: E402
 from torchrl_ermas.envs.bimatrix_analysis import exact_values, policy_table  # noqa: E402
 from torchrl_ermas.envs.bimatrix_frontier import epsilon_frontier  # noqa: E402
+
 from torchrl_ermas.training import (  # noqa: E402
+    TrainConfig,
     mean_sem,
     method_seed_configs,
     multiplier_settling,
     run_many,
-    TrainConfig,
     validate_experiment,
 )
+from torchrl_ermas.validation import check_real  # noqa: E402
 
 
 @dataclass

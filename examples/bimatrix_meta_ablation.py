@@ -24,13 +24,13 @@ from hydra.core.config_store import ConfigStore  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from torchrl_ermas.validation import check_number  # noqa: E402
 from torchrl_ermas.training import (  # noqa: E402
+    TrainConfig,
     method_seed_configs,
     run_many,
-    TrainConfig,
     validate_experiment,
 )
+from torchrl_ermas.validation import check_number  # noqa: E402
 
 
 @dataclass

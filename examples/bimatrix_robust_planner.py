@@ -25,16 +25,16 @@ from hydra.core.config_store import ConfigStore  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from torchrl_ermas.validation import check_real  # noqa: E402
 from torchrl_ermas.training import (  # noqa: E402
+    TrainConfig,
     mean_sem,
     method_seed_configs,
     run_many,
-    TrainConfig,
     transfer_config,
     validate_experiment,
     with_overrides,
 )
+from torchrl_ermas.validation import check_real  # noqa: E402
 
 
 @dataclass
@@ -105,7 +105,11 @@ def summarize(cfg: RobustPlannerConfig, results: dict) -> dict[str, dict[str, li
     for name in cfg.methods:
         rewards = [[results[name, s, q]["final"]["planner_reward"] for s in cfg.seeds] for q in cfg.q_test]
         gaps = [
-            [results[name, s, q]["final"]["planner_reward"] - results[cfg.reference, s, q]["final"]["planner_reward"] for s in cfg.seeds]
+            [
+                results[name, s, q]["final"]["planner_reward"]
+                - results[cfg.reference, s, q]["final"]["planner_reward"]
+                for s in cfg.seeds
+            ]
             for q in cfg.q_test
         ]
         summary[name] = {

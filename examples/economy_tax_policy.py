@@ -35,14 +35,16 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from torchrl_ermas.training import (  # noqa: E402
+    TrainConfig,
     mean_sem,
     method_seed_configs,
     run_many,
-    TrainConfig,
     transfer_config,
-    validate as validate_run,
     validate_experiment,
     with_overrides,
+)
+from torchrl_ermas.training import (
+    validate as validate_run,
 )
 
 METRICS = ("planner_reward", "equality", "productivity")

@@ -31,15 +31,15 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torchrl.envs import Compose, EnvBase, TransformedEnv
 
-from torchrl_ermas.validation import check_real
 from torchrl_ermas.training import (
+    TrainConfig,
     mean_sem,
     method_seed_configs,
     run_many,
-    TrainConfig,
     validate_experiment,
 )
 from torchrl_ermas.transforms import PlannerFromAgents, TimeLimitAsTruncated
+from torchrl_ermas.validation import check_real
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

@@ -13,17 +13,17 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torchrl.envs.utils import ExplorationType, set_exploration_type
-
 from torchrl_ermas.envs import SequentialBimatrixEnv
 from torchrl_ermas.envs.bimatrix_analysis import exact_values, policy_table
 from torchrl_ermas.envs.bimatrix_frontier import epsilon_frontier
+
 from torchrl_ermas.training import (
     ErmasTrainer,
+    TrainConfig,
     mean_sem,
     method_seed_configs,
     multiplier_settling,
     run_many,
-    TrainConfig,
     transfer_config,
     with_overrides,
 )
@@ -137,8 +137,9 @@ class TestAdversarialSearchTracksTheFrontier:
 
 # ---------------------------------------------------------------------------- Figure 4
 # The test gaps of Figure 4 make fresh agents defect (Nash, position (0, 0)) for Q_test < 0.3
-# and cooperate above (fully, position (3, 3), once the incentive 0.4 Q - 0.12 is clear). Each trained planner is scored at both with
-# the agents pinned there: the planner reward a transfer measures once the agents converge.
+# and cooperate above (fully, position (3, 3), once the incentive 0.4 Q - 0.12 is clear).
+# Each trained planner is scored at both with the agents pinned there: the planner reward a
+# transfer measures once the agents converge.
 NASH, COOPERATION = (0, 0), (3, 3)
 
 

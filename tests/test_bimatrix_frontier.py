@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from torchrl_ermas.envs import SequentialBimatrixEnv
 from torchrl_ermas.envs.bimatrix_analysis import exact_returns
 from torchrl_ermas.envs.bimatrix_frontier import (
@@ -172,8 +171,8 @@ def test_policy_table_matches_the_policy_on_rollout_observations(observe):
     """policy_table reads the env's public observation builder: its entry at each visited
     (step, position) equals the policy's probabilities on the rollout's own observation."""
     from torchrl.envs.utils import ExplorationType, set_exploration_type
-
     from torchrl_ermas.envs.bimatrix_analysis import policy_table
+
     from torchrl_ermas.training import PPOConfig
     from torchrl_ermas.training.models import make_policy
 

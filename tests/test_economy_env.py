@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 from torchrl.envs.utils import check_env_specs
-
 from torchrl_ermas.envs.economy import (
     TIERS,
     EconomyEnv,

@@ -4,7 +4,6 @@ reproduced within 2 standard errors."""
 from __future__ import annotations
 
 import pytest
-
 from torchrl_ermas.envs.economy import EconomyEnv, FreeMarketPlanner, USFederalPlanner
 from torchrl_ermas.envs.economy.reference import (
     REFERENCE_RANDOM_POLICY,

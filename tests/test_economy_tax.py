@@ -9,7 +9,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from torchrl_ermas.envs.economy import US_FEDERAL_2018_RATES, BracketTax, us_federal_cutoffs
 from torchrl_ermas.envs.economy.saez import (
     estimate_elasticity,

@@ -15,13 +15,13 @@ from omegaconf import OmegaConf
 from tensordict import TensorDict
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import MaskedCategorical
-
 from torchrl_ermas.envs.economy import (
     EconomyEnv,
     FreeMarketPlanner,
-    make_economy_env,
     SaezPlanner,
+    make_economy_env,
 )
+
 from torchrl_ermas.regret import ReptileRegretEstimator
 from torchrl_ermas.regret.deviation import exploration_params
 from torchrl_ermas.training import ErmasTrainer, PPOConfig, TrainConfig

@@ -367,7 +367,11 @@ class TestErmasLoss:
         actor, critic = _make_actor(), _make_critic()
         critic.out_keys = ["state_value"]
         loss = ErmasLoss(actor, critic, LagrangeMultiplier(N_AGENTS))
-        with pytest.raises(ValueError, match=r"the critic writes \['state_value'\] but ErmasLoss reads .*\('agents', 'state_value'\).*set_keys\(value="):
+        match = (
+            r"the critic writes \['state_value'\] but ErmasLoss reads .*\('agents', 'state_value'\)"
+            r".*set_keys\(value="
+        )
+        with pytest.raises(ValueError, match=match):
             loss(_make_data(actor))
 
     def test_torchrl_forms_of_the_settings_are_accepted(self):

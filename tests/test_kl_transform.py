@@ -12,15 +12,15 @@ from torch.distributions import (
     Categorical,
     Distribution,
     Independent,
-    kl_divergence,
     Normal,
+    kl_divergence,
 )
 from torchrl.data import LazyTensorStorage, ReplayBuffer
 from torchrl.envs import Compose, SerialEnv, TransformedEnv
 from torchrl.envs.utils import check_env_specs
 from torchrl.modules import MultiAgentMLP, OneHotCategorical, ProbabilisticActor
-
 from torchrl_ermas.envs import NMatrixGameEnv, SequentialBimatrixEnv
+
 from torchrl_ermas.transforms import KLToReference, PlannerRewardGap
 
 KL = ("next", "agents", "kl_ref")
@@ -213,7 +213,7 @@ class NoKLNormal(Distribution):
         self.base = Independent(Normal(loc, scale), 1)
         super().__init__(self.base.batch_shape, self.base.event_shape, validate_args=False)
 
-    def sample(self, sample_shape=torch.Size()):
+    def sample(self, sample_shape=()):
         return self.base.sample(sample_shape)
 
     def log_prob(self, value):

@@ -7,12 +7,11 @@ import pytest
 import torch
 from tensordict import TensorDict
 from torchrl.envs.utils import check_env_specs
-
 from torchrl_ermas.envs import (
-    dilemma_payoffs,
     NMatrixGameEnv,
-    seed0_payoffs,
     SequentialBimatrixEnv,
+    dilemma_payoffs,
+    seed0_payoffs,
 )
 
 STAY, UP, DOWN = 0, 1, 2

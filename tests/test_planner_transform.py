@@ -111,7 +111,7 @@ def test_online_shapes_and_values():
     assert data[OBS_P].shape == (4, 6, 1, 2 * obs.shape[-1])
     assert torch.equal(data[OBS_P][..., 0, :], obs.flatten(-2))
     next_obs = data["next", "agents", "observation"]
-    assert torch.equal(data["next", *OBS_P][..., 0, :], next_obs.flatten(-2))
+    assert torch.equal(data[("next", *OBS_P)][..., 0, :], next_obs.flatten(-2))
     velocity = data["next", "agents", "observation"][..., 2:4]
     expected = -velocity.square().sum(-1).mean(-1)
     assert data[REWARD_P].shape == (4, 6, 1, 1)
@@ -170,7 +170,7 @@ def test_offline_equals_online(name):
     assert "planner" not in offline.keys() and "planner" not in offline["next"].keys()
     offline = TRANSFORMS[name]()(offline)
     torch.testing.assert_close(offline[OBS_P], online[OBS_P])
-    torch.testing.assert_close(offline["next", *OBS_P], online["next", *OBS_P])
+    torch.testing.assert_close(offline[("next", *OBS_P)], online[("next", *OBS_P)])
     torch.testing.assert_close(offline[REWARD_P], online[REWARD_P])
     assert ("planner", "reward") not in offline.keys(True)  # rewards live under "next"
 
@@ -181,7 +181,7 @@ def test_offline_without_next_uses_the_root():
     transition = online["next"].exclude("planner")
     out = PlannerFromAgents("speed", features=VELOCITY)(transition)
     torch.testing.assert_close(out["planner", "reward"], online[REWARD_P])
-    torch.testing.assert_close(out[OBS_P], online["next", *OBS_P])
+    torch.testing.assert_close(out[OBS_P], online[("next", *OBS_P)])
 
 
 def test_replay_buffer_transform():
@@ -230,7 +230,7 @@ def test_bad_arguments_raise(kwargs, name):
 def test_bad_environment_raises(transform, name):
     env = TransformedEnv(navigation(), transform())
     with pytest.raises(ValueError, match=name):
-        env.full_observation_spec
+        _ = env.full_observation_spec
 
 
 def test_custom_planner_group():
@@ -245,13 +245,13 @@ def test_existing_planner_group_raises():
     env = TransformedEnv(navigation(), PlannerFromAgents("speed", features=VELOCITY))
     env.append_transform(PlannerFromAgents("separation", features=(0, 2)))
     with pytest.raises(ValueError, match="planner_group"):
-        env.full_observation_spec
+        _ = env.full_observation_spec
 
 
 def test_separation_needs_two_agents():
     env = TransformedEnv(navigation(n_agents=1), PlannerFromAgents("separation", features=(0, 2)))
     with pytest.raises(ValueError, match="rule"):
-        env.full_reward_spec
+        _ = env.full_reward_spec
 
 
 def test_callable_with_wrong_output_raises():

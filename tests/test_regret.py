@@ -8,9 +8,9 @@ import torch
 from tensordict import TensorDict
 from tensordict.nn import TensorDictModule
 from torchrl.modules import MaskedCategorical, MultiAgentMLP, ProbabilisticActor
-
 from torchrl_ermas.envs import SequentialBimatrixEnv
 from torchrl_ermas.envs.bimatrix_analysis import exact_regret, policy_table
+
 from torchrl_ermas.regret import ReptileRegretEstimator, ReptileStep
 from torchrl_ermas.regret.trust_region import _score
 from torchrl_ermas.transforms import KLToReference

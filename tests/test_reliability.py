@@ -12,21 +12,21 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf.errors import ConfigKeyError
+from test_training import MAX_STEPS, _merge, make_cfg, run, without_times
 from torchrl.envs import TransformedEnv
 from torchrl.objectives.multiagent import MAPPOLoss
-
-from test_training import _merge, make_cfg, MAX_STEPS, run, without_times
 from torchrl_ermas.envs import SequentialBimatrixEnv
+
 from torchrl_ermas.training import (
     ErmasTrainer,
-    load_checkpoint,
     LoggerConfig,
-    mean_sem,
     NonFiniteError,
     PPOConfig,
+    TrainConfig,
+    load_checkpoint,
+    mean_sem,
     run_many,
     save_checkpoint,
-    TrainConfig,
     transfer_config,
     validate,
     validate_experiment,
@@ -176,7 +176,8 @@ def test_damaged_planner_checkpoint_names_the_file(tmp_path, two_iterations):
     transfer = transfer_config(
         with_overrides(TrainConfig(), cfg), ckpt, {"output_dir": str(tmp_path / "t")}
     )
-    with pytest.raises(CheckpointError, match=r"planner_checkpoint: checkpoint .*trained/checkpoint\.pt.*checkpoint\.prev\.pt"):
+    match = r"planner_checkpoint: checkpoint .*trained/checkpoint\.pt.*checkpoint\.prev\.pt"
+    with pytest.raises(CheckpointError, match=match):
         ErmasTrainer(transfer)
     missing = transfer_config(transfer, tmp_path / "nowhere.pt")
     with pytest.raises(FileNotFoundError, match="planner_checkpoint: checkpoint .*nowhere.pt.* does not exist"):
@@ -327,7 +328,10 @@ def test_ermas_without_any_regret_estimate_is_refused(tmp_path, warmup, iteratio
         ({"device": "meta"}, r"device must be a cpu, cuda or mps device, got 'meta'"),
         ({"planner_checkpoint": ""}, r"planner_checkpoint must be None or the path of a checkpoint"),
         ({"fixed_planner": {}, "train_planner": False}, r"fixed_planner must be None or a hydra node with a _target_"),
-        ({"logger": {"backend": "csv", "exp_name": "../../elsewhere"}}, r"logger.exp_name must be None .* without path separators"),
+        (
+            {"logger": {"backend": "csv", "exp_name": "../../elsewhere"}},
+            r"logger.exp_name must be None .* without path separators",
+        ),
         ({"logger": {"backend": "csv", "exp_name": ""}}, r"logger.exp_name must be None"),
         ({"logger": {"backend": "wandb", "project": ""}}, r"logger.project must be a non-empty name"),
         ({"num_envs": 2.5}, r"Value .2.5. of type .float. could not be converted to Integer\s+full_key: num_envs"),

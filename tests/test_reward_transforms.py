@@ -9,13 +9,13 @@ from tensordict import TensorDict
 from torchrl.data import Bounded, Composite, LazyTensorStorage, ReplayBuffer, Unbounded
 from torchrl.envs import Compose, SerialEnv, TransformedEnv
 from torchrl.envs.utils import check_env_specs
+from torchrl_ermas.envs import NMatrixGameEnv, SequentialBimatrixEnv, nmatrix_payoffs
 
-from torchrl_ermas.envs import NMatrixGameEnv, nmatrix_payoffs, SequentialBimatrixEnv
 from torchrl_ermas.transforms import (
     ConcavePlannerReward,
     DomainRandomizedReward,
-    isoelastic,
     PlannerRewardGap,
+    isoelastic,
 )
 
 AGENT_R = ("next", "agents", "reward")

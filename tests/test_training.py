@@ -22,8 +22,8 @@ import pytest
 import torch
 from omegaconf.errors import ConfigKeyError, ValidationError
 from torchrl.envs import StepCounter, TransformedEnv
-
 from torchrl_ermas.envs import SequentialBimatrixEnv
+
 from torchrl_ermas.regret import ReptileRegretEstimator
 from torchrl_ermas.training import (
     ErmasConfig,

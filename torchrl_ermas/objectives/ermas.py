@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from tensordict import TensorDictBase
 from tensordict.nn import (
-    dispatch,
     ProbabilisticTensorDictSequential,
     TensorDictModule,
+    dispatch,
 )
 from tensordict.utils import NestedKey, unravel_key
 from torchrl.objectives.multiagent import MAPPOLoss

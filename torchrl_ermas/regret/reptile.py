@@ -14,9 +14,9 @@ from torchrl.objectives.value.functional import reward2go
 
 from ..transforms.kl import KLToReference
 from ..validation import check_int, check_number, check_real, check_seed
-from .deviation import check_explorable, DeviationDistributions, DeviationPolicy
+from .deviation import DeviationDistributions, DeviationPolicy, check_explorable
 from .meta import ReptileStep
-from .trust_region import DeviationBatch, own, select_worlds, TrustRegionStep
+from .trust_region import DeviationBatch, TrustRegionStep, own, select_worlds
 
 _BEHAVIOUR_LOG_PROB = "behaviour_log_prob"
 

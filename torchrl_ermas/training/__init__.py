@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import (
-    as_config,
     ErmasConfig,
     LoggerConfig,
     PPOConfig,
-    register_configs,
     RewardConfig,
     TrainConfig,
+    as_config,
+    register_configs,
     validate,
 )
 from .experiments import (

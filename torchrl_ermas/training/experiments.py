@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import as_completed, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
@@ -15,7 +15,7 @@ from torchrl.envs import EnvBase
 from tqdm.auto import tqdm
 
 from ..validation import check_int
-from .config import as_config, TrainConfig, validate
+from .config import TrainConfig, as_config, validate
 from .run_folder import flatten, is_under
 from .trainer import ErmasTrainer
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import atomic_write, CHECKPOINT_NAME, previous_path, remove_stale_temporaries
+from .checkpoint import CHECKPOINT_NAME, atomic_write, previous_path, remove_stale_temporaries
 from .config import RESUMABLE_KEYS
 
 RESULTS_NAME = "results.json"
@@ -83,7 +83,7 @@ def check_resumable(stored: dict[str, Any], current: dict[str, Any], path: Path)
         >>> check_resumable({"seed": 0, "iterations": 5}, {"seed": 1, "iterations": 9}, Path("c.pt"))
         Traceback (most recent call last):
         ...
-        ValueError: cannot resume from 'c.pt': its run was configured differently (seed: 0 in the checkpoint, 1 now). ...
+        ValueError: cannot resume from 'c.pt': its run was configured differently (seed: 0 in the checkpoint, ...
     """
     old, new = flatten(stored), flatten(current)
     changed = [
@@ -117,7 +117,7 @@ def check_state_fits(current: dict[str, Any], stored: dict[str, Any], path: Path
         >>> check_state_fits({"w": torch.zeros(3)}, {"w": torch.zeros(4)}, Path("c.pt"))
         Traceback (most recent call last):
         ...
-        ValueError: checkpoint 'c.pt' does not fit this run: 1 parameter(s) differ (w: [4] in the checkpoint, [3] now). ...
+        ValueError: checkpoint 'c.pt' does not fit this run: 1 parameter(s) differ (w: [4] in the checkpoint, ...
     """
     current, stored = flatten(current), flatten(stored)
     problems = [f"{key} missing" for key in current.keys() - stored.keys()]
@@ -153,7 +153,7 @@ class RunFolder:
         >>> folder.prepare(resume=False, overwrite=False)
         Traceback (most recent call last):
         ...
-        ValueError: output_dir '...' holds another run (checkpoint.pt): set resume=true to continue it, overwrite=true to replace it, or choose another output_dir.
+        ValueError: output_dir '...' holds another run (checkpoint.pt): set resume=true to continue it, ...
     """
 
     def __init__(self, path: str | Path, log_dir: str | Path | None = None) -> None:

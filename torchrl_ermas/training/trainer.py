@@ -32,16 +32,16 @@ from torchrl_ermas.transforms import (
 )
 
 from .checkpoint import (
-    atomic_write,
     CheckpointError,
+    atomic_write,
     load_checkpoint,
     load_latest_checkpoint,
     previous_path,
     save_checkpoint,
 )
-from .config import as_config, PPOConfig, TrainConfig, validate
-from .run_folder import check_resumable, check_state_fits, non_finite_entry, RunFolder
+from .config import PPOConfig, TrainConfig, as_config, validate
 from .models import has_action, make_critic, make_policy
+from .run_folder import RunFolder, check_resumable, check_state_fits, non_finite_entry
 
 
 class NonFiniteError(FloatingPointError):

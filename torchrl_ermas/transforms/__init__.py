@@ -7,8 +7,8 @@ from .planner import PlannerFromAgents
 from .reward import (
     ConcavePlannerReward,
     DomainRandomizedReward,
-    isoelastic,
     PlannerRewardGap,
+    isoelastic,
 )
 from .time_limit import TimeLimitAsTruncated
 

@@ -17,7 +17,7 @@ from typing import Literal
 
 import torch
 from tensordict import TensorDictBase
-from tensordict.utils import expand_as_right, NestedKey, unravel_key
+from tensordict.utils import NestedKey, expand_as_right, unravel_key
 from torchrl.data import Bounded, Composite, TensorSpec, Unbounded
 from torchrl.envs.transforms import Transform
 
