@@ -92,6 +92,14 @@ def exact_returns(env: SequentialBimatrixEnv, probs: torch.Tensor) -> ExactRetur
         probs: ``[..., T, n * n, 2, 3]`` action probabilities, see :func:`policy_table`;
             leading dimensions are a batch of policy pairs.
 
+    Examples:
+        >>> import torch
+        >>> from torchrl_ermas.envs import SequentialBimatrixEnv
+        >>> env = SequentialBimatrixEnv(1, payoffs="dilemma", max_steps=10)
+        >>> uniform = torch.full((10, env.grid_size**2, 2, 3), 1 / 3)  # [T, n * n, agent, action]
+        >>> exact_returns(env, uniform).regrets  # each agent gains 1.4 by best-responding
+        tensor([1.4000, 1.4000])
+
     Returns:
         The planner's, the agents' and the best responses' returns from the start
         distribution, see :class:`ExactReturns`.

@@ -1,7 +1,6 @@
 """Tests of PlannerFromAgents on VMAS, and a smoke test of examples/vmas_adversarial_search.py."""
 from __future__ import annotations
 
-import doctest
 import json
 import subprocess
 import sys
@@ -19,7 +18,6 @@ from torchrl.envs.libs.vmas import VmasEnv
 from torchrl.envs.utils import check_env_specs
 from torchrl.modules import TanhNormal
 
-import torchrl_ermas.transforms.planner as planner_module
 from torchrl_ermas.training import ErmasTrainer
 from torchrl_ermas.transforms import TimeLimitAsTruncated
 from torchrl_ermas.transforms.planner import PlannerFromAgents
@@ -258,11 +256,6 @@ def test_callable_with_wrong_output_raises():
     td = TensorDict({("agents", "observation"): synthetic()}, [2])
     with pytest.raises(ValueError, match="rule"):
         PlannerFromAgents(lambda features: features)(td)
-
-
-def test_docstring_example():
-    result = doctest.testmod(planner_module, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 0 and result.failed == 0
 
 
 # ------------------------------------------------------------------------ continuous actions

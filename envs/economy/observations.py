@@ -41,6 +41,15 @@ def agent_observation(
 
     ``orders`` are the trade tier's :meth:`~.auction.DoubleAuction.order_histograms`,
     computed here if not given.
+
+    Examples:
+        >>> import torch
+        >>> from torchrl_ermas.envs.economy import EconomyEnv
+        >>> env = EconomyEnv(2, tier="labour", episode_length=20, period=10, seed=0)
+        >>> td = env.reset()
+        >>> obs = agent_observation(env, env._state)  # what the env reports, from its state
+        >>> obs.shape, torch.equal(obs, td["agents", "observation"])
+        (torch.Size([2, 4, 20]), True)
     """
     b, n = s["t"].shape[0], env.n_agents
     per_agent: list[torch.Tensor] = []
@@ -73,7 +82,16 @@ def planner_observation(
     env: EconomyEnv, s: dict[str, torch.Tensor], orders: tuple[torch.Tensor, torch.Tensor] | None = None
 ) -> torch.Tensor:
     """``[B, 1, obs_p]`` planner features (see the module docstring); ``orders`` as in
-    :func:`agent_observation`."""
+    :func:`agent_observation`.
+
+    Examples:
+        >>> import torch
+        >>> from torchrl_ermas.envs.economy import EconomyEnv
+        >>> env = EconomyEnv(2, tier="labour", episode_length=20, period=10, seed=0)
+        >>> td = env.reset()
+        >>> torch.equal(planner_observation(env, env._state), td["planner", "observation"])
+        True
+    """
     b = s["t"].shape[0]
     agents = torch.cat(
         [

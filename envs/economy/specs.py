@@ -14,14 +14,33 @@ if TYPE_CHECKING:
 
 
 def n_agent_actions(env: EconomyEnv) -> int:
-    """Agent actions: hours ``0..max_hours``; no-op, build, 4 moves; plus 44 orders with trade."""
+    """Agent actions: hours ``0..max_hours``; no-op, build, 4 moves; plus 44 orders with trade.
+
+    Examples:
+        >>> from torchrl_ermas.envs.economy import EconomyEnv
+        >>> labour = EconomyEnv(1, tier="labour", episode_length=20, period=10)
+        >>> n_agent_actions(labour) == labour.max_hours + 1
+        True
+        >>> n_agent_actions(EconomyEnv(1, tier="gather_trade_build", episode_length=20, period=10))
+        50
+    """
     if not env.map_tier:
         return env.max_hours + 1
     return 6 + (4 * env.auction.n_prices if env.trade else 0)
 
 
 def make_specs(env: EconomyEnv, agent_obs: int, planner_obs: int) -> dict[str, Composite]:
-    """The four full specs of the environment, keyed by attribute name."""
+    """The four full specs of the environment, keyed by attribute name.
+
+    Examples:
+        >>> from torchrl_ermas.envs.economy import EconomyEnv
+        >>> env = EconomyEnv(2, tier="labour", episode_length=20, period=10)
+        >>> specs = make_specs(env, agent_obs=5, planner_obs=7)
+        >>> sorted(specs)
+        ['full_action_spec', 'full_done_spec', 'full_observation_spec', 'full_reward_spec']
+        >>> specs["full_observation_spec"]["agents", "observation"].shape
+        torch.Size([2, 4, 5])
+    """
     bs, dev = env.batch_size, env.device
     n, k = env.n_agents, env.tax.n_brackets
     ag, pl = (*bs, n), (*bs, 1)

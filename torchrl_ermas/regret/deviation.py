@@ -16,7 +16,13 @@ from torch import nn
 
 
 def world_mask(n_worlds: int, device: torch.device | None = None) -> torch.Tensor:
-    """``[W, N]`` boolean mask, true for the deviating agent of each world (``W == N``)."""
+    """``[W, N]`` boolean mask, true for the deviating agent of each world (``W == N``).
+
+    Examples:
+        >>> world_mask(2)
+        tensor([[ True, False],
+                [False,  True]])
+    """
     return torch.eye(n_worlds, dtype=torch.bool, device=device)
 
 
@@ -39,6 +45,15 @@ def exploration_params(dist_params: TensorDictBase) -> TensorDictBase:
     The exploration distribution is the policy's own family built from these parameters, so
     a mixture ``(1 - e) pi' + e q`` keeps the importance weights ``pi' / behaviour`` below
     ``1 / (1 - e)`` for categorical and continuous (Normal, TanhNormal) policies alike.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> params = TensorDict({"loc": torch.zeros(2), "scale": torch.ones(2)})
+        >>> exploration_params(params)["scale"], exploration_params(params)["loc"]
+        (tensor([2., 2.]), tensor([0., 0.]))
+        >>> exploration_params(TensorDict({"logits": torch.tensor([3.0, -1.0])}))["logits"]
+        tensor([0., 0.])
     """
     out = dist_params.clone(False)
     for key, value in dist_params.items(True, True):

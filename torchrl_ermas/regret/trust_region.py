@@ -12,7 +12,15 @@ from .deviation import DeviationDistributions, world_mask
 
 
 def world_norm(params: TensorDictBase) -> torch.Tensor:
-    """Euclidean norm of each world's parameters, ``[W]``."""
+    """Euclidean norm of each world's parameters, ``[W]``.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> params = TensorDict({"w": torch.tensor([[3.0, 0.0], [0.0, 1.0]]), "b": torch.tensor([[4.0], [0.0]])}, [2])
+        >>> world_norm(params)
+        tensor([5., 1.])
+    """
     squares = [x.flatten(1).square().sum(-1) for x in params.values(True, True)]
     return torch.stack(squares).sum(0).sqrt()
 
@@ -28,7 +36,14 @@ def select_worlds(mask: torch.Tensor, a: TensorDictBase, b: TensorDictBase) -> T
 
 
 def own(x: torch.Tensor, world_dim: int = 0) -> torch.Tensor:
-    """Selects agent ``i`` in world ``i`` (the agent dim is last and is removed)."""
+    """Selects agent ``i`` in world ``i`` (the agent dim is last and is removed).
+
+    Examples:
+        >>> import torch
+        >>> x = torch.tensor([[10.0, 11.0], [20.0, 21.0]])  # [world, agent]
+        >>> own(x)  # agent 0 in world 0, agent 1 in world 1
+        tensor([10., 21.])
+    """
     n_agents = x.shape[-1]
     shape = [1] * x.dim()
     shape[world_dim] = shape[-1] = n_agents
