@@ -100,7 +100,7 @@ def test_regret_estimate_under_masks_is_finite_and_within_the_trust_region():
                            planner_action="rates", spatial_observation=False, seed=0)
     policy = make_policy(env, "agents", PPO, torch.device("cpu"))
     estimator = ReptileRegretEstimator(
-        policy, env, planner_policy=FreeMarketPlanner(), num_steps=1, trust_region=0.5, gamma=1.0
+        policy, env, planner_policy=FreeMarketPlanner(), deviation_steps=1, trust_region=0.5, gamma=1.0
     )
     result = estimator.estimate(seed=0)
     assert result["regret"].shape == (4,)

@@ -425,8 +425,8 @@ class TestErmasLossConfig:
         actor, critic = _make_actor(), _make_critic()
         config = ErmasLossConfig(
             n_agents=N_AGENTS,
-            lagrange_init=20.0,
-            lagrange_frozen=True,
+            lambda_init=20.0,
+            lambda_frozen=True,
             clip_epsilon=0.2,
             gamma=0.9,
         )

@@ -105,7 +105,7 @@ class TestTrustRegionKL:
         env = make_env(32)
         actor = make_actor()
         make_deterministic(actor, UP, confidence=3.0)
-        estimator = ReptileRegretEstimator(actor, env, num_steps=2, trust_region=0.5, seed=3)
+        estimator = ReptileRegretEstimator(actor, env, deviation_steps=2, trust_region=0.5, seed=3)
         assert isinstance(estimator.kl, KLToReference)
         result = estimator.estimate()
         current = TensorDict.from_module(actor).data.clone()
@@ -135,7 +135,7 @@ class TestMechanics:
         env = make_env(16)
         actor = make_actor()
         before = TensorDict.from_module(actor).data.clone()
-        ReptileRegretEstimator(actor, env, num_steps=1).estimate()
+        ReptileRegretEstimator(actor, env, deviation_steps=1).estimate()
         assert (TensorDict.from_module(actor).data == before).all()
 
     def test_per_agent_parameters_deviate_only_in_own_slice(self):
@@ -143,7 +143,7 @@ class TestMechanics:
         actor = make_actor(share_params=False)
         make_deterministic(actor, UP)
         current = TensorDict.from_module(actor).data
-        deviation = ReptileRegretEstimator(actor, env, num_steps=1).estimate()["deviation_params"]
+        deviation = ReptileRegretEstimator(actor, env, deviation_steps=1).estimate()["deviation_params"]
         for world in range(2):
             changed = (deviation[world] - current).abs().apply(lambda x: x.flatten(1).sum(-1))
             for value in changed.values(True, True):  # [n_agents] per leaf
@@ -176,7 +176,7 @@ class TestMechanics:
             in_keys=[("planner", "logits")], out_keys=[("planner", "action")],
             distribution_class=torch.distributions.Categorical,
         )
-        result = ReptileRegretEstimator(actor, env, planner_policy=planner, num_steps=1).estimate()
+        result = ReptileRegretEstimator(actor, env, planner_policy=planner, deviation_steps=1).estimate()
         assert result["regret"].shape == (2,)
         assert torch.isfinite(result["regret"]).all()
 
@@ -198,7 +198,7 @@ class TestMechanics:
             seen.append(output.get(("planner", "action")).clone())
 
         planner.register_forward_hook(record)
-        ReptileRegretEstimator(make_actor(), env, planner_policy=planner, num_steps=1).estimate()
+        ReptileRegretEstimator(make_actor(), env, planner_policy=planner, deviation_steps=1).estimate()
         assert torch.cat(seen).unique().tolist() == [0, 1, 2, 3, 4]
 
     def test_meta_step_matches_formula(self):
@@ -232,7 +232,7 @@ class TestBadInput:
             (dict(trust_region=0.0), "trust_region"),
             (dict(trust_region=-1.0), "trust_region"),
             (dict(trust_region=float("nan")), "trust_region"),
-            (dict(num_steps=0), "num_steps"),
+            (dict(deviation_steps=0), "deviation_steps"),
             (dict(exploration=1.0), "exploration"),
             (dict(exploration=-0.1), "exploration"),
             (dict(gamma=0.0), "gamma"),

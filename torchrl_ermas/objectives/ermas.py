@@ -20,6 +20,7 @@ from tensordict.nn import (
 from tensordict.utils import NestedKey, unravel_key
 from torchrl.objectives.multiagent import MAPPOLoss
 
+from torchrl_ermas.defaults import default_of
 from torchrl_ermas.objectives.lagrange import LagrangeMultiplier
 from torchrl_ermas.validation import check_bool, check_choice, check_real
 
@@ -392,10 +393,12 @@ class ErmasLossConfig:
 
     In the style of TorchRL's ``torchrl.trainers.algorithms.configs`` loss
     configs: ``_target_`` points to a factory that builds the multipliers from
-    the ``lagrange_*`` fields, the loss from the other fields, and the value
+    the ``lambda_*`` fields (named as in :class:`~torchrl_ermas.training.ErmasConfig`), the
+    loss from the other fields, and the value
     estimator from ``gamma`` / ``lmbda`` when given (otherwise
     :class:`~torchrl.objectives.value.MultiAgentGAE` with TorchRL's defaults).
-    Keys are set on the built loss with :meth:`ErmasLoss.set_keys`.
+    Keys are set on the built loss with :meth:`ErmasLoss.set_keys`. The defaults are those
+    of :class:`ErmasLoss` and :class:`LagrangeMultiplier`.
 
     Examples:
         >>> import torch
@@ -419,7 +422,7 @@ class ErmasLossConfig:
         ...     in_keys=[("agents", "observation")],
         ...     out_keys=[("agents", "state_value")],
         ... )
-        >>> cfg = ErmasLossConfig(n_agents=2, lagrange_init=20.0, gamma=0.998)
+        >>> cfg = ErmasLossConfig(n_agents=2, lambda_init=20.0, gamma=0.998)
         >>> loss = instantiate(cfg, actor_network=actor, critic_network=critic)
         >>> loss.lagrange.value
         tensor([20., 20.])
@@ -428,22 +431,26 @@ class ErmasLossConfig:
     actor_network: Any = None
     critic_network: Any = None
     n_agents: int | None = None
-    lagrange_init: float = 1.0
-    lagrange_lr: float = 0.01
-    lagrange_max_value: float = 100.0
-    lagrange_frozen: bool = False
-    lagrange_rule: str = "nupi"
-    clip_epsilon: float = 0.3
-    entropy_bonus: bool = True
-    entropy_coeff: float = 0.025
-    critic_coeff: float = 0.05
-    loss_critic_type: str = "l2"
-    normalize_advantage: bool = True
-    normalize_advantage_exclude_dims: tuple[int, ...] = (-2,)
-    functional: bool = True
-    reduction: str | None = None
-    clip_value: float | None = None
-    separate_losses: bool = False
+    lambda_init: float = default_of(LagrangeMultiplier, "init")
+    lambda_lr: float = default_of(LagrangeMultiplier, "lr")
+    lambda_max: float = default_of(LagrangeMultiplier, "max_value")
+    lambda_frozen: bool = default_of(LagrangeMultiplier, "frozen")
+    lambda_rule: str = default_of(LagrangeMultiplier, "rule")
+    lambda_kp: float = default_of(LagrangeMultiplier, "kp")
+    lambda_nu: float = default_of(LagrangeMultiplier, "nu")
+    lambda_scale_decay: float = default_of(LagrangeMultiplier, "scale_decay")
+    lambda_noise_floor: float = default_of(LagrangeMultiplier, "noise_floor")
+    clip_epsilon: float = default_of(ErmasLoss, "clip_epsilon")
+    entropy_bonus: bool = default_of(ErmasLoss, "entropy_bonus")
+    entropy_coeff: float = default_of(ErmasLoss, "entropy_coeff")
+    critic_coeff: float = default_of(ErmasLoss, "critic_coeff")
+    loss_critic_type: str = default_of(ErmasLoss, "loss_critic_type")
+    normalize_advantage: bool = default_of(ErmasLoss, "normalize_advantage")
+    normalize_advantage_exclude_dims: tuple[int, ...] = default_of(ErmasLoss, "normalize_advantage_exclude_dims")
+    functional: bool = default_of(ErmasLoss, "functional")
+    reduction: str | None = default_of(ErmasLoss, "reduction")
+    clip_value: float | None = default_of(ErmasLoss, "clip_value")
+    separate_losses: bool = default_of(ErmasLoss, "separate_losses")
     gamma: float | None = None
     lmbda: float | None = None
     _partial_: bool = False
@@ -453,11 +460,15 @@ class ErmasLossConfig:
 def _make_ermas_loss(
     *,
     n_agents: int,
-    lagrange_init: float,
-    lagrange_lr: float,
-    lagrange_max_value: float,
-    lagrange_frozen: bool,
-    lagrange_rule: str,
+    lambda_init: float,
+    lambda_lr: float,
+    lambda_max: float,
+    lambda_frozen: bool,
+    lambda_rule: str,
+    lambda_kp: float,
+    lambda_nu: float,
+    lambda_scale_decay: float,
+    lambda_noise_floor: float,
     normalize_advantage_exclude_dims: tuple[int, ...],
     gamma: float | None = None,
     lmbda: float | None = None,
@@ -466,11 +477,15 @@ def _make_ermas_loss(
     """Builds an :class:`ErmasLoss` from the fields of :class:`ErmasLossConfig`."""
     lagrange = LagrangeMultiplier(
         n_agents,
-        init=lagrange_init,
-        lr=lagrange_lr,
-        max_value=lagrange_max_value,
-        frozen=lagrange_frozen,
-        rule=lagrange_rule,
+        init=lambda_init,
+        lr=lambda_lr,
+        max_value=lambda_max,
+        frozen=lambda_frozen,
+        rule=lambda_rule,
+        kp=lambda_kp,
+        nu=lambda_nu,
+        scale_decay=lambda_scale_decay,
+        noise_floor=lambda_noise_floor,
     )
     loss = ErmasLoss(
         lagrange=lagrange,

@@ -73,7 +73,7 @@ class ReptileRegretEstimator:
     in the units of the ERMAS ``epsilon``.
 
     Each call starts from the current policy and spreads the budget over its steps
-    (``trust_region * (k + 1) / num_steps`` at step ``k``). Deviations carried over from
+    (``trust_region * (k + 1) / deviation_steps`` at step ``k``). Deviations carried over from
     earlier calls (re-based on the moved current policy) were measured and dropped: they
     settle in worse basins than a fresh start once the agents' regret is large (the
     estimate stalled at 70 % of the exact regret where a fresh start found 98 %).
@@ -117,7 +117,7 @@ class ReptileRegretEstimator:
         horizon (int, optional): rollout length in steps; defaults to ``env.max_steps``.
         trust_region (float): the KL bound ``eta`` (nats, mean over visited states).
             Defaults to ``3.0``.
-        num_steps (int): deviation steps ``K`` per call. Defaults to ``3``.
+        deviation_steps (int): deviation steps ``K`` per call. Defaults to ``3``.
         exploration (float): probability that the deviating agent acts uniformly in the
             training rollouts, in ``[0, 1)``. Defaults to ``0.2``.
         gamma (float): discount of the reward-to-go in the deviation gradient.
@@ -146,7 +146,7 @@ class ReptileRegretEstimator:
         ...     in_keys=[("agents", "logits")], out_keys=[("agents", "action")],
         ...     distribution_class=torch.distributions.Categorical, return_log_prob=True)
         >>> estimator = ReptileRegretEstimator(
-        ...     actor, env, num_steps=2, meta=ReptileStep(scale=0.2))
+        ...     actor, env, deviation_steps=2, meta=ReptileStep(scale=0.2))
         >>> result = estimator.estimate()
         >>> result["regret"].shape, result["kl"].shape
         (torch.Size([2]), torch.Size([2]))
@@ -164,7 +164,7 @@ class ReptileRegretEstimator:
         value_network: nn.Module | None = None,
         horizon: int | None = None,
         trust_region: float = 3.0,
-        num_steps: int = 3,
+        deviation_steps: int = 3,
         exploration: float = 0.2,
         gamma: float = 0.95,
         max_step_scale: float = 2.0,
@@ -176,7 +176,7 @@ class ReptileRegretEstimator:
         seed: int = 0,
     ) -> None:
         check_number("trust_region", trust_region)
-        check_int("num_steps", num_steps, 1)
+        check_int("deviation_steps", deviation_steps, 1)
         check_seed("seed", seed)
         check_real("exploration", exploration, low=0, high=1, high_inclusive=False)
         check_real("gamma", gamma, low=0, low_inclusive=False, high=1)
@@ -209,7 +209,7 @@ class ReptileRegretEstimator:
         self.value_network = value_network
         self.horizon = horizon
         self.trust_region = trust_region
-        self.num_steps = num_steps
+        self.deviation_steps = deviation_steps
         self.exploration = exploration
         self.gamma = gamma
         self.meta = meta
@@ -260,12 +260,12 @@ class ReptileRegretEstimator:
         self.kl.update_reference(self.params.data)
         deviation = current
         meta = None
-        for k in range(self.num_steps):
+        for k in range(self.deviation_steps):
             batch = self._batch(self._rollout(deviation, exploration=self.exploration))
             subset = self.step.subset(batch)
             if k == 0 and self.meta is not None and self.meta.enabled:
                 meta, _ = self.step(current, batch, self.meta.trust_region, subset)
-            budget = self.trust_region * (k + 1) / self.num_steps
+            budget = self.trust_region * (k + 1) / self.deviation_steps
             deviation, kl = self.step(deviation, batch, budget, subset)
         # keep a world's deviation only if it beats the current policy on a selection
         # rollout, then measure on an independent one: the choice among {current,

@@ -16,7 +16,10 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from ..defaults import default_of
 from ..objectives.lagrange import RULES as LAMBDA_RULES
+from ..objectives.lagrange import LagrangeMultiplier
+from ..regret import ReptileRegretEstimator, ReptileStep
 from ..validation import check_choice, check_int, check_number, check_real, check_seed
 
 VARIANTS = ("ermas", "fixed_lambda", "marl")
@@ -90,31 +93,31 @@ class ErmasConfig:
     is in lambda per unit of regret). The deviations (``trust_region``,
     ``deviation_steps`` per estimate, ``exploration``) follow
     :class:`~torchrl_ermas.regret.ReptileRegretEstimator`, and ``meta_*`` the Reptile step
-    :class:`~torchrl_ermas.regret.ReptileStep` (Eq. 13), whose defaults they repeat:
+    :class:`~torchrl_ermas.regret.ReptileStep` (Eq. 13), whose defaults they read:
     ``meta_scale`` (the paper's ``beta``) is ``0``, see that class for why.
     """
 
     epsilon: float = 0.0
-    lambda_init: float = 1.0
-    lambda_lr: float = 0.01
-    lambda_max: float = 100.0
-    lambda_rule: str = "nupi"
-    lambda_kp: float = 6.0
-    lambda_nu: float = 0.5
-    lambda_scale_decay: float = 0.99
-    lambda_noise_floor: float = 0.05
+    lambda_init: float = default_of(LagrangeMultiplier, "init")
+    lambda_lr: float = default_of(LagrangeMultiplier, "lr")
+    lambda_max: float = default_of(LagrangeMultiplier, "max_value")
+    lambda_rule: str = default_of(LagrangeMultiplier, "rule")
+    lambda_kp: float = default_of(LagrangeMultiplier, "kp")
+    lambda_nu: float = default_of(LagrangeMultiplier, "nu")
+    lambda_scale_decay: float = default_of(LagrangeMultiplier, "scale_decay")
+    lambda_noise_floor: float = default_of(LagrangeMultiplier, "noise_floor")
     warmup_iters: int = 10
     regret_interval: int = 5
     regret_envs: int = 32
     regret_horizon: int | None = None
     regret_gamma: float | None = None
     regret_baseline: str = "critic"
-    trust_region: float = 3.0
-    deviation_steps: int = 3
-    exploration: float = 0.2
-    meta_scale: float = 0.0
-    meta_trust_region: float = 0.002
-    meta_cap: float = 2.0
+    trust_region: float = default_of(ReptileRegretEstimator, "trust_region")
+    deviation_steps: int = default_of(ReptileRegretEstimator, "deviation_steps")
+    exploration: float = default_of(ReptileRegretEstimator, "exploration")
+    meta_scale: float = default_of(ReptileStep, "scale")
+    meta_trust_region: float = default_of(ReptileStep, "trust_region")
+    meta_cap: float = default_of(ReptileStep, "cap")
 
 
 @dataclass

@@ -304,7 +304,7 @@ class ErmasTrainer:
             gamma=self.cfg.agents.gamma if e.regret_gamma is None else e.regret_gamma,
             horizon=e.regret_horizon if e.regret_horizon is not None else self.horizon,
             trust_region=e.trust_region,
-            num_steps=e.deviation_steps,
+            deviation_steps=e.deviation_steps,
             exploration=e.exploration,
             meta=ReptileStep(e.meta_scale, e.meta_cap, e.meta_trust_region),
             seed=self.cfg.seed,
