@@ -25,10 +25,9 @@ CONFIG = Path(__file__).parents[1] / "examples" / "configs" / "bimatrix_adversar
 
 
 def base_config(overrides: list[str]) -> TrainConfig:
-    example = OmegaConf.load(CONFIG)
-    train = OmegaConf.merge(OmegaConf.structured(TrainConfig), example.train)
-    train = OmegaConf.merge(train, OmegaConf.from_dotlist(overrides))
-    return OmegaConf.to_object(train)
+    """The Fig. 2 example's training run with command-line ``key=value`` overrides."""
+    train = with_overrides(TrainConfig(), OmegaConf.to_container(OmegaConf.load(CONFIG).train))
+    return with_overrides(train, OmegaConf.to_container(OmegaConf.from_dotlist(overrides)))
 
 
 def seconds_per_iteration(cfg: TrainConfig, iterations: int, warmup: int) -> dict[str, float]:

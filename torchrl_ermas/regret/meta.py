@@ -17,9 +17,16 @@ class ReptileStep:
 
     The default ``scale`` is ``0``: ``theta_i' - theta`` is to first order the inner step
     size times agent ``i``'s own policy gradient, so the step mostly cancels the selfish
-    term ``lambda_i A_i`` of :class:`~torchrl_ermas.objectives.ErmasLoss`; at the authors'
-    ``beta = 0.2`` it reaches its cap from ``lambda >= 10`` and pushed the agents out of the
-    Nash equilibrium even at ``epsilon = -10`` (``examples/bimatrix_meta_ablation.py``
+    term ``lambda_i A_i`` of :class:`~torchrl_ermas.objectives.ErmasLoss`. That is what
+    Eq. 13 intends at ``beta = 1`` (the selfish term ``lambda grad J_i(theta)`` and the
+    Reptile term ``-lambda grad J_i(theta')`` together are ``lambda`` times minus the
+    regret's gradient, which is second order in the step), but the two terms are in
+    different units: the loss weighs the selfish term by ``lambda / (1 + lambda) <= 1``
+    inside an Adam-normalised PPO step, this step by ``min(beta lambda, cap)`` times an
+    inner adaptation whose length is set by ``trust_region``. Which one wins depends on
+    the ratio of the two step lengths, not on ``beta``: at the authors' ``beta = 0.2`` the
+    scale reaches its cap from ``lambda >= 10`` and pushed the agents out of the Nash
+    equilibrium even at ``epsilon = -10`` (``examples/bimatrix_meta_ablation.py``
     compares scales).
 
     Args:
