@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hydra.utils import instantiate
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import ProbabilisticTensorDictSequential, TensorDictModule
 from torchrl.modules import MultiAgentMLP, ProbabilisticActor
@@ -11,7 +10,7 @@ from torchrl.objectives import LossModule
 from torchrl.objectives.multiagent import MAPPOLoss
 from torchrl.objectives.value import MultiAgentGAE
 
-from torchrl_ermas.objectives import ErmasLoss, ErmasLossConfig, LagrangeMultiplier
+from torchrl_ermas.objectives import ErmasLoss, LagrangeMultiplier
 
 N_AGENTS = 3
 OBS_DIM = 4
@@ -418,38 +417,6 @@ class TestErmasLoss:
             for b, a in zip(before.values(True, True), after.values(True, True))
         )
         torch.testing.assert_close(loss.lagrange.value, torch.full((N_AGENTS,), 1.0))
-
-
-class TestErmasLossConfig:
-    def test_instantiate(self):
-        actor, critic = _make_actor(), _make_critic()
-        config = ErmasLossConfig(
-            n_agents=N_AGENTS,
-            lambda_init=20.0,
-            lambda_frozen=True,
-            clip_epsilon=0.2,
-            gamma=0.9,
-        )
-        loss = instantiate(config, actor_network=actor, critic_network=critic)
-        assert isinstance(loss, ErmasLoss)
-        torch.testing.assert_close(loss.lagrange.value, torch.full((N_AGENTS,), 20.0))
-        assert loss.lagrange.frozen
-        torch.testing.assert_close(loss.clip_epsilon, torch.tensor(0.2))
-        assert loss.normalize_advantage_exclude_dims == (-2,)
-        torch.testing.assert_close(loss.value_estimator.gamma, torch.tensor(0.9))
-        out = loss(_make_data(actor, with_advantage=False))
-        assert torch.isfinite(out["loss_objective"])
-
-    def test_defaults_match_loss(self):
-        actor, critic = _make_actor(), _make_critic()
-        from_config = instantiate(
-            ErmasLossConfig(n_agents=N_AGENTS),
-            actor_network=actor,
-            critic_network=critic,
-        )
-        direct = ErmasLoss(actor, critic, LagrangeMultiplier(N_AGENTS))
-        data = _make_data(actor)
-        _assert_matches(from_config, from_config(data), direct, direct(data))
 
 
 if __name__ == "__main__":

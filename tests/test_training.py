@@ -612,6 +612,7 @@ INVALID = [
     ("planner.minibatches", {"planner": {"minibatches": 0}}),
     ("planner.depth", {"planner": {"depth": -1}}),
     ("agents.critic_depth", {"agents": {"critic_depth": -1}}),
+    ("agents.loss_critic_type", {"agents": {"loss_critic_type": "l3"}}),
     ("ermas.lambda_init", {"ermas": {"lambda_init": 200.0, "lambda_max": 100.0}}),
     ("ermas.lambda_init", {"ermas": {"lambda_init": -1.0}}),
     ("ermas.lambda_lr", {"ermas": {"lambda_lr": -0.1}}),

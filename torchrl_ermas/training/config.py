@@ -17,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from ..defaults import default_of
+from ..objectives.ermas import CRITIC_LOSS_TYPES
 from ..objectives.lagrange import RULES as LAMBDA_RULES
 from ..objectives.lagrange import LagrangeMultiplier
 from ..regret import ReptileRegretEstimator, ReptileStep
@@ -36,11 +37,18 @@ RESUMABLE_KEYS = (
 class PPOConfig:
     """PPO settings of one group (the agents or the planner).
 
+    The trainer builds every group's loss from these (``MAPPOLoss`` for MARL and the
+    planner, :class:`~torchrl_ermas.objectives.ErmasLoss` for the agents otherwise), so
+    MARL and ERMAS runs differ only in the loss; ``ErmasLoss``'s own defaults (the ERMAS
+    authors' values) apply when it is built by hand.
+
     Attributes:
         lr: Adam learning rate of the policy and the critic.
         clip_epsilon: PPO ratio clip.
         entropy_coeff: weight of the entropy bonus.
         critic_coeff: weight of the critic loss.
+        loss_critic_type: the critic's loss, ``"l2"`` (squared error), ``"l1"`` or
+            ``"smooth_l1"``.
         gamma: discount of the advantages (GAE).
         lmbda: GAE lambda.
         epochs: passes over each iteration's data.
@@ -61,6 +69,7 @@ class PPOConfig:
     clip_epsilon: float = 0.2
     entropy_coeff: float = 0.01
     critic_coeff: float = 0.5
+    loss_critic_type: str = "l2"
     gamma: float = 0.9
     lmbda: float = 0.9
     epochs: int = 4
@@ -283,6 +292,7 @@ def validate(cfg: TrainConfig | DictConfig | dict) -> None:
         for name in ("epochs", "minibatches", "hidden"):
             check_int(f"{group}.{name}", getattr(ppo, name), 1)
         check_int(f"{group}.depth", ppo.depth, 0)
+        check_choice(f"{group}.loss_critic_type", ppo.loss_critic_type, CRITIC_LOSS_TYPES)
         check_int(f"{group}.critic_depth", ppo.critic_depth, 0, optional=True)
     if cfg.planner_checkpoint is not None and not cfg.planner_checkpoint:
         raise ValueError("planner_checkpoint must be None or the path of a checkpoint, got ''.")

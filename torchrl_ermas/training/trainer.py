@@ -217,7 +217,7 @@ class ErmasTrainer:
     def _ppo_loss(self, cls, actor, critic, ppo: PPOConfig, group: str, **kwargs):
         loss = cls(
             actor, critic, clip_epsilon=ppo.clip_epsilon, entropy_coeff=ppo.entropy_coeff,
-            critic_coeff=ppo.critic_coeff, loss_critic_type="l2", **kwargs,
+            critic_coeff=ppo.critic_coeff, loss_critic_type=ppo.loss_critic_type, **kwargs,
         )
         loss.set_keys(**_group_keys(group))
         loss.make_value_estimator(ValueEstimators.MAGAE, gamma=ppo.gamma, lmbda=ppo.lmbda)
