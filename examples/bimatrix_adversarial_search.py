@@ -11,8 +11,9 @@ iterations. The ground truth is the exact frontier
 (:func:`~torchrl_ermas.envs.bimatrix_frontier.epsilon_frontier`: tabular policies, exact
 regrets, constrained descent): the least planner reward of any epsilon-equilibrium found
 at each epsilon. The script prints both tables and the gap between them, writes
-``summary.json`` and draws four panels (planner vs agent reward, regret vs epsilon,
-planner reward vs epsilon with the frontier, fixed lambda).
+``summary.json`` and draws five panels (planner vs agent reward, regret vs epsilon,
+planner reward vs epsilon with the frontier, fixed lambda, the learned lambda over the
+iterations).
 
 The setting resolves the trend. With ``observe="joint"`` agents see each other's position
 and can punish a deviation, so cooperative epsilon-equilibria cost almost no regret (only
@@ -183,8 +184,21 @@ def summarize(results: dict[tuple, dict]) -> list[dict[str, Any]]:
     return rows
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
+def lambda_trajectories(results: dict[tuple, dict]) -> dict[float, list[float]]:
+    """Per epsilon, the learned lambda per iteration (the larger agent's, mean over seeds);
+    ``nan`` before the first estimate."""
+    trajectories: dict[float, list[float]] = {}
+    for eps in dict.fromkeys(k[1] for k in results if k[0] == "ermas"):
+        runs = [
+            [max(lam) if lam is not None else float("nan") for lam in r["history"]["lambda"]]
+            for k, r in results.items() if k[:2] == ("ermas", eps)
+        ]
+        trajectories[eps] = torch.tensor(runs).mean(0).tolist()
+    return trajectories
+
+
+def plot(rows: list[dict[str, Any]], trajectories: dict[float, list[float]], path: Path) -> None:
+    fig, axes = plt.subplots(1, 5, figsize=(25, 4))
     learned = [r for r in rows if r["method"] == "ermas"]
     fixed = [r for r in rows if r["method"] == "fixed_lambda"]
     marl = [r for r in rows if r["method"] == "marl"]
@@ -222,6 +236,10 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     scatter(axes[3], fixed, "fixed lambda=", "s")
     scatter(axes[3], learned, "ERMAS eps=", "o")
     axes[3].set(xlabel="combined agent reward", ylabel="planner reward", title="Fixed lambda")
+    for eps, trajectory in trajectories.items():
+        axes[4].plot(trajectory, label=f"eps={eps:g}")
+    axes[4].set(xlabel="iteration", ylabel="lambda (larger agent, mean over seeds)", yscale="log",
+                title="Learned multipliers")
     for axis in axes:
         axis.legend(fontsize=7)
     fig.tight_layout()
@@ -266,7 +284,7 @@ def main(cfg: AdversarialSearchConfig) -> None:
                                           post=exact_regret_hook, desc="runs")))
     rows = summarize(results) + frontier_rows(cfg)
     (out / "summary.json").write_text(json.dumps(rows, indent=1))
-    plot(rows, out / "adversarial_search.png")
+    plot(rows, lambda_trajectories(results), out / "adversarial_search.png")
     print_table([r for r in rows if r["method"] != "frontier"])
     print_frontier(rows)
     print(f"results in {out}")
