@@ -88,6 +88,25 @@ def test_resume_refuses_another_configuration(tmp_path, two_iterations, changes,
         assert key in message
 
 
+@pytest.mark.parametrize("value, resumes", [("l2", True), ("l1", False)])
+def test_resume_of_a_checkpoint_older_than_a_setting(tmp_path, two_iterations, value, resumes):
+    """A checkpoint written before a setting existed resumes when the setting is at its
+    default (the behaviour the older run had) and is refused otherwise."""
+    cfg, src = two_iterations
+    out = _copy_run(src, tmp_path / "run")
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    config = json.loads(state["config"])
+    del config["agents"]["loss_critic_type"]
+    state["config"] = json.dumps(config)
+    torch.save(state, out / "checkpoint.pt")
+    new = _merge(cfg, {"output_dir": str(out), "resume": True, "agents": {"loss_critic_type": value}})
+    if resumes:
+        assert ErmasTrainer(new).start_iteration == 2
+    else:
+        with pytest.raises(ValueError, match=r"agents.loss_critic_type: 'l2' in the checkpoint, 'l1' now"):
+            ErmasTrainer(new)
+
+
 def test_resume_accepts_what_may_change(tmp_path, two_iterations):
     """More iterations, progress, logging, checkpoint interval and another folder resume."""
     cfg, src = two_iterations

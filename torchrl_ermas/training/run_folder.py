@@ -72,20 +72,29 @@ def non_finite_entry(node: Any, path: str = "") -> str | None:
     return None
 
 
-def check_resumable(stored: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+def check_resumable(
+    stored: dict[str, Any],
+    current: dict[str, Any],
+    path: Path,
+    defaults: dict[str, Any] | None = None,
+) -> None:
     """Refuses to resume the checkpoint ``path`` of a run configured otherwise.
 
     ``stored`` and ``current`` are the two runs' configs as nested dicts. Only the keys of
     :data:`~torchrl_ermas.training.config.RESUMABLE_KEYS` may differ, ``iterations`` only
-    upwards.
+    upwards. A setting that the checkpoint lacks (it was written before the setting
+    existed) counts as its value in ``defaults`` (the schema's defaults, a nested dict), so
+    a new setting left at its default does not block resuming an older run.
 
     Examples:
         >>> check_resumable({"seed": 0, "iterations": 5}, {"seed": 1, "iterations": 9}, Path("c.pt"))
         Traceback (most recent call last):
         ...
         ValueError: cannot resume from 'c.pt': its run was configured differently (seed: 0 in the checkpoint, ...
+        >>> check_resumable({"iterations": 5}, {"iterations": 5, "new": 1}, Path("c.pt"), defaults={"new": 1})
     """
-    old, new = flatten(stored), flatten(current)
+    old, new = flatten(defaults or {}), flatten(current)
+    old = {key: value for key, value in old.items() if key in new} | flatten(stored)
     changed = [
         key for key in sorted(old.keys() | new.keys())
         if not any(is_under(key, free) for free in RESUMABLE_KEYS)

@@ -490,7 +490,11 @@ class ErmasTrainer:
         }
 
     def _restore(self, state: dict[str, Any], path: Path) -> None:
-        check_resumable(json.loads(state["config"]), self._config_dict(), path)
+        # the schema's defaults stand in for settings added after the checkpoint was
+        # written; the environment's keyword arguments are free-form and have none
+        defaults = OmegaConf.to_container(OmegaConf.structured(TrainConfig()), resolve=True)
+        defaults.pop("env")
+        check_resumable(json.loads(state["config"]), self._config_dict(), path, defaults)
         check_state_fits(self.modules.state_dict(), state["modules"], path)
         self.modules.load_state_dict(state["modules"])
         for name, optimizer in self.optimizers.items():
