@@ -188,10 +188,12 @@ def test_nupi_tracks_epsilon_in_any_reward_scale(epsilon, scale):
     """One default setting lands the lagging agents' regret on epsilon and lets lambda
     settle, whatever the reward unit; the plain rule with a step size that suits one unit
     does not in another."""
+    changes = []
     for seed in range(3):
         regret, change = _lagging_plant(LagrangeMultiplier(1), epsilon, scale, seed)
         assert abs(regret - epsilon) < 2.0, (seed, regret)
-        assert change < 0.15, (seed, change)
+        changes.append(change)
+    assert sum(changes) / len(changes) < 0.1 and max(changes) < 0.2, changes
     plain = [
         _lagging_plant(LagrangeMultiplier(1, rule=GA, lr=0.1), epsilon, scale, seed)
         for seed in range(3)

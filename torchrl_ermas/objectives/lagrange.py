@@ -29,7 +29,7 @@ class LagrangeMultiplier(nn.Module):
       fully adversarial, ``w -> 0``: selfish)::
 
           s_t  = max(std_beta(e), noise_floor * |reference|)   (EMA, bias-corrected)
-          u_t  = e_t / s_t
+          u_t  = clip(e_t / s_t, -max_violation, max_violation)
           xi_t = nu * xi_{t-1} + (1 - nu) * u_t
           w    <- clip(w - lr * (u_t + kp * (xi_t - xi_{t-1})), 1 / (1 + max_value), 1)
 
@@ -47,7 +47,10 @@ class LagrangeMultiplier(nn.Module):
       reached exactly. ``reference`` (passed to :meth:`update`, e.g. the agents' episode
       returns) floors the spread, so that around ``epsilon ~ 0`` violations at the noise
       level of the regret estimate do not count as whole units; without it the floor is
-      ``noise_floor`` times the violations' root mean square.
+      ``noise_floor`` times the violations' root mean square. One violation counts at most
+      ``max_violation`` spreads: over the first few updates the spread is known from a few
+      values only, and an unbounded ratio would throw ``lambda`` between ``0`` and
+      ``max_value`` (the proportional term acts on its changes).
     - ``"gradient_ascent"``: the ERMAS authors' plain projected dual ascent
       ``lambda <- clip(lambda + lr * e, 0, max_value)``, in reward units.
 
@@ -84,6 +87,8 @@ class LagrangeMultiplier(nn.Module):
             ``[0, 1)``. Defaults to ``0.5``.
         scale_decay (float, optional): EMA coefficient ``beta`` of the violation's
             scale, in ``[0, 1)``. Defaults to ``0.99``.
+        max_violation (float, optional): the largest normalised violation ``|u_t|`` of
+            ``"nupi"``, ``> 0``. Defaults to ``3.0``.
         noise_floor (float, optional): the spread's floor relative to ``reference`` (or,
             without one, to the violations' root mean square), ``> 0``. Defaults to ``0.05``.
 
@@ -128,6 +133,7 @@ class LagrangeMultiplier(nn.Module):
         nu: float = 0.5,
         scale_decay: float = 0.99,
         noise_floor: float = 0.05,
+        max_violation: float = 3.0,
     ) -> None:
         check_int("n_agents", n_agents, 1)
         check_real("lr", lr, low=0)
@@ -139,6 +145,7 @@ class LagrangeMultiplier(nn.Module):
         check_real("nu", nu, low=0, high=1, high_inclusive=False)
         check_real("scale_decay", scale_decay, low=0, high=1, high_inclusive=False)
         check_real("noise_floor", noise_floor, low=0, low_inclusive=False)
+        check_real("max_violation", max_violation, low=0, low_inclusive=False)
         super().__init__()
         self.n_agents = n_agents
         self.lr = float(lr)
@@ -148,6 +155,7 @@ class LagrangeMultiplier(nn.Module):
         self.nu = float(nu)
         self.scale_decay = float(scale_decay)
         self.noise_floor = float(noise_floor)
+        self.max_violation = float(max_violation)
         self.multiplier = nn.Parameter(torch.full((self.n_agents,), float(init)))
         self.register_buffer("_frozen", torch.tensor(bool(frozen)))
         # nuPI state: updates so far, EMAs of e and e^2 (the spread), EMA of e / s (xi)
@@ -224,6 +232,7 @@ class LagrangeMultiplier(nn.Module):
         spread = (square - mean.square()).clamp_min(0).sqrt()
         scale = spread.maximum(self.noise_floor * level)
         normalised = torch.where(scale > 0, violation / scale, torch.zeros_like(scale))
+        normalised = normalised.clamp(-self.max_violation, self.max_violation)
         previous = self._xi.clone()
         self._xi.mul_(self.nu).add_((1 - self.nu) * normalised)
         return normalised + self.kp * (self._xi - previous)

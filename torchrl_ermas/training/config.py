@@ -115,6 +115,7 @@ class ErmasConfig:
     lambda_nu: float = default_of(LagrangeMultiplier, "nu")
     lambda_scale_decay: float = default_of(LagrangeMultiplier, "scale_decay")
     lambda_noise_floor: float = default_of(LagrangeMultiplier, "noise_floor")
+    lambda_max_violation: float = default_of(LagrangeMultiplier, "max_violation")
     warmup_iters: int = 10
     regret_interval: int = 5
     regret_envs: int = 32
@@ -323,7 +324,8 @@ def validate(cfg: TrainConfig | DictConfig | dict) -> None:
     check_number("ermas.lambda_max", e.lambda_max)
     check_choice("ermas.lambda_rule", e.lambda_rule, LAMBDA_RULES)
     check_real("ermas.lambda_kp", e.lambda_kp, low=0)
-    check_real("ermas.lambda_noise_floor", e.lambda_noise_floor, low=0)
+    check_real("ermas.lambda_noise_floor", e.lambda_noise_floor, low=0, low_inclusive=False)
+    check_real("ermas.lambda_max_violation", e.lambda_max_violation, low=0, low_inclusive=False)
     for name in ("lambda_nu", "lambda_scale_decay"):
         check_real(f"ermas.{name}", getattr(e, name), low=0, high=1, high_inclusive=False)
     if not 0 <= e.lambda_init <= e.lambda_max:

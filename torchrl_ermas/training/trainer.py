@@ -236,6 +236,7 @@ class ErmasTrainer:
                 max_value=cfg.ermas.lambda_max, rule=cfg.ermas.lambda_rule,
                 kp=cfg.ermas.lambda_kp, nu=cfg.ermas.lambda_nu,
                 scale_decay=cfg.ermas.lambda_scale_decay, noise_floor=cfg.ermas.lambda_noise_floor,
+                max_violation=cfg.ermas.lambda_max_violation,
                 frozen=cfg.variant == "fixed_lambda" or cfg.ermas.warmup_iters > 0,
             ).to(self.device)
             loss = self._ppo_loss(
