@@ -1,8 +1,8 @@
 """Defaults are written once, in the signature of the class they configure.
 
-The dataclass configs (:class:`~torchrl_ermas.training.ErmasConfig`,
-:class:`~torchrl_ermas.objectives.ErmasLossConfig`) read their defaults from the
-constructors they feed, so a default changes in one place.
+The dataclass config :class:`~torchrl_ermas.training.ErmasConfig` reads its defaults from
+the constructors it feeds (the multipliers, the regret estimator, the Reptile step), so a
+default changes in one place.
 """
 from __future__ import annotations
 

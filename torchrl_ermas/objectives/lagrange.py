@@ -86,7 +86,7 @@ class LagrangeMultiplier(nn.Module):
         nu (float, optional): EMA coefficient of the proportional term, in
             ``[0, 1)``. Defaults to ``0.5``.
         scale_decay (float, optional): EMA coefficient ``beta`` of the violation's
-            scale, in ``[0, 1)``. Defaults to ``0.99``.
+            spread, in ``[0, 1)``. Defaults to ``0.99``.
         max_violation (float, optional): the largest normalised violation ``|u_t|`` of
             ``"nupi"``, ``> 0``. Defaults to ``3.0``.
         noise_floor (float, optional): the spread's floor relative to ``reference`` (or,
