@@ -21,10 +21,8 @@ from tensordict.utils import NestedKey, unravel_key
 from torchrl.objectives.multiagent import MAPPOLoss
 
 from torchrl_ermas.objectives.lagrange import LagrangeMultiplier
+from torchrl_ermas.objectives.planner import CRITIC_LOSS_TYPES, PlannerAdvantage
 from torchrl_ermas.validation import check_bool, check_choice, check_real
-
-#: the critic losses of TorchRL's ``distance_loss``
-CRITIC_LOSS_TYPES = ("l1", "l2", "smooth_l1")
 
 
 class ErmasLoss(MAPPOLoss):
@@ -69,11 +67,16 @@ class ErmasLoss(MAPPOLoss):
         differs from :math:`-S(A_i^{comb})` on clipped samples only; both
         have the same gradient inside the trust region.
 
-    The planner advantage is **not** computed by this loss: compute it with
-    the planner's own value estimator (e.g. :class:`~torchrl.objectives.value.GAE`
-    on the planner critic) before calling the loss. The agents' own advantage
-    is computed with :class:`~torchrl.objectives.value.MultiAgentGAE` when it
-    is missing from the input, exactly as in :class:`MAPPOLoss`.
+    The planner advantage is read from the input, not computed on the
+    minibatch: compute it on the collected trajectories with a
+    :class:`~torchrl_ermas.objectives.PlannerAdvantage` (the planner critic and
+    its GAE) before minibatching. Handed to this loss as ``planner_advantage``,
+    that component is owned by the loss: call ``loss.planner_advantage(data)``
+    on the trajectories, and the loss adds ``loss_planner_critic`` (the planner
+    critic's fit) to its output and the planner critic to its parameters. The
+    agents' own advantage is computed with
+    :class:`~torchrl.objectives.value.MultiAgentGAE` when it is missing from the
+    input, exactly as in :class:`MAPPOLoss`.
 
     Expected layout (``*B`` are the batch dims, e.g. ``[envs, time]``; keys
     are the defaults, see :meth:`set_keys`):
@@ -90,7 +93,8 @@ class ErmasLoss(MAPPOLoss):
       (broadcast over the agents by :class:`MultiAgentGAE`).
 
     Outputs: ``loss_objective``, ``loss_critic``, ``loss_entropy`` (reduced
-    with ``reduction``) and the detached diagnostics ``entropy``,
+    with ``reduction``), ``loss_planner_critic`` when the loss owns a
+    ``planner_advantage``, and the detached diagnostics ``entropy``,
     ``clip_fraction``, ``kl_approx``, ``ESS``, ``explained_variance``,
     ``max_ratio``, ``mean_ratio`` (scalars) and ``lagrange_multiplier``
     (``[n_agents]``).
@@ -105,6 +109,9 @@ class ErmasLoss(MAPPOLoss):
             ``n_agents`` must match the agent dim of the data.
 
     Keyword Args:
+        planner_advantage (PlannerAdvantage, optional): the planner side (critic,
+            GAE, critic loss), owned by the loss. Defaults to ``None`` (the planner
+            advantage is computed outside the loss).
         clip_epsilon (float or (float, float), optional): PPO ratio clip, or its
             ``(low, high)`` bounds as in TorchRL. Defaults to ``0.3`` (the authors' value).
         entropy_bonus (bool, optional): whether to add the entropy bonus.
@@ -234,6 +241,7 @@ class ErmasLoss(MAPPOLoss):
         critic_network: TensorDictModule,
         lagrange: LagrangeMultiplier,
         *,
+        planner_advantage: PlannerAdvantage | None = None,
         clip_epsilon: float | tuple[float, float] = 0.3,
         entropy_bonus: bool = True,
         entropy_coeff: float | Mapping[NestedKey, float] | None = 0.025,
@@ -250,6 +258,11 @@ class ErmasLoss(MAPPOLoss):
         if not isinstance(lagrange, LagrangeMultiplier):
             raise TypeError(
                 f"lagrange must be a LagrangeMultiplier, got {type(lagrange).__name__}."
+            )
+        if planner_advantage is not None and not isinstance(planner_advantage, PlannerAdvantage):
+            raise TypeError(
+                "planner_advantage must be a PlannerAdvantage or None, got "
+                f"{type(planner_advantage).__name__}."
             )
         if kwargs.get("advantage_norm") is not None:
             raise ValueError(
@@ -294,15 +307,21 @@ class ErmasLoss(MAPPOLoss):
             **kwargs,
         )
         self.lagrange = lagrange
+        self.planner_advantage = planner_advantage
+        self._in_keys = None  # computed again with the planner's keys
 
     def _set_in_keys(self) -> None:
         super()._set_in_keys()
         self._in_keys.append(self.tensor_keys.planner_advantage)
+        planner = getattr(self, "planner_advantage", None)
+        if planner is not None:
+            self._in_keys.extend([*planner.critic.in_keys, planner.value_target_key])
 
     @property
     def out_keys(self) -> list[NestedKey]:
         if self._out_keys is None:
-            self._out_keys = [*super().out_keys, "lagrange_multiplier"]
+            planner = [] if self.planner_advantage is None else ["loss_planner_critic"]
+            self._out_keys = [*super().out_keys, *planner, "lagrange_multiplier"]
         return self._out_keys
 
     @out_keys.setter
@@ -344,9 +363,10 @@ class ErmasLoss(MAPPOLoss):
         if planner is None:
             raise KeyError(
                 f"ErmasLoss needs the planner advantage at key {key!r}, which is "
-                "missing from the input tensordict. Compute it with the planner's "
-                "own value estimator before calling the loss, or point the loss "
-                "to it with loss.set_keys(planner_advantage=...)."
+                "missing from the input tensordict. Compute it on the collected "
+                "trajectories with a PlannerAdvantage (e.g. loss.planner_advantage(data) "
+                "when the loss owns one) before minibatching, or point the loss to it "
+                "with loss.set_keys(planner_advantage=...)."
             )
         if planner.ndim != len(shape) or any(
             size not in (1, target) for size, target in zip(planner.shape, shape)
@@ -382,5 +402,7 @@ class ErmasLoss(MAPPOLoss):
             value = td_out.get(key, None)
             if value is not None:
                 td_out.set(key, value.mean())
+        if self.planner_advantage is not None:
+            td_out.update(self.planner_advantage.loss(tensordict))
         td_out.set("lagrange_multiplier", self.lagrange.value)
         return td_out

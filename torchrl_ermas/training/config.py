@@ -8,6 +8,7 @@ imports :mod:`torchrl_ermas.envs`.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from ..defaults import default_of
-from ..objectives.ermas import CRITIC_LOSS_TYPES
-from ..objectives.lagrange import RULES as LAMBDA_RULES
 from ..objectives.lagrange import LagrangeMultiplier
+from ..objectives.planner import CRITIC_LOSS_TYPES
 from ..regret import ReptileRegretEstimator, ReptileStep
 from ..validation import check_choice, check_int, check_number, check_real, check_seed
 
@@ -52,7 +52,9 @@ class PPOConfig:
         gamma: discount of the advantages (GAE).
         lmbda: GAE lambda.
         epochs: passes over each iteration's data.
-        minibatches: minibatches per pass.
+        minibatches: minibatches per pass: each pass samples the iteration's ``N``
+            transitions without replacement in minibatches of ``N // minibatches``
+            (``SamplerWithoutReplacement``; a remainder that fills no minibatch is left out).
         max_grad_norm: gradient-norm clip.
         hidden: units per hidden layer of the policy and the critic (``MultiAgentMLP``).
         depth: hidden layers; ``0`` makes a network linear in the observation (the ERMAS
@@ -270,6 +272,42 @@ def as_config(*layers: TrainConfig | DictConfig | dict) -> TrainConfig:
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), *layers))
 
 
+#: LagrangeMultiplier argument -> its ErmasConfig field
+LAMBDA_FIELDS = {
+    "init": "lambda_init", "lr": "lambda_lr", "max_value": "lambda_max", "rule": "lambda_rule",
+    "kp": "lambda_kp", "nu": "lambda_nu", "scale_decay": "lambda_scale_decay",
+    "noise_floor": "lambda_noise_floor", "max_violation": "lambda_max_violation",
+}
+#: ReptileStep argument -> its ErmasConfig field
+META_FIELDS = {"scale": "meta_scale", "cap": "meta_cap", "trust_region": "meta_trust_region"}
+
+
+def lagrange_kwargs(ermas: ErmasConfig) -> dict[str, Any]:
+    """The :class:`~torchrl_ermas.objectives.LagrangeMultiplier` arguments of ``ermas``.
+
+    Examples:
+        >>> lagrange_kwargs(ErmasConfig(lambda_init=8.0))["init"]
+        8.0
+    """
+    return {arg: getattr(ermas, field) for arg, field in LAMBDA_FIELDS.items()}
+
+
+def meta_kwargs(ermas: ErmasConfig) -> dict[str, Any]:
+    """The :class:`~torchrl_ermas.regret.ReptileStep` arguments of ``ermas``."""
+    return {arg: getattr(ermas, field) for arg, field in META_FIELDS.items()}
+
+
+def _check_as(group: str, fields: dict[str, str], build: Callable[[], object]) -> None:
+    """Runs a constructor's own argument checks; the error names the config field."""
+    try:
+        build()
+    except ValueError as err:
+        field = fields.get(str(err).split(" ", 1)[0])
+        if field is None:
+            raise
+        raise ValueError(f"{group}.{field}: {err}") from None
+
+
 def validate(cfg: TrainConfig | DictConfig | dict) -> None:
     """Raises a ``ValueError`` naming the first invalid setting of ``cfg``."""
     if not isinstance(cfg, TrainConfig) or any(isinstance(getattr(cfg, n), dict) for n in _NODES):
@@ -320,19 +358,8 @@ def validate(cfg: TrainConfig | DictConfig | dict) -> None:
         )
     e = cfg.ermas
     check_real("ermas.epsilon", e.epsilon)
-    check_number("ermas.lambda_lr", e.lambda_lr, strict=False)
-    check_number("ermas.lambda_max", e.lambda_max)
-    check_choice("ermas.lambda_rule", e.lambda_rule, LAMBDA_RULES)
-    check_real("ermas.lambda_kp", e.lambda_kp, low=0)
-    check_real("ermas.lambda_noise_floor", e.lambda_noise_floor, low=0, low_inclusive=False)
-    check_real("ermas.lambda_max_violation", e.lambda_max_violation, low=0, low_inclusive=False)
-    for name in ("lambda_nu", "lambda_scale_decay"):
-        check_real(f"ermas.{name}", getattr(e, name), low=0, high=1, high_inclusive=False)
-    if not 0 <= e.lambda_init <= e.lambda_max:
-        raise ValueError(
-            f"ermas.lambda_init must be in [0, ermas.lambda_max={e.lambda_max}], "
-            f"got {e.lambda_init!r}."
-        )
+    _check_as("ermas", LAMBDA_FIELDS, lambda: LagrangeMultiplier(1, **lagrange_kwargs(e)))
+    _check_as("ermas", META_FIELDS, lambda: ReptileStep(**meta_kwargs(e)))
     check_int("ermas.warmup_iters", e.warmup_iters, 0)
     if cfg.variant == "ermas" and e.warmup_iters >= cfg.iterations:
         raise ValueError(
@@ -350,9 +377,6 @@ def validate(cfg: TrainConfig | DictConfig | dict) -> None:
             f"ermas.regret_baseline must be 'critic' or 'mean', got {e.regret_baseline!r}."
         )
     check_number("ermas.trust_region", e.trust_region)
-    check_number("ermas.meta_scale", e.meta_scale, strict=False)
-    check_number("ermas.meta_cap", e.meta_cap, strict=False)
-    check_number("ermas.meta_trust_region", e.meta_trust_region)
     check_real("ermas.exploration", e.exploration, low=0, high=1, high_inclusive=False)
     r = cfg.reward
     check_real("reward.q", r.q)

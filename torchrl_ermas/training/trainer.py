@@ -15,15 +15,16 @@ from omegaconf import DictConfig, OmegaConf
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictSequential
 from torch import nn
+from torchrl.collectors import Collector
+from torchrl.data import LazyTensorStorage, SamplerWithoutReplacement, TensorDictReplayBuffer
 from torchrl.envs import Compose, EnvBase, TransformedEnv
-from torchrl.envs.utils import ExplorationType, set_exploration_type
+from torchrl.envs.utils import ExplorationType
 from torchrl.objectives import ValueEstimators
 from torchrl.objectives.multiagent import MAPPOLoss
-from torchrl.objectives.value import MultiAgentGAE
 from torchrl.record.loggers import get_logger
 from tqdm.auto import tqdm
 
-from torchrl_ermas.objectives import ErmasLoss, LagrangeMultiplier
+from torchrl_ermas.objectives import ErmasLoss, LagrangeMultiplier, PlannerAdvantage
 from torchrl_ermas.regret import ReptileRegretEstimator, ReptileStep, seed_env
 from torchrl_ermas.transforms import (
     ConcavePlannerReward,
@@ -39,7 +40,7 @@ from .checkpoint import (
     previous_path,
     save_checkpoint,
 )
-from .config import PPOConfig, TrainConfig, as_config, validate
+from .config import PPOConfig, TrainConfig, as_config, lagrange_kwargs, meta_kwargs, validate
 from .models import has_action, make_critic, make_policy
 from .run_folder import RunFolder, check_resumable, check_state_fits, non_finite_entry
 
@@ -60,13 +61,16 @@ class ErmasTrainer:
 
     Each iteration:
 
-    1. collects ``num_envs`` episodes with the agent and planner policies (the environment
-       is re-seeded from ``seed`` and the iteration, so a resumed run replays exactly);
+    1. collects ``num_envs`` episodes with the agent and planner policies through a TorchRL
+       :class:`~torchrl.collectors.Collector` (the environment is re-seeded from ``seed`` and
+       the iteration, so a resumed run replays exactly);
     2. computes the agents' own advantages (multi-agent GAE on their critic) and the
        planner's advantage (GAE on the planner critic);
     3. updates the planner with PPO on its own reward and the agents with
        :class:`~torchrl_ermas.objectives.ErmasLoss` (``marl``: plain
-       :class:`~torchrl.objectives.multiagent.MAPPOLoss`), simultaneously;
+       :class:`~torchrl.objectives.multiagent.MAPPOLoss`), simultaneously, on minibatches
+       drawn from a :class:`~torchrl.data.TensorDictReplayBuffer` of the iteration's
+       transitions with :class:`~torchrl.data.SamplerWithoutReplacement`;
     4. (``ermas``) every ``ermas.regret_interval`` iterations after the warm-up: estimates
        each agent's regret with :class:`~torchrl_ermas.regret.ReptileRegretEstimator`,
        updates the multipliers ``lambda`` and takes the Reptile meta step.
@@ -150,6 +154,18 @@ class ErmasTrainer:
         self.collection_policy = TensorDictSequential(
             *([self.planner_policy] if self.planner_acts else []), self.agent_policy
         )
+        frames = cfg.num_envs * self.horizon
+        # a fresh episode per environment and iteration (the environment is re-seeded
+        # before each batch); a new batch each time, so no key of the previous iteration's
+        # data (advantages, value targets) survives into the next
+        self.collector = Collector(
+            self.env, self.collection_policy, frames_per_batch=frames, total_frames=-1,
+            reset_at_each_iter=True, exploration_type=ExplorationType.RANDOM,
+            device=self.device, use_buffers=False, auto_register_policy_transforms=False,
+        )
+        self.buffers = {
+            group: self._make_buffer(frames, getattr(cfg, group)) for group in self.optimizers
+        }
         self._check_episode_metrics()
         self.history: dict[str, list] = {
             name: []
@@ -232,11 +248,7 @@ class ErmasTrainer:
             loss = self._ppo_loss(MAPPOLoss, self.agent_policy, critic, cfg.agents, "agents")
         else:
             self.lagrange = LagrangeMultiplier(
-                self.n_agents, init=cfg.ermas.lambda_init, lr=cfg.ermas.lambda_lr,
-                max_value=cfg.ermas.lambda_max, rule=cfg.ermas.lambda_rule,
-                kp=cfg.ermas.lambda_kp, nu=cfg.ermas.lambda_nu,
-                scale_decay=cfg.ermas.lambda_scale_decay, noise_floor=cfg.ermas.lambda_noise_floor,
-                max_violation=cfg.ermas.lambda_max_violation,
+                self.n_agents, **lagrange_kwargs(cfg.ermas),
                 frozen=cfg.variant == "fixed_lambda" or cfg.ermas.warmup_iters > 0,
             ).to(self.device)
             loss = self._ppo_loss(
@@ -259,19 +271,16 @@ class ErmasTrainer:
             self.planner_policy = None
         self.planner_loss = None
         self.planner_critic = None
-        self.planner_gae = None
+        self.planner_advantage = None
         needs_critic = self.uses_planner_advantage or (self.planner_acts and cfg.train_planner)
         if not needs_critic:
             if self.planner_acts:
                 self.modules["planner_policy"] = self.planner_policy
             return
         self.planner_critic = make_critic(self.env, "planner", cfg.planner, self.device)
-        self.planner_gae = MultiAgentGAE(
-            gamma=cfg.planner.gamma, lmbda=cfg.planner.lmbda, value_network=self.planner_critic
-        )
-        self.planner_gae.set_keys(
-            **{k: v for k, v in _group_keys("planner").items()
-               if k in ("advantage", "value_target", "value", "reward")}
+        self.planner_advantage = PlannerAdvantage(
+            self.planner_critic, gamma=cfg.planner.gamma, lmbda=cfg.planner.lmbda,
+            critic_coeff=cfg.planner.critic_coeff, loss_critic_type=cfg.planner.loss_critic_type,
         )
         if self.planner_acts and cfg.train_planner:
             loss = self._ppo_loss(
@@ -286,6 +295,14 @@ class ErmasTrainer:
             self.modules["planner_critic"] = self.planner_critic
             params = list(self.planner_critic.parameters())
         self.optimizers["planner"] = torch.optim.Adam(params, lr=cfg.planner.lr)
+
+    def _make_buffer(self, frames: int, ppo: PPOConfig) -> TensorDictReplayBuffer:
+        """One iteration's transitions, sampled in ``ppo.minibatches`` minibatches per epoch."""
+        return TensorDictReplayBuffer(
+            storage=LazyTensorStorage(frames, device=self.device),
+            sampler=SamplerWithoutReplacement(drop_last=True),
+            batch_size=frames // ppo.minibatches,
+        )
 
     @staticmethod
     def _trainable(loss) -> list[torch.Tensor]:
@@ -307,7 +324,7 @@ class ErmasTrainer:
             trust_region=e.trust_region,
             deviation_steps=e.deviation_steps,
             exploration=e.exploration,
-            meta=ReptileStep(e.meta_scale, e.meta_cap, e.meta_trust_region),
+            meta=ReptileStep(**meta_kwargs(e)),
             seed=self.cfg.seed,
         )
 
@@ -371,12 +388,9 @@ class ErmasTrainer:
 
     @torch.no_grad()
     def _collect(self, seed: int) -> TensorDictBase:
+        """``num_envs`` episodes of ``horizon`` steps, ``[num_envs, horizon]``."""
         seed_env(self.env, seed)
-        with set_exploration_type(ExplorationType.RANDOM):
-            return self.env.rollout(
-                self.horizon, self.collection_policy, auto_reset=True,
-                break_when_any_done=False,
-            )
+        return self.collector.rollout()
 
     def _metrics(self, data: TensorDictBase, iteration: int) -> dict[str, Any]:
         planner = data.get(("next", "planner", "reward")).sum(1).mean()
@@ -400,10 +414,10 @@ class ErmasTrainer:
 
     @torch.no_grad()
     def _advantages(self, data: TensorDictBase) -> None:
-        if self.planner_gae is not None:
+        if self.planner_advantage is not None:
             if self.rr is not None:
                 self.rr(data)
-            self.planner_gae(data)
+            self.planner_advantage(data)
         loss = self.agent_loss
         loss.value_estimator(
             data, params=loss.critic_network_params,
@@ -411,17 +425,17 @@ class ErmasTrainer:
         )
 
     def _update(self, data: TensorDictBase) -> None:
+        """PPO epochs on the iteration's transitions: the agents, then the planner."""
         flat = data.reshape(-1)
         steps = [("agents", self.agent_loss, self.cfg.agents)]
         if "planner" in self.optimizers:
             steps.append(("planner", self.planner_loss, self.cfg.planner))
         for group, loss_module, ppo in steps:
-            optimizer, params = self.optimizers[group], self._params(group)
-            size = flat.shape[0] // ppo.minibatches
+            optimizer, params, buffer = self.optimizers[group], self._params(group), self.buffers[group]
+            buffer.empty()
+            buffer.extend(flat)
             for _ in range(ppo.epochs):
-                order = torch.randperm(flat.shape[0], device=flat.device)
-                for k in range(ppo.minibatches):
-                    batch = flat[order[k * size:(k + 1) * size]]
+                for batch in buffer:  # one pass without replacement
                     loss = self._loss(group, loss_module, batch)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
@@ -434,9 +448,7 @@ class ErmasTrainer:
 
     def _loss(self, group: str, loss_module, batch: TensorDictBase) -> torch.Tensor:
         if loss_module is None:  # the planner critic alone
-            value = self.planner_critic(batch.copy()).get(("planner", "state_value"))
-            target = batch.get(("planner", "value_target"))
-            losses = {"loss_critic": (value - target).pow(2).mean()}
+            losses = dict(self.planner_advantage.loss(batch).items())
         else:
             out = loss_module(batch)
             losses = {k: v for k, v in out.items() if k.startswith("loss_")}
