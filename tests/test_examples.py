@@ -157,3 +157,22 @@ def test_meta_ablation_example_smoke(tmp_path):
     for curves in summary.values():
         assert len(curves["planner"]["mean"]) == 2 and len(curves["agents"]["sem"]) == 2
     assert (tmp_path / "meta_ablation.png").stat().st_size > 0
+
+
+def test_torchrl_pipeline_example_smoke(tmp_path):
+    """The plain TorchRL script (collector, replay buffer, ErmasLoss with the planner side,
+    the estimator on continuous VMAS actions) runs, estimates the regret and moves lambda."""
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "torchrl_pipeline.py"), f"hydra.run.dir={tmp_path}",
+         "collector.n_iters=3", "env.num_envs=4", "env.max_steps=10", "train.minibatch_size=10",
+         "ermas.warmup_iters=1", "ermas.regret_interval=1", "ermas.regret_envs=4",
+         "ermas.epsilon=-5.0"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("iteration")]
+    assert len(lines) == 3 and "regret_0" not in lines[0] and "regret_0" in lines[1]
+    # epsilon = -5 is below any regret: lambda rises from its initial 1 (the selfish side)
+    final = dict(item.split("=") for item in lines[-1].split(": ", 1)[1].split(", "))
+    assert float(final["lambda_0"]) > 1.0 and float(final["lambda_1"]) > 1.0
+    assert list((tmp_path / "logs").rglob("*.csv"))
