@@ -23,8 +23,11 @@ from .experiments import (
     with_overrides,
 )
 from .trainer import ErmasTrainer, NonFiniteError
+from .variants import VARIANTS, Variant
 
 __all__ = [
+    "VARIANTS",
+    "Variant",
     "as_config",
     "ErmasConfig",
     "ErmasTrainer",

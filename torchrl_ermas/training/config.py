@@ -22,8 +22,8 @@ from ..objectives.lagrange import LagrangeMultiplier
 from ..objectives.planner import CRITIC_LOSS_TYPES
 from ..regret import ReptileRegretEstimator, ReptileStep
 from ..validation import check_choice, check_int, check_number, check_real, check_seed
+from .variants import VARIANTS
 
-VARIANTS = ("ermas", "fixed_lambda", "marl")
 #: settings that may differ from a checkpoint's when a run resumes (``iterations`` may only
 #: grow; ``device`` moves a run to another machine, ``history_window`` only changes the
 #: final summary); a ``logger`` entry stands for all of its keys
@@ -312,7 +312,7 @@ def validate(cfg: TrainConfig | DictConfig | dict) -> None:
     """Raises a ``ValueError`` naming the first invalid setting of ``cfg``."""
     if not isinstance(cfg, TrainConfig) or any(isinstance(getattr(cfg, n), dict) for n in _NODES):
         cfg = as_config(cfg)
-    check_choice("variant", cfg.variant, VARIANTS)
+    check_choice("variant", cfg.variant, tuple(VARIANTS))
     check_seed("seed", cfg.seed)
     check_device(cfg.device)
     for name in ("iterations", "num_envs", "checkpoint_interval", "history_window"):

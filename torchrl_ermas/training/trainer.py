@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,12 @@ from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, SamplerWithoutReplacement, TensorDictReplayBuffer
 from torchrl.envs import Compose, EnvBase, TransformedEnv
 from torchrl.envs.utils import ExplorationType
-from torchrl.objectives import ValueEstimators
+from torchrl.objectives import LossModule, ValueEstimators
 from torchrl.objectives.multiagent import MAPPOLoss
 from torchrl.record.loggers import get_logger
 from tqdm.auto import tqdm
 
-from torchrl_ermas.objectives import ErmasLoss, LagrangeMultiplier, PlannerAdvantage
+from torchrl_ermas.objectives import PlannerAdvantage
 from torchrl_ermas.regret import ReptileRegretEstimator, ReptileStep, seed_env
 from torchrl_ermas.transforms import (
     ConcavePlannerReward,
@@ -43,6 +44,7 @@ from .checkpoint import (
 from .config import PPOConfig, TrainConfig, as_config, lagrange_kwargs, meta_kwargs, validate
 from .models import has_action, make_critic, make_policy
 from .run_folder import RunFolder, check_resumable, check_state_fits, non_finite_entry
+from .variants import VARIANTS
 
 
 class NonFiniteError(FloatingPointError):
@@ -75,9 +77,10 @@ class ErmasTrainer:
        each agent's regret with :class:`~torchrl_ermas.regret.ReptileRegretEstimator`,
        updates the multipliers ``lambda`` and takes the Reptile meta step.
 
-    Variants (``cfg.variant``): ``ermas``; ``ermas`` with ``ermas.meta_scale=0`` (no meta
-    step); ``fixed_lambda`` (lambda frozen at ``ermas.lambda_init``, no regret estimate);
-    ``marl`` (selfish agents). Domain randomization and risk robustness are the reward
+    Variants (``cfg.variant``, a :class:`~torchrl_ermas.training.variants.Variant`):
+    ``ermas`` (learned lambda; the meta step is on when ``ermas.meta_scale > 0``);
+    ``fixed_lambda`` (lambda frozen at ``ermas.lambda_init``, no regret estimate); ``marl``
+    (no lambda: selfish agents). Domain randomization and risk robustness are the reward
     transforms of ``cfg.reward``.
 
     Checkpoints are written atomically every ``checkpoint_interval`` iterations to
@@ -143,7 +146,8 @@ class ErmasTrainer:
                 )
         self.n_agents = self.env.full_action_spec["agents", "action"].shape[-1]
         self.planner_acts = has_action(self.env, "planner")
-        self.uses_planner_advantage = cfg.variant != "marl"
+        self.variant = VARIANTS[cfg.variant]
+        self.uses_planner_advantage = self.variant.uses_planner_advantage
 
         self.modules = nn.ModuleDict()
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
@@ -230,10 +234,11 @@ class ErmasTrainer:
                     f"environment; available: {available}."
                 )
 
-    def _ppo_loss(self, cls, actor, critic, ppo: PPOConfig, group: str, **kwargs):
-        loss = cls(
+    def _ppo_loss(self, make: Callable[..., LossModule], actor, critic, ppo: PPOConfig, group: str):
+        """``make(actor, critic, **PPO settings)``, keyed to ``group`` and with its GAE."""
+        loss = make(
             actor, critic, clip_epsilon=ppo.clip_epsilon, entropy_coeff=ppo.entropy_coeff,
-            critic_coeff=ppo.critic_coeff, loss_critic_type=ppo.loss_critic_type, **kwargs,
+            critic_coeff=ppo.critic_coeff, loss_critic_type=ppo.loss_critic_type,
         )
         loss.set_keys(**_group_keys(group))
         loss.make_value_estimator(ValueEstimators.MAGAE, gamma=ppo.gamma, lmbda=ppo.lmbda)
@@ -243,18 +248,15 @@ class ErmasTrainer:
         cfg = self.cfg
         self.agent_policy = make_policy(self.env, "agents", cfg.agents, self.device)
         self.agent_critic = critic = make_critic(self.env, "agents", cfg.agents, self.device)
-        if cfg.variant == "marl":
-            self.lagrange = None
-            loss = self._ppo_loss(MAPPOLoss, self.agent_policy, critic, cfg.agents, "agents")
-        else:
-            self.lagrange = LagrangeMultiplier(
-                self.n_agents, **lagrange_kwargs(cfg.ermas),
-                frozen=cfg.variant == "fixed_lambda" or cfg.ermas.warmup_iters > 0,
-            ).to(self.device)
-            loss = self._ppo_loss(
-                ErmasLoss, self.agent_policy, critic, cfg.agents, "agents",
-                lagrange=self.lagrange,
-            )
+        self.lagrange = self.variant.make_multipliers(
+            self.n_agents, lagrange_kwargs(cfg.ermas), frozen_at_start=cfg.ermas.warmup_iters > 0
+        )
+        if self.lagrange is not None:
+            self.lagrange = self.lagrange.to(self.device)
+        loss = self._ppo_loss(
+            partial(self.variant.make_agent_loss, lagrange=self.lagrange),
+            self.agent_policy, critic, cfg.agents, "agents",
+        )
         self.agent_loss = loss
         self.modules["agents"] = loss
         self.optimizers["agents"] = torch.optim.Adam(self._trainable(loss), lr=cfg.agents.lr)
@@ -311,7 +313,7 @@ class ErmasTrainer:
         )
 
     def _build_estimator(self) -> ReptileRegretEstimator | None:
-        if self.cfg.variant != "ermas":
+        if not self.variant.estimates_regret:
             return None
         e = self.cfg.ermas
         return ReptileRegretEstimator(
