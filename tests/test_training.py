@@ -33,6 +33,7 @@ from torchrl_ermas.training import (
     PPOConfig,
     RewardConfig,
     TrainConfig,
+    component_state,
     load_checkpoint,
     run_many,
     save_checkpoint,
@@ -46,7 +47,7 @@ N_AGENTS = 2
 TIME_KEYS = ("time_collect", "time_train", "time_regret")
 HISTORY_KEYS = {"iteration", "planner_reward", "agent_reward", "lambda", "regret", "kl", *TIME_KEYS}
 FINAL_KEYS = {"planner_reward", "agent_reward", "combined_agent_reward", "regret", "lambda"}
-CHECKPOINT_KEYS = {"iteration", "modules", "optimizers", "history", "planner_policy", "config"}
+CHECKPOINT_KEYS = {"iteration", "modules", "optimizers", "history", "config"}
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -122,7 +123,7 @@ def clone_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def agent_actor_params(modules: dict) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in modules.items() if k.startswith("agents.actor_network_params")}
+    return {k: v for k, v in modules.items() if k.startswith("agent_policy.")}
 
 
 def is_finite_state(state: dict) -> bool:
@@ -266,7 +267,7 @@ def test_variant_runs_and_writes_results(tmp_path, monkeypatch, name):
         assert history["kl"] == [None] * cfg["iterations"]
         assert results["final"]["lambda"] == [3.0] * N_AGENTS
         assert torch.equal(
-            ckpt["modules"]["agents.lagrange.multiplier"], torch.full((N_AGENTS,), 3.0)
+            ckpt["modules"]["lagrange.multiplier"], torch.full((N_AGENTS,), 3.0)
         )
     else:
         assert history["lambda"] == [None] * cfg["iterations"]
@@ -328,7 +329,7 @@ def test_train_planner_false_freezes_planner_policy(tmp_path):
     trainer.train()
     assert state_equal(clone_state(trainer.planner_policy), planner_before)
     ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
-    assert state_equal(ckpt["planner_policy"], planner_before)
+    assert state_equal(component_state(ckpt["modules"], "planner_policy"), planner_before)
     assert not state_equal(clone_state(trainer.agent_policy), agents_before)  # it did train
 
 
@@ -373,23 +374,35 @@ def test_transfer_loads_and_freezes_the_trained_planner(tmp_path, officers_run):
         planner_checkpoint=str(first_dir / "checkpoint.pt"),
     )
     fresh = ErmasTrainer(_merge(cfg, {"planner_checkpoint": None}))
-    assert not state_equal(clone_state(fresh.planner_policy), first["planner_policy"])
+    trained = component_state(first["modules"], "planner_policy")
+    assert trained and not state_equal(clone_state(fresh.planner_policy), trained)
 
     trainer = ErmasTrainer(cfg)
-    assert state_equal(clone_state(trainer.planner_policy), first["planner_policy"])
+    assert state_equal(clone_state(trainer.planner_policy), trained)
     agents_before = clone_state(trainer.agent_policy)
     trainer.train()
     second = load_checkpoint(tmp_path / "checkpoint.pt")
-    assert state_equal(second["planner_policy"], first["planner_policy"])
-    frozen = {
-        k.removeprefix("planner_policy."): v
-        for k, v in second["modules"].items() if k.startswith("planner_policy.")
-    }
-    assert state_equal(frozen, first["planner_policy"])
+    assert state_equal(component_state(second["modules"], "planner_policy"), trained)
     assert not state_equal(clone_state(trainer.agent_policy), agents_before)
 
 
 # ---------------------------------------------------------------------------- 3. checkpoints
+@pytest.mark.parametrize(("overrides", "components"), [
+    ({}, {"agent_policy", "agent_critic", "lagrange", "planner_policy", "planner_critic"}),
+    ({"train_planner": False}, {"agent_policy", "agent_critic", "lagrange", "planner_policy", "planner_critic"}),
+    ({"variant": "fixed_lambda"}, {"agent_policy", "agent_critic", "lagrange", "planner_policy", "planner_critic"}),
+    ({"variant": "marl"}, {"agent_policy", "agent_critic", "planner_policy", "planner_critic"}),
+    ({"variant": "marl", "train_planner": False}, {"agent_policy", "agent_critic", "planner_policy"}),
+])
+def test_checkpoint_holds_one_entry_per_component_whatever_the_config(tmp_path, overrides, components):
+    """Each component is stored under its own name, whether the planner trains or not and
+    whatever the variant; a component the run lacks is absent."""
+    trainer = ErmasTrainer(make_cfg(tmp_path, iterations=2, ermas={"warmup_iters": 0}, **overrides))
+    names = {key.split(".", 1)[0] for key in trainer.state(0)["modules"]}
+    assert names == components
+    assert set(trainer.state(0)) == CHECKPOINT_KEYS
+
+
 def test_checkpoint_loads_weights_only(officers_run):
     cfg, results, _, out = officers_run
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
@@ -737,7 +750,7 @@ def test_nan_regret_raises_and_keeps_lambda(tmp_path, monkeypatch):
     ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
     assert ckpt["iteration"] == 1
     start = torch.full((N_AGENTS,), ErmasConfig().lambda_init)
-    assert torch.equal(ckpt["modules"]["agents.lagrange.multiplier"], start)
+    assert torch.equal(ckpt["modules"]["lagrange.multiplier"], start)
     assert is_finite_state(ckpt["modules"])
 
 

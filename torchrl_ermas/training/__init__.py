@@ -1,7 +1,7 @@
 """The ERMAS training loop, its baselines, transfer evaluation, checkpoints and configs."""
 from __future__ import annotations
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import component_state, load_checkpoint, save_checkpoint
 from .config import (
     ErmasConfig,
     LoggerConfig,
@@ -29,6 +29,7 @@ __all__ = [
     "VARIANTS",
     "Variant",
     "as_config",
+    "component_state",
     "ErmasConfig",
     "ErmasTrainer",
     "LoggerConfig",

@@ -227,3 +227,16 @@ def load_latest_checkpoint(
         " ".join(errors) + " No checkpoint of this run loads: delete the files and start "
         "the run anew (overwrite=true), or point output_dir at another run."
     )
+
+
+def component_state(modules: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+    """The entries of component ``name`` in a checkpoint's ``modules``, without the prefix
+    (empty when the run had no such component).
+
+    Examples:
+        >>> modules = {"planner_policy.weight": torch.ones(1), "agent_policy.weight": torch.zeros(1)}
+        >>> component_state(modules, "planner_policy")
+        {'weight': tensor([1.])}
+    """
+    prefix = f"{name}."
+    return {k.removeprefix(prefix): v for k, v in modules.items() if k.startswith(prefix)}

@@ -36,6 +36,7 @@ from torchrl_ermas.transforms import (
 from .checkpoint import (
     CheckpointError,
     atomic_write,
+    component_state,
     load_checkpoint,
     load_latest_checkpoint,
     previous_path,
@@ -258,7 +259,10 @@ class ErmasTrainer:
             self.agent_policy, critic, cfg.agents, "agents",
         )
         self.agent_loss = loss
-        self.modules["agents"] = loss
+        self.modules["agent_policy"] = self.agent_policy
+        self.modules["agent_critic"] = critic
+        if self.lagrange is not None:
+            self.modules["lagrange"] = self.lagrange
         self.optimizers["agents"] = torch.optim.Adam(self._trainable(loss), lr=cfg.agents.lr)
 
     def _build_planner(self) -> None:
@@ -274,10 +278,10 @@ class ErmasTrainer:
         self.planner_loss = None
         self.planner_critic = None
         self.planner_advantage = None
+        if self.planner_policy is not None:
+            self.modules["planner_policy"] = self.planner_policy
         needs_critic = self.uses_planner_advantage or (self.planner_acts and cfg.train_planner)
         if not needs_critic:
-            if self.planner_acts:
-                self.modules["planner_policy"] = self.planner_policy
             return
         self.planner_critic = make_critic(self.env, "planner", cfg.planner, self.device)
         self.planner_advantage = PlannerAdvantage(
@@ -289,13 +293,10 @@ class ErmasTrainer:
                 MAPPOLoss, self.planner_policy, self.planner_critic, cfg.planner, "planner"
             )
             self.planner_loss = loss
-            self.modules["planner"] = loss
             params = self._trainable(loss)
         else:
-            if self.planner_acts:
-                self.modules["planner_policy"] = self.planner_policy
-            self.modules["planner_critic"] = self.planner_critic
             params = list(self.planner_critic.parameters())
+        self.modules["planner_critic"] = self.planner_critic
         self.optimizers["planner"] = torch.optim.Adam(params, lr=cfg.planner.lr)
 
     def _make_buffer(self, frames: int, ppo: PPOConfig) -> TensorDictReplayBuffer:
@@ -343,7 +344,7 @@ class ErmasTrainer:
             # parameters and optimizer states are live references: copy them; the history
             # is only appended to once the iteration succeeds, so it needs no copy
             good_state = self.state(iteration)
-            for key in ("modules", "optimizers", "planner_policy"):
+            for key in ("modules", "optimizers"):
                 good_state[key] = copy.deepcopy(good_state[key])
             try:
                 row = self._iteration(iteration)
@@ -492,15 +493,19 @@ class ErmasTrainer:
 
     # ------------------------------------------------------------------ state
     def state(self, next_iteration: int) -> dict[str, Any]:
-        """Everything a resumed run needs (loads with ``weights_only=True``)."""
+        """Everything a resumed run needs (loads with ``weights_only=True``).
+
+        ``modules`` holds one entry per component, under the same name whatever the
+        configuration: ``agent_policy``, ``agent_critic``, ``lagrange`` (variants with
+        multipliers), ``planner_policy`` (an acting planner) and ``planner_critic`` (when
+        the planner advantage or the planner's training needs it), e.g.
+        ``modules["lagrange.multiplier"]``.
+        """
         return {
             "iteration": next_iteration,
             "modules": self.modules.state_dict(),
             "optimizers": {k: opt.state_dict() for k, opt in self.optimizers.items()},
             "history": self.history,
-            "planner_policy": (
-                self.planner_policy.state_dict() if self.planner_policy is not None else None
-            ),
             "config": self._config_json,
         }
 
@@ -526,13 +531,14 @@ class ErmasTrainer:
                 f"planner_checkpoint: {err} Re-run the training run that wrote it, or point "
                 f"planner_checkpoint at its {previous_path(path).name}."
             ) from None
-        if state.get("planner_policy") is None or self.planner_policy is None:
+        planner = component_state(state["modules"], "planner_policy")
+        if not planner or self.planner_policy is None:
             raise ValueError(
                 f"planner_checkpoint {str(path)!r} and this environment must both have an "
                 f"acting planner."
             )
-        check_state_fits(self.planner_policy.state_dict(), state["planner_policy"], Path(path))
-        self.planner_policy.load_state_dict(state["planner_policy"])
+        check_state_fits(self.planner_policy.state_dict(), planner, Path(path))
+        self.planner_policy.load_state_dict(planner)
 
     def _config_dict(self) -> dict[str, Any]:
         return OmegaConf.to_container(OmegaConf.structured(self.cfg), resolve=True)
