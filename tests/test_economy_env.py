@@ -310,10 +310,10 @@ class TestBadInput:
         with pytest.raises(ValueError, match=match):
             SaezPlanner(**kwargs)
 
-    @pytest.mark.parametrize("num_envs", [2.5, 0, "2", True])
-    def test_num_envs(self, num_envs):
-        with pytest.raises(ValueError, match=r"num_envs must be an int >= 1"):
-            EconomyEnv(num_envs, episode_length=100, period=10)
+    @pytest.mark.parametrize("batch_size", [2.5, 0, "2", True])
+    def test_batch_size(self, batch_size):
+        with pytest.raises(ValueError, match=r"batch_size must be an int >= 1"):
+            EconomyEnv(batch_size, episode_length=100, period=10)
 
     @pytest.mark.parametrize("rates,match", [([0.1] * 6, "one rate per bracket"), ([0.1] * 6 + [1.5], r"\[0, 1\]")])
     def test_planner_rates(self, rates, match):

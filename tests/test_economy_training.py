@@ -19,7 +19,6 @@ from torchrl_ermas.envs.economy import (
     EconomyEnv,
     FreeMarketPlanner,
     SaezPlanner,
-    make_economy_env,
 )
 
 from torchrl_ermas.regret import ReptileRegretEstimator
@@ -32,7 +31,7 @@ PPO = PPOConfig(hidden=16, depth=1)
 
 def _labour_cfg(tmp_path, **overrides) -> dict:
     cfg = {
-        "env": {"_target_": "torchrl_ermas.envs.economy.make_economy_env", "tier": "labour",
+        "env": {"_target_": "torchrl_ermas.envs.economy.EconomyEnv", "tier": "labour",
                 "episode_length": 20, "period": 5},
         "iterations": 2, "num_envs": 4, "progress": False, "output_dir": str(tmp_path),
         "logger": {"backend": ""}, "agents": {"hidden": 16, "epochs": 1, "minibatches": 2},
@@ -96,7 +95,7 @@ def test_deviation_exploration_stays_within_the_mask():
 
 
 def test_regret_estimate_under_masks_is_finite_and_within_the_trust_region():
-    env = make_economy_env(4 * 2, tier="gather_build", episode_length=15, period=5,
+    env = EconomyEnv(4 * 2, tier="gather_build", episode_length=15, period=5,
                            planner_action="rates", spatial_observation=False, seed=0)
     policy = make_policy(env, "agents", PPO, torch.device("cpu"))
     estimator = ReptileRegretEstimator(

@@ -1,7 +1,7 @@
 """The AI Economist economy (labour, Gather-Build, Gather-Trade-Build) with tax planners."""
 from __future__ import annotations
 
-from .env import TIERS, EconomyEnv, make_economy_env
+from .env import TIERS, EconomyEnv
 from .planners import FixedRatePlanner, FreeMarketPlanner, SaezPlanner, USFederalPlanner
 from .tax import US_FEDERAL_2018_RATES, BracketTax, us_federal_cutoffs
 
@@ -14,6 +14,5 @@ __all__ = [
     "FreeMarketPlanner",
     "SaezPlanner",
     "USFederalPlanner",
-    "make_economy_env",
     "us_federal_cutoffs",
 ]

@@ -46,7 +46,7 @@ class EconomyEnv(EnvBase):
     coin (inventory plus escrow) and a per-agent ``eta``; the agent reward is the change of
     utility. The planner reward is the change of equality x mean coin.
 
-    Keys (``B`` = ``num_envs``, ``N`` agents, ``K`` brackets):
+    Keys (``B`` = ``batch_size``, ``N`` agents, ``K`` brackets):
 
     - ``("agents", "observation")`` ``[B, N, obs]``, ``("agents", "action_mask")``
       ``[B, N, A]``, ``("agents", "action")`` ``[B, N]``, ``("next", "agents", "reward")``
@@ -68,7 +68,8 @@ class EconomyEnv(EnvBase):
       ``terminated`` (always False) and ``truncated`` ``[B, 1]``.
 
     Args:
-        num_envs: number of environments in the batch. Defaults to ``1``.
+        batch_size: number of environments in the batch (the name every environment of the
+            project and the trainer use). Defaults to ``1``.
 
     Keyword Args:
         tier: ``"labour"``, ``"gather_build"`` or ``"gather_trade_build"`` (default).
@@ -90,7 +91,7 @@ class EconomyEnv(EnvBase):
         seed: seed of the environment's generator. Defaults to ``None``.
 
     Examples:
-        >>> env = EconomyEnv(num_envs=8, tier="gather_trade_build", episode_length=200)
+        >>> env = EconomyEnv(batch_size=8, tier="gather_trade_build", episode_length=200)
         >>> td = env.rollout(5)
         >>> td["next", "agents", "reward"].shape, td["planner", "action"].shape
         (torch.Size([8, 5, 4, 1]), torch.Size([8, 5, 1, 7]))
@@ -98,7 +99,7 @@ class EconomyEnv(EnvBase):
 
     def __init__(
         self,
-        num_envs: int = 1,
+        batch_size: int = 1,
         *,
         tier: Tier = "gather_trade_build",
         n_agents: int = 4,
@@ -117,7 +118,7 @@ class EconomyEnv(EnvBase):
     ) -> None:
         check_choice("tier", tier, TIERS)
         check_choice("planner_action", planner_action, ("discrete", "rates"))
-        check_int("num_envs", num_envs, 1)
+        check_int("batch_size", batch_size, 1)
         check_int("episode_length", episode_length, 1)
         check_int("period", period, 1)
         if episode_length % period:
@@ -134,7 +135,7 @@ class EconomyEnv(EnvBase):
         check_bool("spatial_observation", spatial_observation)
         check_seed("seed", seed, optional=True)
         device = torch.device("cpu" if device is None else device)
-        super().__init__(device=device, batch_size=torch.Size([num_envs]))
+        super().__init__(device=device, batch_size=torch.Size([batch_size]))
         self.tier = tier
         self.n_agents = n_agents
         self.energy_cost = float(energy_cost)
@@ -188,7 +189,7 @@ class EconomyEnv(EnvBase):
         if eta.shape not in (torch.Size([]), torch.Size(shape[-1:]), torch.Size(shape)):
             raise ValueError(
                 f"eta must be a float or have shape [n_agents]={[shape[-1]]} or "
-                f"[num_envs, n_agents]={list(shape)}, got shape {list(eta.shape)}"
+                f"[batch_size, n_agents]={list(shape)}, got shape {list(eta.shape)}"
             )
         if not torch.isfinite(eta).all() or (eta <= 0).any() or (eta > 1).any():
             raise ValueError(f"eta must lie in (0, 1], got {eta.tolist()}")
@@ -398,18 +399,3 @@ class EconomyEnv(EnvBase):
             tensordict.set(("planner", "action"), torch.rand(shape, device=self.device, generator=self._generator))
         return tensordict
 
-
-def make_economy_env(
-    batch_size: int, device: torch.device | str | None = None, **kwargs
-) -> EconomyEnv:
-    """:class:`EconomyEnv` with ``batch_size`` environments: the training loop's env factory.
-
-    :class:`~torchrl_ermas.training.ErmasTrainer` builds its environments by calling the
-    ``_target_`` of ``cfg.env`` with ``batch_size`` and ``device``; point it here.
-
-    Examples:
-        >>> env = make_economy_env(4, tier="labour", episode_length=20, period=10)
-        >>> env.batch_size
-        torch.Size([4])
-    """
-    return EconomyEnv(batch_size, device=device, **kwargs)

@@ -31,7 +31,7 @@ class FixedRatePlanner(TensorDictModuleBase):
 
     Examples:
         >>> from torchrl_ermas.envs.economy import EconomyEnv
-        >>> env = EconomyEnv(num_envs=2, tier="labour", planner_action="rates", episode_length=20, period=10)
+        >>> env = EconomyEnv(batch_size=2, tier="labour", planner_action="rates", episode_length=20, period=10)
         >>> planner = FixedRatePlanner([0.1] * 7)
         >>> planner(env.reset())["planner", "action"].shape
         torch.Size([2, 1, 7])
@@ -100,7 +100,7 @@ class SaezPlanner(TensorDictModuleBase):
 
     Examples:
         >>> from torchrl_ermas.envs.economy import EconomyEnv
-        >>> env = EconomyEnv(num_envs=4, tier="labour", planner_action="rates", episode_length=40, period=10)
+        >>> env = EconomyEnv(batch_size=4, tier="labour", planner_action="rates", episode_length=40, period=10)
         >>> planner = SaezPlanner(fixed_elasticity=3.0, buffer_size=8)
         >>> td = env.reset()
         >>> for _ in range(40):
