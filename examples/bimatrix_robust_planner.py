@@ -27,10 +27,10 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from torchrl_ermas.training import (  # noqa: E402
     TrainConfig,
-    mean_sem,
     method_seed_configs,
+    relative_summary,
     run_many,
-    transfer_config,
+    transfer_grid,
     validate_experiment,
     with_overrides,
 )
@@ -87,46 +87,16 @@ def train_configs(cfg: RobustPlannerConfig, out: Path) -> dict[tuple[str, int], 
 
 
 def transfer_configs(cfg: RobustPlannerConfig, trained: dict, out: Path) -> dict:
+    """The transfer runs (frozen planner, fresh MARL agents at each Q_test), keyed (method, seed, q)."""
     base = with_overrides(cfg.train, cfg.transfer)
-    return {
-        (name, seed, q): transfer_config(
-            base,
-            Path(run_cfg.output_dir) / "checkpoint.pt",
-            {"reward.q": q, "seed": seed, "output_dir": str(out / "transfer" / name / f"q{q:g}" / f"seed{seed}")},
-        )
-        for (name, seed), run_cfg in trained.items()
-        for q in cfg.q_test
-    }
-
-
-def summarize(cfg: RobustPlannerConfig, results: dict) -> dict[str, dict[str, list[float]]]:
-    """Per method: mean and s.e. of the planner reward at each Q_test, and vs the reference."""
-    summary = {}
-    for name in cfg.methods:
-        rewards = [[results[name, s, q]["final"]["planner_reward"] for s in cfg.seeds] for q in cfg.q_test]
-        gaps = [
-            [
-                results[name, s, q]["final"]["planner_reward"]
-                - results[cfg.reference, s, q]["final"]["planner_reward"]
-                for s in cfg.seeds
-            ]
-            for q in cfg.q_test
-        ]
-        summary[name] = {
-            "mean": [mean_sem(r)[0] for r in rewards],
-            "sem": [mean_sem(r)[1] for r in rewards],
-            "relative_mean": [mean_sem(g)[0] for g in gaps],
-            "relative_sem": [mean_sem(g)[1] for g in gaps],
-        }
-    return summary
+    return transfer_grid(base, trained, "reward.q", cfg.q_test, out / "transfer", "q")
 
 
 def plot(cfg: RobustPlannerConfig, summary: dict, path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for name, stats in summary.items():
-        for axis, key in ((left, ""), (right, "relative_")):
-            mean, sem = stats[f"{key}mean"], stats[f"{key}sem"]
-            axis.errorbar(cfg.q_test, mean, yerr=sem, label=name, capsize=3, marker="o", ms=3)
+        for axis, key in ((left, "planner_reward"), (right, "relative")):
+            axis.errorbar(cfg.q_test, stats[key], yerr=stats[f"{key}_sem"], label=name, capsize=3, marker="o", ms=3)
     left.set(xlabel="Q_test", ylabel="planner episode reward", title="Planner reward after transfer")
     right.set(xlabel="Q_test", ylabel=f"planner reward - {cfg.reference}", title=f"Relative to {cfg.reference}")
     right.axhline(0.0, color="gray", lw=0.8)
@@ -140,7 +110,9 @@ def print_table(cfg: RobustPlannerConfig, summary: dict) -> None:
     print("planner episode reward after transfer (mean ± s.e. over seeds)")
     print("Q_test".ljust(width) + "".join(f"{q:>15g}" for q in cfg.q_test))
     for name, stats in summary.items():
-        cells = "".join(f"{m:>8.1f} ± {s:<4.1f}" for m, s in zip(stats["mean"], stats["sem"]))
+        cells = "".join(
+            f"{m:>8.1f} ± {s:<4.1f}" for m, s in zip(stats["planner_reward"], stats["planner_reward_sem"])
+        )
         print(name.ljust(width) + cells)
 
 
@@ -153,7 +125,7 @@ def main(cfg: RobustPlannerConfig) -> None:
     run_many(list(trained.values()), workers=cfg.workers, desc="train planners")
     tests = transfer_configs(cfg, trained, out)
     results = dict(zip(tests, run_many(list(tests.values()), workers=cfg.workers, desc="transfer")))
-    summary = summarize(cfg, results)
+    summary = relative_summary(results, ["planner_reward"], cfg.reference)
     (out / "summary.json").write_text(json.dumps({"q_test": cfg.q_test, "methods": summary}, indent=1))
     plot(cfg, summary, out / "robust_planner.png")
     print_table(cfg, summary)

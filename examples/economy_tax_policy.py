@@ -36,10 +36,10 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from torchrl_ermas.training import (  # noqa: E402
     TrainConfig,
-    mean_sem,
     method_seed_configs,
+    relative_summary,
     run_many,
-    transfer_config,
+    transfer_grid,
     validate_experiment,
     with_overrides,
 )
@@ -114,18 +114,12 @@ def evaluation_configs(
 ) -> dict[tuple[str, int, float], TrainConfig]:
     """The evaluation runs (frozen planner, fresh MARL agents), keyed by (planner, seed, eta)."""
     base = with_overrides(cfg.train, cfg.transfer)
+    runs = transfer_grid(base, trained, "env.eta", cfg.eta_test, out / "evaluate", "eta")
 
     def where(name: str, seed: int, eta: float) -> dict[str, Any]:
         path = out / "evaluate" / name / f"eta{eta:g}" / f"seed{seed}"
         return {"env.eta": eta, "seed": seed, "output_dir": str(path)}
 
-    runs = {
-        (name, seed, eta): transfer_config(
-            base, Path(run.output_dir) / "checkpoint.pt", where(name, seed, eta)
-        )
-        for (name, seed), run in trained.items()
-        for eta in cfg.eta_test
-    }
     fixed = {"variant": "marl", "train_planner": False, "env.planner_action": "rates"}
     for name, planner in cfg.baselines.items():
         for seed in cfg.seeds:
@@ -134,29 +128,6 @@ def evaluation_configs(
                 runs[name, seed, eta] = with_overrides(base, overrides)
                 validate_run(runs[name, seed, eta])
     return runs
-
-
-def summarize(cfg: TaxPolicyConfig, results: dict) -> dict[str, dict[str, list[float]]]:
-    """Per planner and metric: mean and s.e. over seeds at each ``eta_test``; swf vs reference."""
-    summary = {}
-    for name in [*cfg.methods, *cfg.baselines]:
-        stats: dict[str, list[float]] = {}
-        for metric in METRICS:
-            values = [[results[name, s, eta]["final"][metric] for s in cfg.seeds] for eta in cfg.eta_test]
-            stats[metric] = [mean_sem(v)[0] for v in values]
-            stats[f"{metric}_sem"] = [mean_sem(v)[1] for v in values]
-        gaps = [
-            [
-                results[name, s, eta]["final"]["planner_reward"]
-                - results[cfg.reference, s, eta]["final"]["planner_reward"]
-                for s in cfg.seeds
-            ]
-            for eta in cfg.eta_test
-        ]
-        stats["relative"] = [mean_sem(g)[0] for g in gaps]
-        stats["relative_sem"] = [mean_sem(g)[1] for g in gaps]
-        summary[name] = stats
-    return summary
 
 
 def plot(cfg: TaxPolicyConfig, summary: dict, path: Path) -> None:
@@ -209,7 +180,7 @@ def main(cfg: TaxPolicyConfig) -> None:
     run_many(list(trained.values()), workers=cfg.workers, desc="train planners")
     runs = evaluation_configs(cfg, trained, out)
     results = dict(zip(runs, run_many(list(runs.values()), workers=cfg.workers, desc="evaluate")))
-    summary = summarize(cfg, results)
+    summary = relative_summary(results, METRICS, cfg.reference)
     (out / "summary.json").write_text(
         json.dumps({"eta_test": cfg.eta_test, "planners": summary}, indent=1)
     )

@@ -128,8 +128,8 @@ def test_robust_planner_example_smoke(tmp_path):
     assert summary["q_test"] == [0.0, 0.6]
     assert set(summary["methods"]) == {"ermas", "marl_q0", "marl_q05", "dr", "rr"}
     for stats in summary["methods"].values():
-        assert all(len(stats[key]) == 2 for key in ("mean", "sem", "relative_mean"))
-    assert summary["methods"]["marl_q0"]["relative_mean"] == [0.0, 0.0]
+        assert all(len(stats[key]) == 2 for key in ("planner_reward", "planner_reward_sem", "relative"))
+    assert summary["methods"]["marl_q0"]["relative"] == [0.0, 0.0]
     for method in summary["methods"]:
         assert (tmp_path / "transfer" / method / "q0.6" / "seed0" / "results.json").exists()
     assert (tmp_path / "robust_planner.png").stat().st_size > 0

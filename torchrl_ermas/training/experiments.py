@@ -192,6 +192,82 @@ def transfer_config(
     return transfer
 
 
+def transfer_grid(
+    cfg: TrainConfig,
+    trained: dict[tuple[str, int], TrainConfig],
+    test_key: str,
+    test_values: Sequence[float],
+    root: str | Path,
+    label: str,
+) -> dict[tuple[str, int, float], TrainConfig]:
+    """:func:`transfer_config` for each trained run and test value, keyed ``(name, seed, value)``.
+
+    Each transfer run sets ``test_key`` (a dotted ``TrainConfig`` key, e.g. ``"reward.q"``)
+    to the test value and the seed of its trained run, and writes to
+    ``root/name/{label}{value}/seed{s}``; ``trained`` is keyed like
+    :func:`method_seed_configs`.
+
+    Examples:
+        >>> trained = method_seed_configs(TrainConfig(), {"marl": {"variant": "marl"}}, [0], "out/train")
+        >>> runs = transfer_grid(TrainConfig(), trained, "reward.q", [0.0, 0.5], "out/transfer", "q")
+        >>> runs["marl", 0, 0.5].reward.q, runs["marl", 0, 0.5].output_dir
+        (0.5, 'out/transfer/marl/q0.5/seed0')
+    """
+    root = Path(root)
+    return {
+        (name, seed, value): transfer_config(
+            cfg, Path(run_cfg.output_dir) / "checkpoint.pt",
+            {test_key: value, "seed": seed, "output_dir": str(root / name / f"{label}{value:g}" / f"seed{seed}")},
+        )
+        for (name, seed), run_cfg in trained.items()
+        for value in test_values
+    }
+
+
+def relative_summary(
+    results: dict[tuple[str, int, float], dict[str, Any]],
+    metrics: Sequence[str],
+    reference: str,
+    key: str = "planner_reward",
+) -> dict[str, dict[str, list[float]]]:
+    """Per name: mean and s.e. over seeds of each final metric at each test value, and of
+    ``key`` minus the reference's (paired by seed and test value).
+
+    ``results`` is keyed ``(name, seed, value)`` like :func:`transfer_grid`; the summary of
+    a name holds ``metric`` and ``metric_sem`` for each of ``metrics``, and ``relative`` and
+    ``relative_sem``, each a list over the test values in the order they first appear.
+
+    Examples:
+        >>> results = {(n, s, 0.0): {"final": {"planner_reward": r}}
+        ...            for n, s, r in [("a", 0, 1.0), ("a", 1, 3.0), ("b", 0, 0.0), ("b", 1, 0.0)]}
+        >>> relative_summary(results, ["planner_reward"], reference="b")["a"]
+        {'planner_reward': [2.0], 'planner_reward_sem': [1.0], 'relative': [2.0], 'relative_sem': [1.0]}
+    """
+    names = list(dict.fromkeys(name for name, _, _ in results))
+    seeds = list(dict.fromkeys(seed for _, seed, _ in results))
+    values = list(dict.fromkeys(value for _, _, value in results))
+    if reference not in names:
+        raise ValueError(f"reference must be one of {names}, got {reference!r}.")
+
+    def final(name: str, seed: int, value: float, metric: str) -> float:
+        return results[name, seed, value]["final"][metric]
+
+    summary = {}
+    for name in names:
+        stats: dict[str, list[float]] = {}
+        series = {
+            metric: [[final(name, s, v, metric) for s in seeds] for v in values] for metric in metrics
+        }
+        series["relative"] = [
+            [final(name, s, v, key) - final(reference, s, v, key) for s in seeds] for v in values
+        ]
+        for metric, per_value in series.items():
+            stats[metric] = [mean_sem(x)[0] for x in per_value]
+            stats[f"{metric}_sem"] = [mean_sem(x)[1] for x in per_value]
+        summary[name] = stats
+    return summary
+
+
 def run(
     cfg: TrainConfig, post: PostHook | None = None, env_factory: EnvFactory | None = None
 ) -> dict[str, Any]:
