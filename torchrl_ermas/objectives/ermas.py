@@ -25,6 +25,44 @@ from torchrl_ermas.objectives.planner import CRITIC_LOSS_TYPES, PlannerAdvantage
 from torchrl_ermas.validation import check_bool, check_choice, check_real
 
 
+def _check_arguments(
+    lagrange, planner_advantage, *, clip_epsilon, entropy_coeff, critic_coeff, clip_value,
+    loss_critic_type, reduction, advantage_norm, flags: dict[str, Any],
+) -> None:
+    """:class:`ErmasLoss`'s argument checks: each error names the argument and its range."""
+    if not isinstance(lagrange, LagrangeMultiplier):
+        raise TypeError(
+            f"lagrange must be a LagrangeMultiplier, got {type(lagrange).__name__}."
+        )
+    if planner_advantage is not None and not isinstance(planner_advantage, PlannerAdvantage):
+        raise TypeError(
+            "planner_advantage must be a PlannerAdvantage or None, got "
+            f"{type(planner_advantage).__name__}."
+        )
+    if advantage_norm is not None:
+        raise ValueError(
+            "ErmasLoss does not support advantage_norm: it would rescale the "
+            "agents' advantage but not the planner's. Use normalize_advantage."
+        )
+    clips = clip_epsilon if isinstance(clip_epsilon, (tuple, list)) else (clip_epsilon,)
+    if len(clips) not in (1, 2):
+        raise ValueError(f"clip_epsilon must be a number or (low, high), got {clip_epsilon!r}.")
+    for clip in clips:
+        check_real("clip_epsilon", clip, low=0, low_inclusive=False)
+    coeffs = entropy_coeff.values() if isinstance(entropy_coeff, Mapping) else [entropy_coeff]
+    for coeff in coeffs:
+        if coeff is not None:
+            check_real("entropy_coeff", coeff, low=0)
+    if critic_coeff is not None:
+        check_real("critic_coeff", critic_coeff, low=0)
+    if clip_value is not None:
+        check_real("clip_value", clip_value, low=0, low_inclusive=False)
+    check_choice("loss_critic_type", loss_critic_type, CRITIC_LOSS_TYPES)
+    check_choice("reduction", reduction, (None, "mean", "sum", "none"))
+    for name, flag in flags.items():
+        check_bool(name, flag)
+
+
 class ErmasLoss(MAPPOLoss):
     r"""ERMAS loss for the agent group (Agent-Adv-Search, agent side).
 
@@ -255,41 +293,15 @@ class ErmasLoss(MAPPOLoss):
         separate_losses: bool = False,
         **kwargs: Any,
     ) -> None:
-        if not isinstance(lagrange, LagrangeMultiplier):
-            raise TypeError(
-                f"lagrange must be a LagrangeMultiplier, got {type(lagrange).__name__}."
-            )
-        if planner_advantage is not None and not isinstance(planner_advantage, PlannerAdvantage):
-            raise TypeError(
-                "planner_advantage must be a PlannerAdvantage or None, got "
-                f"{type(planner_advantage).__name__}."
-            )
-        if kwargs.get("advantage_norm") is not None:
-            raise ValueError(
-                "ErmasLoss does not support advantage_norm: it would rescale the "
-                "agents' advantage but not the planner's. Use normalize_advantage."
-            )
-        clips = clip_epsilon if isinstance(clip_epsilon, (tuple, list)) else (clip_epsilon,)
-        if len(clips) not in (1, 2):
-            raise ValueError(f"clip_epsilon must be a number or (low, high), got {clip_epsilon!r}.")
-        for clip in clips:
-            check_real("clip_epsilon", clip, low=0, low_inclusive=False)
-        coeffs = entropy_coeff.values() if isinstance(entropy_coeff, Mapping) else [entropy_coeff]
-        for coeff in coeffs:
-            if coeff is not None:
-                check_real("entropy_coeff", coeff, low=0)
-        if critic_coeff is not None:
-            check_real("critic_coeff", critic_coeff, low=0)
-        if clip_value is not None:
-            check_real("clip_value", clip_value, low=0, low_inclusive=False)
-        check_choice("loss_critic_type", loss_critic_type, CRITIC_LOSS_TYPES)
-        check_choice("reduction", reduction, (None, "mean", "sum", "none"))
-        flags = {
-            "entropy_bonus": entropy_bonus, "normalize_advantage": normalize_advantage,
-            "functional": functional, "separate_losses": separate_losses,
-        }
-        for name, flag in flags.items():
-            check_bool(name, flag)
+        _check_arguments(
+            lagrange, planner_advantage, clip_epsilon=clip_epsilon, entropy_coeff=entropy_coeff,
+            critic_coeff=critic_coeff, clip_value=clip_value, loss_critic_type=loss_critic_type,
+            reduction=reduction, advantage_norm=kwargs.get("advantage_norm"),
+            flags={
+                "entropy_bonus": entropy_bonus, "normalize_advantage": normalize_advantage,
+                "functional": functional, "separate_losses": separate_losses,
+            },
+        )
         super().__init__(
             actor_network,
             critic_network,

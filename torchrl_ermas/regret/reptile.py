@@ -56,6 +56,31 @@ def seed_env(env: EnvBase, seed: int) -> None:
             transform.set_seed(seed)
 
 
+def _deviation_worlds(env: EnvBase, group: str) -> int:
+    """The number of agents of ``group``: one deviation world per agent must divide
+    ``env``'s batch, and ``(group, "action")`` must hold one action per agent."""
+    action_key = (group, "action")
+    if action_key not in env.full_action_spec.keys(True, True):
+        raise ValueError(
+            f"group {group!r}: the environment has no action {action_key}; "
+            f"its actions are {list(env.full_action_spec.keys(True, True))}."
+        )
+    action_spec = env.full_action_spec[action_key]
+    group_shape = env.full_action_spec[group].shape
+    if action_spec.shape[: len(group_shape)] != group_shape:
+        raise ValueError(
+            f"{action_key} must hold one action per agent, shape "
+            f"{list(group_shape)} + [*action dims]; got {list(action_spec.shape)}."
+        )
+    n_agents = group_shape[-1]
+    if len(env.batch_size) != 1 or env.batch_size[0] % n_agents:
+        raise ValueError(
+            f"env.batch_size must be [n_agents * B] = [{n_agents} * B] to hold one "
+            f"deviation world per agent, got {list(env.batch_size)}."
+        )
+    return n_agents
+
+
 class ReptileRegretEstimator:
     """Estimates each agent's regret by a trust-region unilateral deviation (ERMAS).
 
@@ -185,24 +210,7 @@ class ReptileRegretEstimator:
         horizon = getattr(env, "max_steps", None) if horizon is None else horizon
         check_int("horizon (or env.max_steps when horizon is None)", horizon, 1)
         action_key = (group, "action")
-        if action_key not in env.full_action_spec.keys(True, True):
-            raise ValueError(
-                f"group {group!r}: the environment has no action {action_key}; "
-                f"its actions are {list(env.full_action_spec.keys(True, True))}."
-            )
-        action_spec = env.full_action_spec[action_key]
-        group_shape = env.full_action_spec[group].shape
-        if action_spec.shape[: len(group_shape)] != group_shape:
-            raise ValueError(
-                f"{action_key} must hold one action per agent, shape "
-                f"{list(group_shape)} + [*action dims]; got {list(action_spec.shape)}."
-            )
-        self.n_agents = group_shape[-1]
-        if len(env.batch_size) != 1 or env.batch_size[0] % self.n_agents:
-            raise ValueError(
-                f"env.batch_size must be [n_agents * B] = [{self.n_agents} * B] to hold one "
-                f"deviation world per agent, got {list(env.batch_size)}."
-            )
+        self.n_agents = _deviation_worlds(env, group)
         self.actor = actor
         self.env = env
         self.planner_policy = planner_policy

@@ -321,18 +321,28 @@ def validate(cfg: TrainConfig | DictConfig | dict) -> None:
     if cfg.resume and cfg.overwrite:
         raise ValueError("resume and overwrite exclude each other; set at most one of them.")
     for group in ("agents", "planner"):
-        ppo = getattr(cfg, group)
-        for name in ("lr", "clip_epsilon", "max_grad_norm"):
-            check_number(f"{group}.{name}", getattr(ppo, name))
-        for name in ("entropy_coeff", "critic_coeff"):
-            check_number(f"{group}.{name}", getattr(ppo, name), strict=False)
-        for name in ("gamma", "lmbda"):
-            check_real(f"{group}.{name}", getattr(ppo, name), low=0, low_inclusive=False, high=1)
-        for name in ("epochs", "minibatches", "hidden"):
-            check_int(f"{group}.{name}", getattr(ppo, name), 1)
-        check_int(f"{group}.depth", ppo.depth, 0)
-        check_choice(f"{group}.loss_critic_type", ppo.loss_critic_type, CRITIC_LOSS_TYPES)
-        check_int(f"{group}.critic_depth", ppo.critic_depth, 0, optional=True)
+        _validate_ppo(group, getattr(cfg, group))
+    _validate_planner(cfg)
+    _validate_ermas(cfg)
+    _validate_reward(cfg.reward)
+    _validate_logger(cfg.logger)
+
+
+def _validate_ppo(group: str, ppo: PPOConfig) -> None:
+    for name in ("lr", "clip_epsilon", "max_grad_norm"):
+        check_number(f"{group}.{name}", getattr(ppo, name))
+    for name in ("entropy_coeff", "critic_coeff"):
+        check_number(f"{group}.{name}", getattr(ppo, name), strict=False)
+    for name in ("gamma", "lmbda"):
+        check_real(f"{group}.{name}", getattr(ppo, name), low=0, low_inclusive=False, high=1)
+    for name in ("epochs", "minibatches", "hidden"):
+        check_int(f"{group}.{name}", getattr(ppo, name), 1)
+    check_int(f"{group}.depth", ppo.depth, 0)
+    check_choice(f"{group}.loss_critic_type", ppo.loss_critic_type, CRITIC_LOSS_TYPES)
+    check_int(f"{group}.critic_depth", ppo.critic_depth, 0, optional=True)
+
+
+def _validate_planner(cfg: TrainConfig) -> None:
     if cfg.planner_checkpoint is not None and not cfg.planner_checkpoint:
         raise ValueError("planner_checkpoint must be None or the path of a checkpoint, got ''.")
     if cfg.planner_checkpoint and (
@@ -356,12 +366,15 @@ def validate(cfg: TrainConfig | DictConfig | dict) -> None:
             f"planner_checkpoint=None, got train_planner={cfg.train_planner!r}, "
             f"planner_checkpoint={cfg.planner_checkpoint!r}."
         )
+
+
+def _validate_ermas(cfg: TrainConfig) -> None:
     e = cfg.ermas
     check_real("ermas.epsilon", e.epsilon)
     _check_as("ermas", LAMBDA_FIELDS, lambda: LagrangeMultiplier(1, **lagrange_kwargs(e)))
     _check_as("ermas", META_FIELDS, lambda: ReptileStep(**meta_kwargs(e)))
     check_int("ermas.warmup_iters", e.warmup_iters, 0)
-    if cfg.variant == "ermas" and e.warmup_iters >= cfg.iterations:
+    if VARIANTS[cfg.variant].estimates_regret and e.warmup_iters >= cfg.iterations:
         raise ValueError(
             f"variant=ermas estimates regret first at iteration ermas.warmup_iters, so it "
             f"must be < iterations={cfg.iterations}, got {e.warmup_iters} (the run would "
@@ -378,7 +391,9 @@ def validate(cfg: TrainConfig | DictConfig | dict) -> None:
         )
     check_number("ermas.trust_region", e.trust_region)
     check_real("ermas.exploration", e.exploration, low=0, high=1, high_inclusive=False)
-    r = cfg.reward
+
+
+def _validate_reward(r: RewardConfig) -> None:
     check_real("reward.q", r.q)
     if not r.gap_key or not all(isinstance(k, str) and k for k in r.gap_key):
         raise ValueError(f"reward.gap_key must be a non-empty list of names, got {r.gap_key!r}.")
@@ -388,19 +403,22 @@ def validate(cfg: TrainConfig | DictConfig | dict) -> None:
         raise ValueError(
             f"reward.dr_resample must be 'episode' or 'step', got {r.dr_resample!r}."
         )
-    if cfg.logger.backend not in ("", "csv", "tensorboard", "wandb"):
+
+
+def _validate_logger(logger: LoggerConfig) -> None:
+    if logger.backend not in ("", "csv", "tensorboard", "wandb"):
         raise ValueError(
             f"logger.backend must be one of '', 'csv', 'tensorboard', 'wandb', "
-            f"got {cfg.logger.backend!r}."
+            f"got {logger.backend!r}."
         )
-    name = cfg.logger.exp_name
+    name = logger.exp_name
     if name is not None and (not name or "/" in name or "\\" in name or name in (".", "..")):
         raise ValueError(
             "logger.exp_name must be None (variant_seed) or a folder name without path "
             f"separators, got {name!r}."
         )
-    if not cfg.logger.project:
-        raise ValueError(f"logger.project must be a non-empty name, got {cfg.logger.project!r}.")
+    if not logger.project:
+        raise ValueError(f"logger.project must be a non-empty name, got {logger.project!r}.")
 
 
 def register_configs(name: str = "train_schema") -> None:

@@ -138,13 +138,7 @@ class ErmasTrainer:
         self.horizon = cfg.rollout_steps or getattr(self.env.base_env, "max_steps", None)
         if self.horizon is None:
             raise ValueError("rollout_steps must be set for environments without max_steps.")
-        for group in ("agents", "planner"):
-            minibatches = getattr(cfg, group).minibatches
-            if minibatches > cfg.num_envs * self.horizon:
-                raise ValueError(
-                    f"{group}.minibatches={minibatches} exceeds the "
-                    f"{cfg.num_envs * self.horizon} transitions collected per iteration."
-                )
+        self._check_minibatches()
         self.n_agents = self.env.full_action_spec["agents", "action"].shape[-1]
         self.planner_acts = has_action(self.env, "planner")
         self.variant = VARIANTS[cfg.variant]
@@ -159,18 +153,7 @@ class ErmasTrainer:
         self.collection_policy = TensorDictSequential(
             *([self.planner_policy] if self.planner_acts else []), self.agent_policy
         )
-        frames = cfg.num_envs * self.horizon
-        # a fresh episode per environment and iteration (the environment is re-seeded
-        # before each batch); a new batch each time, so no key of the previous iteration's
-        # data (advantages, value targets) survives into the next
-        self.collector = Collector(
-            self.env, self.collection_policy, frames_per_batch=frames, total_frames=-1,
-            reset_at_each_iter=True, exploration_type=ExplorationType.RANDOM,
-            device=self.device, use_buffers=False, auto_register_policy_transforms=False,
-        )
-        self.buffers = {
-            group: self._make_buffer(frames, getattr(cfg, group)) for group in self.optimizers
-        }
+        self._build_collection()
         self._check_episode_metrics()
         self.history: dict[str, list] = {
             name: []
@@ -185,6 +168,22 @@ class ErmasTrainer:
         self.extra_final: dict[str, Any] = {}
         if cfg.planner_checkpoint:
             self.load_planner(cfg.planner_checkpoint)
+        self._resume_or_start()
+
+    # ------------------------------------------------------------------ construction
+    def _check_minibatches(self) -> None:
+        for group in ("agents", "planner"):
+            minibatches = getattr(self.cfg, group).minibatches
+            if minibatches > self.cfg.num_envs * self.horizon:
+                raise ValueError(
+                    f"{group}.minibatches={minibatches} exceeds the "
+                    f"{self.cfg.num_envs * self.horizon} transitions collected per iteration."
+                )
+
+    def _resume_or_start(self) -> None:
+        """Clears the folder (``overwrite``) or restores the newest readable checkpoint
+        (``resume``); the log rows of iterations after it are replayed."""
+        cfg = self.cfg
         if cfg.overwrite:
             self.folder.remove()
         found = (
@@ -197,7 +196,6 @@ class ErmasTrainer:
         if cfg.resume:  # the rows of iterations after the checkpoint are replayed
             self.folder.truncate_csv_log(self.start_iteration)
 
-    # ------------------------------------------------------------------ construction
     def _instantiate_env(self, batch_size: int, device: torch.device) -> EnvBase:
         env_cfg = self.cfg.env
         if is_dataclass(env_cfg):
@@ -298,6 +296,22 @@ class ErmasTrainer:
             params = list(self.planner_critic.parameters())
         self.modules["planner_critic"] = self.planner_critic
         self.optimizers["planner"] = torch.optim.Adam(params, lr=cfg.planner.lr)
+
+    def _build_collection(self) -> None:
+        """The collector of the training episodes and the replay buffers of the PPO epochs."""
+        cfg = self.cfg
+        frames = cfg.num_envs * self.horizon
+        # a fresh episode per environment and iteration (the environment is re-seeded
+        # before each batch); a new batch each time, so no key of the previous iteration's
+        # data (advantages, value targets) survives into the next
+        self.collector = Collector(
+            self.env, self.collection_policy, frames_per_batch=frames, total_frames=-1,
+            reset_at_each_iter=True, exploration_type=ExplorationType.RANDOM,
+            device=self.device, use_buffers=False, auto_register_policy_transforms=False,
+        )
+        self.buffers = {
+            group: self._make_buffer(frames, getattr(cfg, group)) for group in self.optimizers
+        }
 
     def _make_buffer(self, frames: int, ppo: PPOConfig) -> TensorDictReplayBuffer:
         """One iteration's transitions, sampled in ``ppo.minibatches`` minibatches per epoch."""
