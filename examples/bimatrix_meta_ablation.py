@@ -26,6 +26,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from torchrl_ermas.training import (  # noqa: E402
     TrainConfig,
+    mean_sem,
     method_seed_configs,
     run_many,
     validate_experiment,
@@ -82,12 +83,12 @@ def run_configs(cfg: MetaAblationConfig, out: Path) -> dict[tuple[float, int], T
 
 
 def curves(results: list[dict], key: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and standard error over seeds of a per-iteration quantity."""
+    """Mean and standard error over seeds (:func:`mean_sem`) of a per-iteration quantity."""
     values = torch.tensor([r["history"][key] for r in results], dtype=torch.float64)
     if values.dim() == 3:  # per-agent rewards: combined
         values = values.sum(-1)
-    sem = values.std(0) / len(results) ** 0.5 if len(results) > 1 else torch.zeros_like(values[0])
-    return values.mean(0), sem
+    mean, sem = zip(*(mean_sem(column.tolist()) for column in values.T))
+    return torch.tensor(mean), torch.tensor(sem)
 
 
 def first_crossing(result: dict, target: float) -> int | None:
