@@ -22,9 +22,10 @@ import pytest
 import torch
 from omegaconf.errors import ConfigKeyError, ValidationError
 from torchrl.envs import StepCounter, TransformedEnv
+from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl_ermas.envs import SequentialBimatrixEnv
 
-from torchrl_ermas.regret import ReptileRegretEstimator
+from torchrl_ermas.regret import ReptileRegretEstimator, seed_env
 from torchrl_ermas.training import (
     ErmasConfig,
     ErmasTrainer,
@@ -319,6 +320,30 @@ def test_reward_baselines_report_untransformed_planner_reward(tmp_path, marl_run
         cfg = make_cfg(tmp_path / str(i), variant="marl", iterations=1, reward=reward)
         results, _ = run(cfg)
         assert results["history"]["planner_reward"][0] == plain["history"]["planner_reward"][0]
+
+
+def test_collector_batch_is_the_seeded_rollout_of_the_collection_policy(tmp_path):
+    """The trainer's Collector gives exactly what ``env.rollout`` gives for the same seeds
+    (each iteration a fresh, re-seeded episode per environment), and a fresh batch each
+    time: no key that training writes (advantages) survives into the next collection."""
+    trainer = ErmasTrainer(make_cfg(tmp_path, iterations=2))
+    torch.manual_seed(7)
+    data = trainer._collect(seed=11)
+    trainer._advantages(data)
+    assert ("agents", "advantage") in data.keys(True)
+    torch.manual_seed(7)
+    seed_env(trainer.env, 11)
+    with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
+        expected = trainer.env.rollout(
+            trainer.horizon, trainer.collection_policy, auto_reset=True, break_when_any_done=False
+        )
+    assert data.shape == expected.shape == (4, MAX_STEPS)
+    for key in expected.keys(True, True):
+        assert torch.equal(data[key], expected[key]), key
+    torch.manual_seed(7)
+    again = trainer._collect(seed=11)
+    assert ("agents", "advantage") not in again.keys(True)
+    assert torch.equal(again["next", "agents", "reward"], expected["next", "agents", "reward"])
 
 
 def test_train_planner_false_freezes_planner_policy(tmp_path):
