@@ -2,26 +2,29 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import EnvBase
 
-from torchrl_ermas.validation import check_bool, check_choice, check_int, check_real, check_seed
+from torchrl_ermas.validation import check_int, check_seed
 
 from .auction import DoubleAuction
 from .gather import GatherBuildWorld
 from .layout import FIXED_BUILD_PAYMENTS, FIXED_START_LOCATIONS, load_layout
-from .observations import agent_observation, planner_observation
+from .observations import Market, agent_observation, current_marginal_rate, planner_observation
+from .settings import TIERS, EconomySettings, PlannerAction, Tier
 from .skills import gather_bonus, ranked_skills
 from .social import coin_eq_times_productivity, equality, isoelastic_utility
 from .specs import make_specs, n_agent_actions
 from .tax import N_RATE_LEVELS, RATE_STEP, BracketTax
 
-Tier = Literal["labour", "gather_build", "gather_trade_build"]
-TIERS: tuple[str, ...] = ("labour", "gather_build", "gather_trade_build")
-PlannerAction = Literal["discrete", "rates"]
+__all__ = ["TIERS", "EconomyEnv", "PlannerAction", "Tier"]
+
+
+def _setting(name: str) -> property:
+    """A read-only attribute forwarding to :attr:`EconomyEnv.settings`."""
+    return property(lambda self: getattr(self.settings, name), doc=f"``settings.{name}``.")
 
 
 class EconomyEnv(EnvBase):
@@ -66,6 +69,10 @@ class EconomyEnv(EnvBase):
     - ``"equality"``, ``"productivity"`` (sum of coin), ``"tax_revenue"`` (collected this
       episode) ``[B, 1]``; ``"trades"`` (this episode) on the trade tier; ``done``,
       ``terminated`` (always False) and ``truncated`` ``[B, 1]``.
+
+    The constructor checks its arguments once into the immutable :attr:`settings`
+    (:class:`~torchrl_ermas.envs.economy.settings.EconomySettings`); ``tier``, ``n_agents``,
+    ``period`` and the other settings read as attributes of the environment too.
 
     Args:
         batch_size: number of environments in the batch (the name every environment of the
@@ -116,59 +123,62 @@ class EconomyEnv(EnvBase):
         device: torch.device | str | None = None,
         seed: int | None = None,
     ) -> None:
-        check_choice("tier", tier, TIERS)
-        check_choice("planner_action", planner_action, ("discrete", "rates"))
         check_int("batch_size", batch_size, 1)
-        check_int("episode_length", episode_length, 1)
-        check_int("period", period, 1)
-        if episode_length % period:
-            raise ValueError(
-                f"period must be a positive divisor of episode_length, got period={period}, "
-                f"episode_length={episode_length}"
-            )
-        check_int("n_agents", n_agents, 2)
-        if tier != "labour" and n_agents != len(FIXED_START_LOCATIONS):
-            raise ValueError(f"n_agents must be 4 for tier {tier!r} (fixed skill ranks), got {n_agents}")
-        check_int("max_hours", max_hours, 1)
-        check_real("energy_cost", energy_cost, low=0)
-        check_real("starting_coin", starting_coin, low=0)
-        check_bool("spatial_observation", spatial_observation)
         check_seed("seed", seed, optional=True)
         device = torch.device("cpu" if device is None else device)
+        tax = BracketTax(bracket_cutoffs, device=device)
+        layout = load_layout(map_name, device) if tier != "labour" else None
+        settings = EconomySettings(
+            tier=tier,
+            n_agents=n_agents,
+            episode_length=episode_length,
+            period=period,
+            planner_action=planner_action,
+            max_hours=max_hours,
+            energy_cost=energy_cost,
+            starting_coin=starting_coin,
+            spatial_observation=spatial_observation,
+            n_brackets=tax.n_brackets,
+            map_name=map_name,
+            **({} if layout is None else {"map_height": layout.height, "map_width": layout.width}),
+        )
         super().__init__(device=device, batch_size=torch.Size([batch_size]))
-        self.tier = tier
-        self.n_agents = n_agents
-        self.energy_cost = float(energy_cost)
-        self.episode_length = int(episode_length)
-        self.period = int(period)
-        self.planner_action = planner_action
-        self.max_hours = int(max_hours)
-        self.starting_coin = float(starting_coin)
-        self.tax = BracketTax(bracket_cutoffs, device=device)
-        self.map_tier = tier != "labour"
-        self.trade = tier == "gather_trade_build"
-        self.spatial_observation = spatial_observation and self.map_tier
+        self.settings = settings
+        self.tax = tax
         self._skills = ranked_skills(n_agents).to(device)
         self._eta = self._check_eta(eta)
-        if self.map_tier:
-            self.world = GatherBuildWorld(load_layout(map_name, device))
-            side = self.world.layout.width
-            start = torch.tensor([r * side + c for r, c in FIXED_START_LOCATIONS], device=device)
+        if layout is not None:
+            self.world = GatherBuildWorld(layout, view_radius=settings.view_radius)
+            start = torch.tensor([r * layout.width + c for r, c in FIXED_START_LOCATIONS], device=device)
             self._start_pos = start
             self._payments = torch.tensor(FIXED_BUILD_PAYMENTS, device=device)
-        self.auction = DoubleAuction(n_agents) if self.trade else None
+        self.auction = (
+            DoubleAuction(n_agents, n_resources=settings.n_resources, max_price=settings.n_prices - 1)
+            if settings.trade
+            else None
+        )
         self._generator = torch.Generator(device=device)
         if seed is not None:
             self._generator.manual_seed(seed)
         self._state: dict[str, torch.Tensor] = self._initial_state()
-        obs_dims = (
-            agent_observation(self, self._state).shape[-1],
-            planner_observation(self, self._state).shape[-1],
-        )
-        for name, spec in make_specs(self, *obs_dims).items():
+        obs_dims = tuple(obs.shape[-1] for obs in self._observations(self._state))
+        specs = make_specs(settings, self.batch_size, device, self.n_actions, *obs_dims)
+        for name, spec in specs.items():
             setattr(self, name, spec)
 
     # --------------------------------------------------------------- settings
+    tier = _setting("tier")
+    n_agents = _setting("n_agents")
+    episode_length = _setting("episode_length")
+    period = _setting("period")
+    planner_action = _setting("planner_action")
+    max_hours = _setting("max_hours")
+    energy_cost = _setting("energy_cost")
+    starting_coin = _setting("starting_coin")
+    map_tier = _setting("map_tier")
+    trade = _setting("trade")
+    spatial_observation = _setting("spatial_views")
+
     @property
     def max_steps(self) -> int:
         """Steps per episode (``episode_length``), the rollout horizon of the training loop."""
@@ -198,7 +208,7 @@ class EconomyEnv(EnvBase):
     @property
     def n_actions(self) -> int:
         """Number of agent actions."""
-        return n_agent_actions(self)
+        return n_agent_actions(self.settings)
 
     # ------------------------------------------------------------------ state
     def _initial_state(self) -> dict[str, torch.Tensor]:
@@ -322,9 +332,9 @@ class EconomyEnv(EnvBase):
         b, n = self.batch_size[0], self.n_agents
         coin = s["inventory"][..., 0] + s["escrow"][..., 0]
         period_start = (s["t"] % self.period == 0).view(b, 1, 1)
-        orders = self.auction.order_histograms(s) if self.trade else None
+        agent_obs, planner_obs = self._observations(s)
         agents = {
-            "observation": agent_observation(self, s, orders),
+            "observation": agent_obs,
             "action_mask": self._agent_mask(),
             "coin": coin.unsqueeze(-1),
             "labour": s["labour"].unsqueeze(-1),
@@ -335,7 +345,7 @@ class EconomyEnv(EnvBase):
         if self.spatial_observation:
             agents["world_map"] = self.world.views(s["pos"], s["resource"], s["house"])
         planner = {
-            "observation": planner_observation(self, s, orders),
+            "observation": planner_obs,
             "period_start": period_start,
             "taxes_enacted": period_start & (s["t"] > 0).view(b, 1, 1),
             "income": s["last_income"].unsqueeze(1),
@@ -366,6 +376,19 @@ class EconomyEnv(EnvBase):
         out["agents"] = TensorDict(agents, batch_size=(b, n), device=self.device)
         out["planner"] = TensorDict(planner, batch_size=(b, 1), device=self.device)
         return out
+
+    def _observations(self, s: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The agents' and the planner's flat observations of state ``s``."""
+        cfg = self.settings
+        market = None
+        if cfg.trade:
+            market = Market(*self.auction.order_histograms(s), self.auction.market_rate(s))
+        rate = current_marginal_rate(self.tax, s)
+        skill = None if cfg.map_tier else self._skills[s["rank"]]
+        return (
+            agent_observation(cfg, s, rate, skill=skill, market=market),
+            planner_observation(cfg, s, rate, market=market),
+        )
 
     def _agent_mask(self) -> torch.Tensor:
         s = self._state

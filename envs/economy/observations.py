@@ -13,99 +13,134 @@ per resource: market rate, price history x 0.01 (11), all asks (11), all bids (1
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import NamedTuple
 
 import torch
 
-if TYPE_CHECKING:
-    from .env import EconomyEnv
+from .settings import EconomySettings
+from .tax import BracketTax
+
+State = Mapping[str, torch.Tensor]
 
 
-def _tax_block(env: EconomyEnv, s: dict[str, torch.Tensor]) -> torch.Tensor:
+class Market(NamedTuple):
+    """The trade tier's order book summary: open ``bids``, ``asks`` per price ``[B, R, N, P]``
+    (:meth:`~.auction.DoubleAuction.order_histograms`) and the market ``rate`` ``[B, R]``
+    (:meth:`~.auction.DoubleAuction.market_rate`)."""
+
+    bids: torch.Tensor
+    asks: torch.Tensor
+    rate: torch.Tensor
+
+
+def _tax_block(settings: EconomySettings, s: State) -> torch.Tensor:
     """``[B, 3 + N + K]``: is_tax_day, is_first_day, tax_phase, incomes, rates."""
-    pos = (s["t"] % env.period + 1).float()
-    flags = torch.stack([pos >= env.period, pos == 1, pos / env.period], -1).float()
-    incomes = (s["last_income"] / env.period).sort(-1).values
+    period = settings.period
+    pos = (s["t"] % period + 1).float()
+    flags = torch.stack([pos >= period, pos == 1, pos / period], -1).float()
+    incomes = (s["last_income"] / period).sort(-1).values
     return torch.cat([flags, incomes, s["rates"]], -1)
 
 
-def _current_marginal_rate(env: EconomyEnv, s: dict[str, torch.Tensor]) -> torch.Tensor:
+def current_marginal_rate(tax: BracketTax, s: State) -> torch.Tensor:
+    """``[B, N]`` marginal rate of each agent's income so far this period.
+
+    Examples:
+        >>> s = {"inventory": torch.tensor([[[20.0, 0, 0]]]), "escrow": torch.zeros(1, 1, 3),
+        ...      "last_coin": torch.zeros(1, 1), "rates": torch.tensor([[0.1, 0.2, 0.3]])}
+        >>> current_marginal_rate(BracketTax([0, 10, 100]), s)
+        tensor([[0.2000]])
+    """
     income = s["inventory"][..., 0] + s["escrow"][..., 0] - s["last_coin"]
-    return env.tax.marginal_rate(income, s["rates"])
+    return tax.marginal_rate(income, s["rates"])
 
 
 def agent_observation(
-    env: EconomyEnv, s: dict[str, torch.Tensor], orders: tuple[torch.Tensor, torch.Tensor] | None = None
+    settings: EconomySettings,
+    s: State,
+    marginal_rate: torch.Tensor,
+    *,
+    skill: torch.Tensor | None = None,
+    market: Market | None = None,
 ) -> torch.Tensor:
     """``[B, N, obs]`` agent features (see the module docstring).
 
-    ``orders`` are the trade tier's :meth:`~.auction.DoubleAuction.order_histograms`,
-    computed here if not given.
+    Args:
+        settings: the economy.
+        s: the state tensors (``t``, ``inventory``, ``last_income``, ``rates``; ``payment``,
+            ``bonus``, ``pos`` on map tiers; ``price_history`` on the trade tier).
+        marginal_rate: :func:`current_marginal_rate` ``[B, N]``.
+        skill: ``[B, N]`` skill of each agent (labour tier).
+        market: the order book summary (trade tier).
 
     Examples:
-        >>> import torch
-        >>> from torchrl_ermas.envs.economy import EconomyEnv
-        >>> env = EconomyEnv(2, tier="labour", episode_length=20, period=10, seed=0)
-        >>> td = env.reset()
-        >>> obs = agent_observation(env, env._state)  # what the env reports, from its state
-        >>> obs.shape, torch.equal(obs, td["agents", "observation"])
-        (torch.Size([2, 4, 20]), True)
+        >>> settings = EconomySettings(tier="labour", n_agents=2, n_brackets=3, episode_length=20, period=10)
+        >>> s = {"t": torch.tensor([3]), "inventory": torch.zeros(1, 2, 3), "last_income": torch.zeros(1, 2),
+        ...      "rates": torch.zeros(1, 3)}
+        >>> obs = agent_observation(settings, s, torch.zeros(1, 2), skill=torch.tensor([[1.0, 2.0]]))
+        >>> obs.shape, obs[0, :, 0].tolist()
+        (torch.Size([1, 2, 14]), [1.0, 2.0])
     """
-    b, n = s["t"].shape[0], env.n_agents
+    b, n = s["t"].shape[0], settings.n_agents
     per_agent: list[torch.Tensor] = []
-    if env.map_tier:
+    if settings.map_tier:
         pay = s["payment"] / 10
         per_agent += [torch.stack([pay, (pay - 1) / 2, s["bonus"]], -1)]
-    if env.trade:
-        bids, asks = env.auction.order_histograms(s) if orders is None else orders  # [B, R, N, P]
+    if settings.trade:
+        bids, asks, rate = _require(market, "market", settings)  # [B, R, N, P]
         full_bids, full_asks = bids.sum(2, keepdim=True), asks.sum(2, keepdim=True)
-        rate = env.auction.market_rate(s).unsqueeze(-1).unsqueeze(-1).expand(-1, -1, n, 1)
+        rate = rate.unsqueeze(-1).unsqueeze(-1).expand(-1, -1, n, 1)
         hist = (s["price_history"].sum(2, keepdim=True) * 0.01).expand(-1, -1, n, -1)
-        market = torch.cat([rate, hist, full_asks - asks, full_bids - bids, asks, bids], -1)
-        per_agent.append(market.permute(0, 2, 1, 3).flatten(2))
-    if not env.map_tier:
-        per_agent.append(env._skills[s["rank"]].unsqueeze(-1))
-    time = (s["t"].float() / env.episode_length).view(b, 1, 1).expand(b, n, 1)
+        orders = torch.cat([rate, hist, full_asks - asks, full_bids - bids, asks, bids], -1)
+        per_agent.append(orders.permute(0, 2, 1, 3).flatten(2))
+    if not settings.map_tier:
+        per_agent.append(_require(skill, "skill", settings).unsqueeze(-1))
+    time = (s["t"].float() / settings.episode_length).view(b, 1, 1).expand(b, n, 1)
     per_agent += [
-        _tax_block(env, s).unsqueeze(1).expand(b, n, -1),
-        _current_marginal_rate(env, s).unsqueeze(-1),
+        _tax_block(settings, s).unsqueeze(1).expand(b, n, -1),
+        marginal_rate.unsqueeze(-1),
         time,
         s["inventory"] * 0.01,
     ]
-    if env.map_tier:
-        w, h = env.world.layout.width, env.world.layout.height
+    if settings.map_tier:
+        w, h = settings.map_width, settings.map_height
         per_agent.append(torch.stack([(s["pos"] // w).float() / h, (s["pos"] % w).float() / w], -1))
     return torch.cat(per_agent, -1)
 
 
 def planner_observation(
-    env: EconomyEnv, s: dict[str, torch.Tensor], orders: tuple[torch.Tensor, torch.Tensor] | None = None
+    settings: EconomySettings, s: State, marginal_rate: torch.Tensor, *, market: Market | None = None
 ) -> torch.Tensor:
-    """``[B, 1, obs_p]`` planner features (see the module docstring); ``orders`` as in
+    """``[B, 1, obs_p]`` planner features (see the module docstring); arguments as in
     :func:`agent_observation`.
 
     Examples:
-        >>> import torch
-        >>> from torchrl_ermas.envs.economy import EconomyEnv
-        >>> env = EconomyEnv(2, tier="labour", episode_length=20, period=10, seed=0)
-        >>> td = env.reset()
-        >>> torch.equal(planner_observation(env, env._state), td["planner", "observation"])
-        True
+        >>> settings = EconomySettings(tier="labour", n_agents=2, n_brackets=3, episode_length=20, period=10)
+        >>> s = {"t": torch.tensor([3]), "inventory": torch.zeros(1, 2, 3), "last_income": torch.zeros(1, 2),
+        ...      "last_marginal_rate": torch.zeros(1, 2), "rates": torch.zeros(1, 3)}
+        >>> planner_observation(settings, s, torch.zeros(1, 2)).shape
+        torch.Size([1, 1, 21])
     """
     b = s["t"].shape[0]
     agents = torch.cat(
         [
             s["inventory"] * 0.01,
-            (s["last_income"] / env.period).unsqueeze(-1),
+            (s["last_income"] / settings.period).unsqueeze(-1),
             s["last_marginal_rate"].unsqueeze(-1),
-            _current_marginal_rate(env, s).unsqueeze(-1),
+            marginal_rate.unsqueeze(-1),
         ],
         -1,
     ).flatten(1)
-    parts = [(s["t"].float() / env.episode_length).unsqueeze(-1), _tax_block(env, s), agents]
-    if env.trade:
-        bids, asks = env.auction.order_histograms(s) if orders is None else orders
-        rate = env.auction.market_rate(s).unsqueeze(-1)
+    parts = [(s["t"].float() / settings.episode_length).unsqueeze(-1), _tax_block(settings, s), agents]
+    if settings.trade:
+        bids, asks, rate = _require(market, "market", settings)
         hist = s["price_history"].sum(2) * 0.01
-        parts.append(torch.cat([rate, hist, asks.sum(2), bids.sum(2)], -1).flatten(1))
+        parts.append(torch.cat([rate.unsqueeze(-1), hist, asks.sum(2), bids.sum(2)], -1).flatten(1))
     return torch.cat(parts, -1).view(b, 1, -1)
+
+
+def _require(value, name: str, settings: EconomySettings):
+    if value is None:
+        raise ValueError(f"{name} is required on tier {settings.tier!r}")
+    return value

@@ -1,48 +1,48 @@
 """TensorDict specs of :class:`~torchrl_ermas.envs.economy.EconomyEnv`, declared once."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torchrl.data import Bounded, Categorical, Composite, Unbounded
 
 from .gather import VIEW_CHANNELS
+from .settings import EconomySettings
 from .tax import N_RATE_LEVELS
 
-if TYPE_CHECKING:
-    from .env import EconomyEnv
 
-
-def n_agent_actions(env: EconomyEnv) -> int:
+def n_agent_actions(settings: EconomySettings) -> int:
     """Agent actions: hours ``0..max_hours``; no-op, build, 4 moves; plus 44 orders with trade.
 
     Examples:
-        >>> from torchrl_ermas.envs.economy import EconomyEnv
-        >>> labour = EconomyEnv(1, tier="labour", episode_length=20, period=10)
-        >>> n_agent_actions(labour) == labour.max_hours + 1
-        True
-        >>> n_agent_actions(EconomyEnv(1, tier="gather_trade_build", episode_length=20, period=10))
+        >>> n_agent_actions(EconomySettings(tier="labour", max_hours=10))
+        11
+        >>> n_agent_actions(EconomySettings(tier="gather_trade_build"))
         50
     """
-    if not env.map_tier:
-        return env.max_hours + 1
-    return 6 + (4 * env.auction.n_prices if env.trade else 0)
+    if not settings.map_tier:
+        return settings.max_hours + 1
+    return 6 + (2 * settings.n_resources * settings.n_prices if settings.trade else 0)
 
 
-def make_specs(env: EconomyEnv, agent_obs: int, planner_obs: int) -> dict[str, Composite]:
-    """The four full specs of the environment, keyed by attribute name.
+def make_specs(
+    settings: EconomySettings,
+    batch_size: torch.Size,
+    device: torch.device,
+    n_actions: int,
+    agent_obs: int,
+    planner_obs: int,
+) -> dict[str, Composite]:
+    """The four full specs of an economy, keyed by attribute name.
 
     Examples:
-        >>> from torchrl_ermas.envs.economy import EconomyEnv
-        >>> env = EconomyEnv(2, tier="labour", episode_length=20, period=10)
-        >>> specs = make_specs(env, agent_obs=5, planner_obs=7)
+        >>> settings = EconomySettings(tier="labour", episode_length=20, period=10)
+        >>> specs = make_specs(settings, torch.Size([2]), torch.device("cpu"), 11, agent_obs=5, planner_obs=7)
         >>> sorted(specs)
         ['full_action_spec', 'full_done_spec', 'full_observation_spec', 'full_reward_spec']
         >>> specs["full_observation_spec"]["agents", "observation"].shape
         torch.Size([2, 4, 5])
     """
-    bs, dev = env.batch_size, env.device
-    n, k = env.n_agents, env.tax.n_brackets
+    bs, dev = batch_size, device
+    n, k = settings.n_agents, settings.n_brackets
     ag, pl = (*bs, n), (*bs, 1)
 
     def flag(shape):
@@ -50,17 +50,17 @@ def make_specs(env: EconomyEnv, agent_obs: int, planner_obs: int) -> dict[str, C
 
     agents = Composite(
         observation=Unbounded((*ag, agent_obs), device=dev),
-        action_mask=flag((*ag, env.n_actions)),
+        action_mask=flag((*ag, n_actions)),
         coin=Unbounded((*ag, 1), device=dev),
         labour=Unbounded((*ag, 1), device=dev),
         skill_rank=Categorical(n, shape=(*ag, 1), dtype=torch.long, device=dev),
         shape=ag,
         device=dev,
     )
-    if env.map_tier:
+    if settings.map_tier:
         agents["builds"] = Unbounded((*ag, 1), device=dev)
-    if env.spatial_observation:
-        side = 2 * env.world.radius + 1
+    if settings.spatial_views:
+        side = settings.view_side
         agents["world_map"] = Unbounded((*ag, len(VIEW_CHANNELS), side, side), device=dev)
     planner = Composite(
         observation=Unbounded((*pl, planner_obs), device=dev),
@@ -71,7 +71,7 @@ def make_specs(env: EconomyEnv, agent_obs: int, planner_obs: int) -> dict[str, C
         shape=pl,
         device=dev,
     )
-    if env.planner_action == "discrete":
+    if settings.planner_action == "discrete":
         planner["action_mask"] = flag((*pl, k, N_RATE_LEVELS + 1))
         planner_action = Categorical(N_RATE_LEVELS + 1, shape=(*pl, k), device=dev)
     else:
@@ -85,10 +85,10 @@ def make_specs(env: EconomyEnv, agent_obs: int, planner_obs: int) -> dict[str, C
         shape=bs,
         device=dev,
     )
-    if env.trade:
+    if settings.trade:
         observation["trades"] = Unbounded((*bs, 1), device=dev)
     action = Composite(
-        agents=Composite(action=Categorical(env.n_actions, shape=ag, device=dev), shape=ag, device=dev),
+        agents=Composite(action=Categorical(n_actions, shape=ag, device=dev), shape=ag, device=dev),
         planner=Composite(action=planner_action, shape=pl, device=dev),
         shape=bs,
         device=dev,
