@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import torch
 from torchrl_ermas.envs.economy import TIERS, EconomyEnv
+from torchrl_ermas.envs.economy.actions import ActionLayout
 from torchrl_ermas.envs.economy.settings import EconomySettings
 
 
@@ -32,3 +34,24 @@ def test_env_settings_are_immutable_and_forwarded(tier):
 def test_settings_reject_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
         EconomySettings(**kwargs)
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_action_layout_sizes_the_specs_and_partitions_the_actions(tier):
+    env = EconomyEnv(2, tier=tier, episode_length=20, period=10)
+    layout = env.actions
+    assert layout == ActionLayout.from_settings(env.settings)
+    assert env.full_action_spec["agents", "action"].space.n == layout.n_actions == env.n_actions
+    assert env.reset()["agents", "action_mask"].shape[-1] == layout.n_actions
+    if tier == "labour":
+        assert layout.n_actions == env.max_hours + 1
+        return
+    decoded = layout.decode_map(torch.arange(layout.n_actions))  # element-wise, any shape
+    kinds = decoded.build.long() + (decoded.resource >= 0).long() + (decoded.direction >= 0).long()
+    assert kinds.tolist() == [0] + [1] * (layout.n_actions - 1)  # the no-op does nothing, the rest one thing
+    assert decoded.direction[layout.moves :].tolist() == list(range(layout.n_moves))
+    if tier == "gather_trade_build":
+        orders = slice(layout.orders, layout.moves)
+        triples = set(zip(decoded.resource[orders].tolist(), decoded.is_bid[orders].tolist(),
+                          decoded.price[orders].tolist()))
+        assert len(triples) == layout.n_orders == 2 * env.settings.n_resources * env.settings.n_prices

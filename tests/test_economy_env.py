@@ -155,7 +155,8 @@ class TestMapTiers:
         rank = td["agents", "skill_rank"][0, :, 0]
         me = int((rank == 2).nonzero())  # starts at (0, 0) on a wood source
         planner = FreeMarketPlanner()
-        noop, build, up, down = 0, 1, 4, 5
+        layout = env.actions
+        noop, build, up, down = layout.noop, layout.build, layout.moves + 2, layout.moves + 3
         for a in (noop, down, down, down, up):
             action = torch.zeros(1, 4, dtype=torch.long)
             action[0, me] = a
@@ -181,9 +182,10 @@ class TestMapTiers:
         rank = td["agents", "skill_rank"][0, :, 0]
         mask = td["agents", "action_mask"][0]
         # rank 0 starts at (0, 24): right and up leave the map, left and down are free
-        assert mask[int((rank == 0).nonzero()), 2:].tolist() == [True, False, False, True]
+        moves = env.actions.moves
+        assert mask[int((rank == 0).nonzero()), moves:].tolist() == [True, False, False, True]
         # rank 3 at (24, 24): only left and up
-        assert mask[int((rank == 3).nonzero()), 2:].tolist() == [True, False, True, False]
+        assert mask[int((rank == 3).nonzero()), moves:].tolist() == [True, False, True, False]
 
     def test_world_map_view_edges(self):
         env = EconomyEnv(1, tier="gather_trade_build", episode_length=100, period=50, seed=0)

@@ -9,6 +9,7 @@ from torchrl.envs import EnvBase
 
 from torchrl_ermas.validation import check_int, check_seed
 
+from .actions import ActionLayout
 from .auction import DoubleAuction
 from .gather import GatherBuildWorld
 from .layout import FIXED_BUILD_PAYMENTS, FIXED_START_LOCATIONS, load_layout
@@ -16,7 +17,7 @@ from .observations import Market, agent_observation, current_marginal_rate, plan
 from .settings import TIERS, EconomySettings, PlannerAction, Tier
 from .skills import gather_bonus, ranked_skills
 from .social import coin_eq_times_productivity, equality, isoelastic_utility
-from .specs import make_specs, n_agent_actions
+from .specs import make_specs
 from .tax import N_RATE_LEVELS, RATE_STEP, BracketTax
 
 __all__ = ["TIERS", "EconomyEnv", "PlannerAction", "Tier"]
@@ -144,6 +145,7 @@ class EconomyEnv(EnvBase):
         )
         super().__init__(device=device, batch_size=torch.Size([batch_size]))
         self.settings = settings
+        self.actions = ActionLayout.from_settings(settings)
         self.tax = tax
         self._skills = ranked_skills(n_agents).to(device)
         self._eta = self._check_eta(eta)
@@ -208,7 +210,7 @@ class EconomyEnv(EnvBase):
     @property
     def n_actions(self) -> int:
         """Number of agent actions."""
-        return n_agent_actions(self.settings)
+        return self.actions.n_actions
 
     # ------------------------------------------------------------------ state
     def _initial_state(self) -> dict[str, torch.Tensor]:
@@ -270,7 +272,7 @@ class EconomyEnv(EnvBase):
         if self.map_tier:
             self._map_step(action)
         else:
-            hours = action.float()
+            hours = self.actions.decode_hours(action)
             s["inventory"][..., 0] += self._skills[s["rank"]] * hours
             s["labour"] = s["labour"] + hours
         self._tax_step(s["t"] % self.period == 0)
@@ -299,21 +301,14 @@ class EconomyEnv(EnvBase):
     def _map_step(self, action: torch.Tensor) -> None:
         s, world = self._state, self.world
         labour = s["labour"]
-        built = world.build(action == 1, s["pos"], s["house"], s["inventory"], labour, s["payment"])
+        decoded = self.actions.decode_map(action)
+        built = world.build(decoded.build, s["pos"], s["house"], s["inventory"], labour, s["payment"])
         s["builds"] = s["builds"] + built.float()
-        first_move = self.n_actions - 4
         if self.trade:
-            trade_idx = action - 2
-            order = (trade_idx >= 0) & (action < first_move)
-            per_resource = 2 * self.auction.n_prices
-            resource = torch.where(order, trade_idx // per_resource, -1)
-            within = trade_idx % per_resource
             s["trades"] = s["trades"] + self.auction.step(
-                s, resource, within < self.auction.n_prices, within % self.auction.n_prices,
-                s["inventory"], s["escrow"], labour,
+                s, decoded.resource, decoded.is_bid, decoded.price, s["inventory"], s["escrow"], labour
             )
-        direction = torch.where(action >= first_move, action - first_move, -1)
-        s["pos"] = world.move(direction, s["pos"], s["house"], labour, self._generator)
+        s["pos"] = world.move(decoded.direction, s["pos"], s["house"], labour, self._generator)
         world.collect(s["pos"], s["resource"], s["inventory"], labour, s["bonus"], self._generator)
 
     def _tax_step(self, tax_day: torch.Tensor) -> None:
@@ -395,16 +390,9 @@ class EconomyEnv(EnvBase):
         b, n = self.batch_size[0], self.n_agents
         if not self.map_tier:
             return torch.ones(b, n, self.n_actions, dtype=torch.bool, device=self.device)
-        parts = [
-            torch.ones(b, n, 1, dtype=torch.bool, device=self.device),
-            self.world.can_build(s["pos"], s["house"], s["inventory"]).unsqueeze(-1),
-        ]
-        if self.trade:
-            bids, asks = self.auction.masks(s, s["inventory"])
-            for r in range(self.auction.n_resources):
-                parts += [bids[:, :, r], asks[:, :, r : r + 1].expand(-1, -1, self.auction.n_prices)]
-        parts.append(self.world.move_mask(s["pos"], s["house"]))
-        return torch.cat(parts, -1)
+        can_build = self.world.can_build(s["pos"], s["house"], s["inventory"])
+        orders = self.auction.masks(s, s["inventory"]) if self.trade else ()
+        return self.actions.map_mask(can_build, self.world.move_mask(s["pos"], s["house"]), *orders)
 
     def rand_action(self, tensordict: TensorDictBase | None = None) -> TensorDictBase:
         """Uniformly random actions among those the masks allow."""

@@ -9,20 +9,6 @@ from .settings import EconomySettings
 from .tax import N_RATE_LEVELS
 
 
-def n_agent_actions(settings: EconomySettings) -> int:
-    """Agent actions: hours ``0..max_hours``; no-op, build, 4 moves; plus 44 orders with trade.
-
-    Examples:
-        >>> n_agent_actions(EconomySettings(tier="labour", max_hours=10))
-        11
-        >>> n_agent_actions(EconomySettings(tier="gather_trade_build"))
-        50
-    """
-    if not settings.map_tier:
-        return settings.max_hours + 1
-    return 6 + (2 * settings.n_resources * settings.n_prices if settings.trade else 0)
-
-
 def make_specs(
     settings: EconomySettings,
     batch_size: torch.Size,
@@ -35,7 +21,7 @@ def make_specs(
 
     Examples:
         >>> settings = EconomySettings(tier="labour", episode_length=20, period=10)
-        >>> specs = make_specs(settings, torch.Size([2]), torch.device("cpu"), 11, agent_obs=5, planner_obs=7)
+        >>> specs = make_specs(settings, torch.Size([2]), torch.device("cpu"), n_actions=11, agent_obs=5, planner_obs=7)
         >>> sorted(specs)
         ['full_action_spec', 'full_done_spec', 'full_observation_spec', 'full_reward_spec']
         >>> specs["full_observation_spec"]["agents", "observation"].shape
