@@ -8,6 +8,7 @@ import pytest
 import torch
 from torchrl_ermas.envs.economy import TIERS, EconomyEnv
 from torchrl_ermas.envs.economy.actions import ActionLayout
+from torchrl_ermas.envs.economy.observations import agent_observation_size, planner_observation_size
 from torchrl_ermas.envs.economy.settings import EconomySettings
 
 
@@ -55,3 +56,20 @@ def test_action_layout_sizes_the_specs_and_partitions_the_actions(tier):
         triples = set(zip(decoded.resource[orders].tolist(), decoded.is_bid[orders].tolist(),
                           decoded.price[orders].tolist()))
         assert len(triples) == layout.n_orders == 2 * env.settings.n_resources * env.settings.n_prices
+
+
+@pytest.mark.parametrize("tier", TIERS)
+@pytest.mark.parametrize("spatial", [True, False])
+@pytest.mark.parametrize("planner_action", ["discrete", "rates"])
+def test_observation_sizes_by_arithmetic_match_the_observations(tier, spatial, planner_action):
+    kwargs = {"n_agents": 3, "bracket_cutoffs": (0, 5, 50)} if tier == "labour" else {}
+    env = EconomyEnv(2, tier=tier, episode_length=20, period=10, spatial_observation=spatial,
+                     planner_action=planner_action, seed=0, **kwargs)
+    sizes = agent_observation_size(env.settings), planner_observation_size(env.settings)
+    spec = env.full_observation_spec
+    assert (spec["agents", "observation"].shape[-1], spec["planner", "observation"].shape[-1]) == sizes
+    assert (("agents", "world_map") in spec.keys(True)) == (spatial and tier != "labour")
+    td = env.rollout(3)
+    for prefix in ((), ("next",)):
+        agent, planner = td[(*prefix, "agents", "observation")], td[(*prefix, "planner", "observation")]
+        assert (agent.shape[-1], planner.shape[-1]) == sizes

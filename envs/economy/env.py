@@ -13,7 +13,14 @@ from .actions import ActionLayout
 from .auction import DoubleAuction
 from .gather import GatherBuildWorld
 from .layout import FIXED_BUILD_PAYMENTS, FIXED_START_LOCATIONS, load_layout
-from .observations import Market, agent_observation, current_marginal_rate, planner_observation
+from .observations import (
+    Market,
+    agent_observation,
+    agent_observation_size,
+    current_marginal_rate,
+    planner_observation,
+    planner_observation_size,
+)
 from .settings import TIERS, EconomySettings, PlannerAction, Tier
 from .skills import gather_bonus, ranked_skills
 from .social import coin_eq_times_productivity, equality, isoelastic_utility
@@ -163,8 +170,14 @@ class EconomyEnv(EnvBase):
         if seed is not None:
             self._generator.manual_seed(seed)
         self._state: dict[str, torch.Tensor] = self._initial_state()
-        obs_dims = tuple(obs.shape[-1] for obs in self._observations(self._state))
-        specs = make_specs(settings, self.batch_size, device, self.n_actions, *obs_dims)
+        specs = make_specs(
+            settings,
+            self.batch_size,
+            device,
+            n_actions=self.actions.n_actions,
+            agent_obs=agent_observation_size(settings),
+            planner_obs=planner_observation_size(settings),
+        )
         for name, spec in specs.items():
             setattr(self, name, spec)
 

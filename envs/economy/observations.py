@@ -34,6 +34,38 @@ class Market(NamedTuple):
     rate: torch.Tensor
 
 
+def agent_observation_size(settings: EconomySettings) -> int:
+    """Length of an agent's observation, by arithmetic over the features of the module docstring.
+
+    Examples:
+        >>> agent_observation_size(EconomySettings(tier="labour"))  # skill, tax block 3 + 4 + 7, 1 + 1 + 3
+        20
+        >>> agent_observation_size(EconomySettings(tier="gather_trade_build"))  # 3 + 2 x (1 + 5 x 11) + 19 + 2
+        136
+    """
+    n, k = settings.n_agents, settings.n_brackets
+    inventory = 1 + settings.n_resources
+    size = (3 + n + k) + 1 + 1 + inventory  # tax block, own marginal rate, time, inventory
+    size += 3 + 2 if settings.map_tier else 1  # payment, skill, bonus and position; or the skill
+    if settings.trade:
+        size += settings.n_resources * (1 + 5 * settings.n_prices)
+    return size
+
+
+def planner_observation_size(settings: EconomySettings) -> int:
+    """Length of the planner's observation, by arithmetic over the features of the module docstring.
+
+    Examples:
+        >>> planner_observation_size(EconomySettings(tier="labour"))  # time, tax block 3 + 4 + 7, 4 x 6
+        39
+    """
+    n, k = settings.n_agents, settings.n_brackets
+    size = 1 + (3 + n + k) + n * (1 + settings.n_resources + 3)
+    if settings.trade:
+        size += settings.n_resources * (1 + 3 * settings.n_prices)
+    return size
+
+
 def _tax_block(settings: EconomySettings, s: State) -> torch.Tensor:
     """``[B, 3 + N + K]``: is_tax_day, is_first_day, tax_phase, incomes, rates."""
     period = settings.period
