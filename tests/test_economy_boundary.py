@@ -73,3 +73,17 @@ def test_observation_sizes_by_arithmetic_match_the_observations(tier, spatial, p
     for prefix in ((), ("next",)):
         agent, planner = td[(*prefix, "agents", "observation")], td[(*prefix, "planner", "observation")]
         assert (agent.shape[-1], planner.shape[-1]) == sizes
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_observing_is_side_effect_free(tier):
+    env = EconomyEnv(3, tier=tier, episode_length=20, period=5, seed=0)
+    td = env.reset()
+    for _ in range(6):
+        td = env.step_mdp(env.step(env.rand_action(td)))
+    before = {key: value.clone() for key, value in env._state.items()}
+    generator = env._generator.get_state()
+    first, second = env._observe(), env._observe()
+    assert all(torch.equal(before[key], env._state[key]) for key in before) and before.keys() == env._state.keys()
+    assert torch.equal(generator, env._generator.get_state())
+    assert (first == second).all() and "reward" not in first["agents"].keys()

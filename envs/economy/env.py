@@ -274,7 +274,7 @@ class EconomyEnv(EnvBase):
                 key: torch.where(mask.view(-1, *[1] * (old.dim() - 1)), fresh[key], old)
                 for key, old in self._state.items()
             }
-        return self._observe(reward=False)
+        return self._observe()
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         s = self._state
@@ -291,7 +291,7 @@ class EconomyEnv(EnvBase):
         self._tax_step(s["t"] % self.period == 0)
         if self.map_tier:
             self.world.regenerate(s["resource"], self._generator)
-        return self._observe(reward=True)
+        return self._observe(self._rewards())
 
     def _set_seed(self, seed: int | None) -> None:
         self._generator.manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()) if seed is None else seed)
@@ -334,8 +334,21 @@ class EconomyEnv(EnvBase):
         s["last_marginal_rate"] = torch.where(day, out.marginal_rate, s["last_marginal_rate"])
         s["tax_revenue"] = s["tax_revenue"] + torch.where(tax_day, out.revenue, 0)
 
+    def _rewards(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Agent ``[B, N, 1]`` and planner ``[B, 1, 1]`` rewards of the step just taken: the
+        changes of utility and of social welfare, whose new values become the baselines."""
+        s = self._state
+        coin = s["inventory"][..., 0] + s["escrow"][..., 0]
+        utility = isoelastic_utility(coin, s["labour"], self._eta, self.energy_cost)
+        swf = coin_eq_times_productivity(coin)
+        rewards = (utility - s["utility"]).unsqueeze(-1), (swf - s["swf"]).view(-1, 1, 1)
+        s["utility"], s["swf"] = utility, swf
+        return rewards
+
     # ----------------------------------------------------------- observation
-    def _observe(self, reward: bool) -> TensorDictBase:
+    def _observe(self, rewards: tuple[torch.Tensor, torch.Tensor] | None = None) -> TensorDictBase:
+        """The output of the current state, with ``rewards`` (from :meth:`_rewards`) after a
+        step; reads the state only."""
         s = self._state
         b, n = self.batch_size[0], self.n_agents
         coin = s["inventory"][..., 0] + s["escrow"][..., 0]
@@ -374,12 +387,8 @@ class EconomyEnv(EnvBase):
         }
         if self.trade:
             root["trades"] = s["trades"].unsqueeze(-1)
-        if reward:
-            utility = isoelastic_utility(coin, s["labour"], self._eta, self.energy_cost)
-            swf = coin_eq_times_productivity(coin)
-            agents["reward"] = (utility - s["utility"]).unsqueeze(-1)
-            planner["reward"] = (swf - s["swf"]).view(b, 1, 1)
-            s["utility"], s["swf"] = utility, swf
+        if rewards is not None:
+            agents["reward"], planner["reward"] = rewards
         out = TensorDict(root, batch_size=self.batch_size, device=self.device)
         out["agents"] = TensorDict(agents, batch_size=(b, n), device=self.device)
         out["planner"] = TensorDict(planner, batch_size=(b, 1), device=self.device)
@@ -410,7 +419,7 @@ class EconomyEnv(EnvBase):
     def rand_action(self, tensordict: TensorDictBase | None = None) -> TensorDictBase:
         """Uniformly random actions among those the masks allow."""
         if tensordict is None:
-            tensordict = self._observe(reward=False)
+            tensordict = self._observe()
         mask = tensordict.get(("agents", "action_mask"))
         score = torch.rand(mask.shape, device=self.device, generator=self._generator) * mask
         tensordict.set(("agents", "action"), score.argmax(-1))
