@@ -48,7 +48,8 @@ def test_action_layout_sizes_the_specs_and_partitions_the_actions(tier):
         assert layout.n_actions == env.max_hours + 1
         return
     decoded = layout.decode_map(torch.arange(layout.n_actions))  # element-wise, any shape
-    kinds = decoded.build.long() + (decoded.resource >= 0).long() + (decoded.direction >= 0).long()
+    orders = torch.zeros_like(decoded.build) if decoded.resource is None else decoded.resource >= 0
+    kinds = decoded.build.long() + orders.long() + (decoded.direction >= 0).long()
     assert kinds.tolist() == [0] + [1] * (layout.n_actions - 1)  # the no-op does nothing, the rest one thing
     assert decoded.direction[layout.moves :].tolist() == list(range(layout.n_moves))
     if tier == "gather_trade_build":

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from .env import TIERS, EconomyEnv
 from .planners import FixedRatePlanner, FreeMarketPlanner, SaezPlanner, USFederalPlanner
+from .settings import EconomySettings
 from .tax import US_FEDERAL_2018_RATES, BracketTax, us_federal_cutoffs
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "US_FEDERAL_2018_RATES",
     "BracketTax",
     "EconomyEnv",
+    "EconomySettings",
     "FixedRatePlanner",
     "FreeMarketPlanner",
     "SaezPlanner",

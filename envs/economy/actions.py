@@ -18,13 +18,13 @@ from .settings import EconomySettings
 
 class MapAction(NamedTuple):
     """A decoded map-tier action, all ``[B, N]``: ``build`` (bool); ``resource`` of the order
-    (``-1`` for none), ``is_bid`` and ``price`` (meaningful where ``resource >= 0``);
-    ``direction`` of the move (``-1`` for none)."""
+    (``-1`` for none), ``is_bid`` and ``price`` (meaningful where ``resource >= 0``; all three
+    ``None`` without trade); ``direction`` of the move (``-1`` for none)."""
 
     build: torch.Tensor
-    resource: torch.Tensor
-    is_bid: torch.Tensor
-    price: torch.Tensor
+    resource: torch.Tensor | None
+    is_bid: torch.Tensor | None
+    price: torch.Tensor | None
     direction: torch.Tensor
 
 
@@ -107,6 +107,7 @@ class ActionLayout:
     def decode_map(self, action: torch.Tensor) -> MapAction:
         """Split map-tier actions ``[B, N]`` into build, order and move parts."""
         build = action == self.build
+        resource = is_bid = price = None
         if self.n_orders:
             offset = action - self.orders
             order = (offset >= 0) & (action < self.moves)
@@ -114,9 +115,6 @@ class ActionLayout:
             resource = torch.where(order, offset // per_resource, -1)
             within = offset % per_resource
             is_bid, price = within < self.n_prices, within % self.n_prices
-        else:
-            resource = torch.full_like(action, -1)
-            is_bid, price = torch.zeros_like(build), torch.zeros_like(action)
         direction = torch.where(action >= self.moves, action - self.moves, -1)
         return MapAction(build, resource, is_bid, price, direction)
 
