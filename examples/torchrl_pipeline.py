@@ -97,7 +97,9 @@ def train(cfg: DictConfig) -> None:
     planner_critic = TensorDictModule(
         make_mlp(cfg, planner_obs_dim, 1, 1, device), [("planner", "observation")], [("planner", "state_value")]
     )
-    planner_advantage = PlannerAdvantage(planner_critic, gamma=cfg.loss.gamma, lmbda=cfg.loss.lmbda)
+    planner_advantage = PlannerAdvantage(
+        planner_critic, gamma=cfg.loss.gamma, lmbda=cfg.loss.lmbda, critic_coeff=cfg.loss.critic_coeff
+    )
 
     # Collector
     collector = Collector(
@@ -119,7 +121,8 @@ def train(cfg: DictConfig) -> None:
         critic_coeff=cfg.loss.critic_coeff,
     )
     loss_module.make_value_estimator(ValueEstimators.MAGAE, gamma=cfg.loss.gamma, lmbda=cfg.loss.lmbda)
-    params = [p for p in loss_module.parameters() if p.requires_grad]
+    lagrange_params = {id(p) for p in lagrange.parameters()}  # lambda has its own update rule, not the optimizer's
+    params = [p for p in loss_module.parameters() if p.requires_grad and id(p) not in lagrange_params]
     optim = torch.optim.Adam(params, cfg.train.lr)
 
     # Regret estimator: one deviation world of regret_envs environments per agent

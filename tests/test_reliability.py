@@ -23,6 +23,7 @@ from torchrl_ermas.training import (
     NonFiniteError,
     PPOConfig,
     TrainConfig,
+    component_state,
     load_checkpoint,
     mean_sem,
     run_many,
@@ -136,6 +137,29 @@ def test_resume_with_other_parameter_shapes_names_the_file(tmp_path, two_iterati
     message = str(err.value)
     assert str(out / "checkpoint.pt") in message and "n_agents" in message
     assert "in the checkpoint" in message and len(message) < 1000
+
+
+def _old_layout(state: dict) -> dict:
+    """``state`` as the earlier layout wrote it: the losses' entries and a top-level planner."""
+    old = dict(state)
+    old["modules"] = {f"agents.{k}": v for k, v in state["modules"].items()}
+    old["planner_policy"] = component_state(state["modules"], "planner_policy")
+    return old
+
+
+def test_a_checkpoint_of_the_earlier_layout_is_refused_by_name(tmp_path, two_iterations):
+    """Resuming, or loading a planner from, a checkpoint of the per-loss layout says so (not
+    that the environment or the network sizes differ)."""
+    cfg, src = two_iterations
+    out = _copy_run(src, tmp_path / "run")
+    state = load_checkpoint(out / "checkpoint.pt")
+    save_checkpoint(_old_layout(state), out / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="earlier version of torchrl-ermas.*overwrite=true"):
+        ErmasTrainer(_merge(cfg, {"output_dir": str(out), "resume": True}))
+    transfer = _merge(cfg, {"output_dir": str(tmp_path / "t"), "variant": "marl", "train_planner": False,
+                            "planner_checkpoint": str(out / "checkpoint.pt")})
+    with pytest.raises(CheckpointError, match="earlier version of torchrl-ermas"):
+        ErmasTrainer(transfer)
 
 
 # ---------------------------------------------------------------- 2. damaged checkpoints

@@ -714,6 +714,15 @@ def test_too_many_minibatches_raises_naming_field(tmp_path):
         ErmasTrainer(cfg).train()
 
 
+@pytest.mark.parametrize("minibatches", [7, 9, 11])
+def test_minibatches_that_do_not_split_a_pass_evenly_are_refused(tmp_path, minibatches):
+    """40 transitions in minibatches of 40 // m: a pass without replacement would take more
+    than m gradient steps (e.g. 5 of 8 for m = 7); the error names the field and what to do."""
+    cfg = make_cfg(tmp_path, variant="marl", iterations=1, planner={"minibatches": minibatches})
+    with pytest.raises(ValueError, match=r"planner.minibatches=\d+ does not split the 40 .* divisor of 40"):
+        ErmasTrainer(cfg)
+
+
 # ---------------------------------------------------------------------------- 6. NaN
 class NaNRewardBimatrix(SequentialBimatrixEnv):
     """The bimatrix game, with NaN agent rewards from the ``nan_after``-th step on."""

@@ -320,6 +320,8 @@ class ErmasLoss(MAPPOLoss):
         )
         self.lagrange = lagrange
         self.planner_advantage = planner_advantage
+        if planner_advantage is not None:  # read the advantage where the component writes it
+            self.set_keys(planner_advantage=planner_advantage.advantage_key)
         self._in_keys = None  # computed again with the planner's keys
 
     def _set_in_keys(self) -> None:
@@ -327,7 +329,8 @@ class ErmasLoss(MAPPOLoss):
         self._in_keys.append(self.tensor_keys.planner_advantage)
         planner = getattr(self, "planner_advantage", None)
         if planner is not None:
-            self._in_keys.extend([*planner.critic.in_keys, planner.value_target_key])
+            keys = [*self._in_keys, *planner.critic.in_keys, planner.value_target_key]
+            self._in_keys = list(dict.fromkeys(keys))
 
     @property
     def out_keys(self) -> list[NestedKey]:

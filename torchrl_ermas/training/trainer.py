@@ -59,6 +59,17 @@ def _group_keys(group: str) -> dict[str, tuple[str, str]]:
     return keys
 
 
+def _check_layout(state: dict[str, Any], path: Path) -> None:
+    """Refuses a checkpoint of the layout before one entry per component (its modules were
+    the losses, ``agents.*`` and ``planner.*``, beside a top-level ``planner_policy``)."""
+    if "planner_policy" in state or any(key.startswith(("agents.", "planner.")) for key in state["modules"]):
+        raise CheckpointError(
+            f"{path} was written by an earlier version of torchrl-ermas, whose checkpoints "
+            "stored the losses instead of one entry per component; it cannot be resumed or "
+            "loaded: re-run it (overwrite=true)."
+        )
+
+
 class ErmasTrainer:
     """Trains agents and a planner with ERMAS or one of its baselines.
 
@@ -71,7 +82,7 @@ class ErmasTrainer:
        planner's advantage (GAE on the planner critic);
     3. updates the planner with PPO on its own reward and the agents with
        :class:`~torchrl_ermas.objectives.ErmasLoss` (``marl``: plain
-       :class:`~torchrl.objectives.multiagent.MAPPOLoss`), simultaneously, on minibatches
+       :class:`~torchrl.objectives.multiagent.MAPPOLoss`), one after the other on the same data, in minibatches
        drawn from a :class:`~torchrl.data.TensorDictReplayBuffer` of the iteration's
        transitions with :class:`~torchrl.data.SamplerWithoutReplacement`;
     4. (``ermas``) every ``ermas.regret_interval`` iterations after the warm-up: estimates
@@ -172,12 +183,22 @@ class ErmasTrainer:
 
     # ------------------------------------------------------------------ construction
     def _check_minibatches(self) -> None:
+        """Each pass over the ``N`` transitions must give exactly ``minibatches`` minibatches
+        of ``N // minibatches`` (fewer remaining transitions than one minibatch)."""
+        frames = self.cfg.num_envs * self.horizon
         for group in ("agents", "planner"):
             minibatches = getattr(self.cfg, group).minibatches
-            if minibatches > self.cfg.num_envs * self.horizon:
+            if minibatches > frames:
                 raise ValueError(
-                    f"{group}.minibatches={minibatches} exceeds the "
-                    f"{self.cfg.num_envs * self.horizon} transitions collected per iteration."
+                    f"{group}.minibatches={minibatches} exceeds the {frames} transitions "
+                    "collected per iteration."
+                )
+            if frames // (frames // minibatches) != minibatches:
+                raise ValueError(
+                    f"{group}.minibatches={minibatches} does not split the {frames} transitions "
+                    f"of an iteration into {minibatches} minibatches of {frames // minibatches} "
+                    f"(a pass would take {frames // (frames // minibatches)}): choose a divisor "
+                    f"of {frames}."
                 )
 
     def _resume_or_start(self) -> None:
@@ -309,12 +330,17 @@ class ErmasTrainer:
             reset_at_each_iter=True, exploration_type=ExplorationType.RANDOM,
             device=self.device, use_buffers=False, auto_register_policy_transforms=False,
         )
+        if self.collector.policy is not self.collection_policy:  # a copy would not train
+            raise RuntimeError(
+                f"the collector copied the policy (its parameters are not all on device "
+                f"{self.device}); build the networks on the run's device."
+            )
         self.buffers = {
             group: self._make_buffer(frames, getattr(cfg, group)) for group in self.optimizers
         }
 
     def _make_buffer(self, frames: int, ppo: PPOConfig) -> TensorDictReplayBuffer:
-        """One iteration's transitions, sampled in ``ppo.minibatches`` minibatches per epoch."""
+        """One iteration's transitions, ``ppo.minibatches`` minibatches per pass."""
         return TensorDictReplayBuffer(
             storage=LazyTensorStorage(frames, device=self.device),
             sampler=SamplerWithoutReplacement(drop_last=True),
@@ -524,6 +550,7 @@ class ErmasTrainer:
         }
 
     def _restore(self, state: dict[str, Any], path: Path) -> None:
+        _check_layout(state, path)
         # the schema's defaults stand in for settings added after the checkpoint was
         # written; the environment's keyword arguments are free-form and have none
         defaults = OmegaConf.to_container(OmegaConf.structured(TrainConfig()), resolve=True)
@@ -545,8 +572,9 @@ class ErmasTrainer:
                 f"planner_checkpoint: {err} Re-run the training run that wrote it, or point "
                 f"planner_checkpoint at its {previous_path(path).name}."
             ) from None
+        _check_layout(state, Path(path))
         planner = component_state(state["modules"], "planner_policy")
-        if not planner or self.planner_policy is None:
+        if self.planner_policy is None or (not planner and self.planner_policy.state_dict()):
             raise ValueError(
                 f"planner_checkpoint {str(path)!r} and this environment must both have an "
                 f"acting planner."
