@@ -46,8 +46,9 @@ class PPOConfig:
         lr: Adam learning rate of the policy and the critic.
         clip_epsilon: PPO ratio clip.
         entropy_coeff: weight of the entropy bonus.
-        critic_coeff: weight of the critic loss (for the planner group also of the passive
-            planner's critic, which gives the agents their planner advantage).
+        critic_coeff: weight of the critic loss in the PPO loss (a passive planner's critic,
+            which gives the agents their planner advantage, is fit alone with its own
+            optimizer, unweighted).
         loss_critic_type: the critic's loss, ``"l2"`` (squared error), ``"l1"`` or
             ``"smooth_l1"``.
         gamma: discount of the advantages (GAE).

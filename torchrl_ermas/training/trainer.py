@@ -59,6 +59,37 @@ def _group_keys(group: str) -> dict[str, tuple[str, str]]:
     return keys
 
 
+class PassSampler(SamplerWithoutReplacement):
+    """:class:`~torchrl.data.SamplerWithoutReplacement` (``drop_last``) that draws each pass's
+    permutation when the pass starts.
+
+    TorchRL's sampler draws the next pass's permutation as soon as a pass ends, one draw of
+    the global random stream more per update than there are passes; drawing it at the start
+    keeps the minibatches those of one ``torch.randperm`` per epoch and leaves the random
+    stream after the last pass untouched.
+
+    Examples:
+        >>> from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+        >>> from tensordict import TensorDict
+        >>> buffer = TensorDictReplayBuffer(storage=LazyTensorStorage(10), sampler=PassSampler(), batch_size=3)
+        >>> _ = buffer.extend(TensorDict({"x": torch.arange(10)}, [10]))
+        >>> [len(batch) for batch in buffer]  # one pass: 3 minibatches, the remaining 1 left out
+        [3, 3, 3]
+    """
+
+    def __init__(self) -> None:
+        super().__init__(drop_last=True)
+
+    def _single_sample(self, len_storage: int, batch_size: int) -> torch.Tensor:
+        index = self._sample_list[:batch_size]
+        self._sample_list = self._sample_list[batch_size:]
+        self._remaining_batches = self._sample_list.numel() // batch_size
+        self.ran_out = self._remaining_batches == 0
+        if self.ran_out:
+            self._sample_list = None  # the next pass draws its permutation when it starts
+        return index
+
+
 def _check_layout(state: dict[str, Any], path: Path) -> None:
     """Refuses a checkpoint of the layout before one entry per component (its modules were
     the losses, ``agents.*`` and ``planner.*``, beside a top-level ``planner_policy``)."""
@@ -305,7 +336,7 @@ class ErmasTrainer:
         self.planner_critic = make_critic(self.env, "planner", cfg.planner, self.device)
         self.planner_advantage = PlannerAdvantage(
             self.planner_critic, gamma=cfg.planner.gamma, lmbda=cfg.planner.lmbda,
-            critic_coeff=cfg.planner.critic_coeff, loss_critic_type=cfg.planner.loss_critic_type,
+            loss_critic_type=cfg.planner.loss_critic_type,
         )
         if self.planner_acts and cfg.train_planner:
             loss = self._ppo_loss(
@@ -343,7 +374,7 @@ class ErmasTrainer:
         """One iteration's transitions, ``ppo.minibatches`` minibatches per pass."""
         return TensorDictReplayBuffer(
             storage=LazyTensorStorage(frames, device=self.device),
-            sampler=SamplerWithoutReplacement(drop_last=True),
+            sampler=PassSampler(),
             batch_size=frames // ppo.minibatches,
         )
 
