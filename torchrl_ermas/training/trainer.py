@@ -115,7 +115,7 @@ class ErmasTrainer:
        :class:`~torchrl_ermas.objectives.ErmasLoss` (``marl``: plain
        :class:`~torchrl.objectives.multiagent.MAPPOLoss`), one after the other on the same data, in minibatches
        drawn from a :class:`~torchrl.data.TensorDictReplayBuffer` of the iteration's
-       transitions with :class:`~torchrl.data.SamplerWithoutReplacement`;
+       transitions, one pass per epoch without replacement (:class:`PassSampler`);
     4. (``ermas``) every ``ermas.regret_interval`` iterations after the warm-up: estimates
        each agent's regret with :class:`~torchrl_ermas.regret.ReptileRegretEstimator`,
        updates the multipliers ``lambda`` and takes the Reptile meta step.
@@ -184,7 +184,6 @@ class ErmasTrainer:
         self.n_agents = self.env.full_action_spec["agents", "action"].shape[-1]
         self.planner_acts = has_action(self.env, "planner")
         self.variant = VARIANTS[cfg.variant]
-        self.uses_planner_advantage = self.variant.uses_planner_advantage
 
         self.modules = nn.ModuleDict()
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
@@ -330,7 +329,7 @@ class ErmasTrainer:
         self.planner_advantage = None
         if self.planner_policy is not None:
             self.modules["planner_policy"] = self.planner_policy
-        needs_critic = self.uses_planner_advantage or (self.planner_acts and cfg.train_planner)
+        needs_critic = self.variant.uses_planner_advantage or (self.planner_acts and cfg.train_planner)
         if not needs_critic:
             return
         self.planner_critic = make_critic(self.env, "planner", cfg.planner, self.device)
