@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from tensordict import TensorDict, TensorDictBase
 
 
 class DoubleAuction:
@@ -50,20 +51,21 @@ class DoubleAuction:
         self.order_duration = order_duration
         self.order_labour = order_labour
 
-    def empty_book(self, n_envs: int, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
-        """An empty order book and price history."""
+    def empty_book(self, n_envs: int, device: torch.device | str | None = None) -> TensorDict:
+        """An empty order book and price history, a TensorDict of batch size ``[n_envs]``."""
         shape = (n_envs, self.n_resources, self.n_agents, self.max_orders)
-        return {
+        book = {
             "active": torch.zeros(shape, dtype=torch.bool, device=device),
             "is_bid": torch.zeros(shape, dtype=torch.bool, device=device),
             "price": torch.zeros(shape, dtype=torch.long, device=device),
             "age": torch.zeros(shape, dtype=torch.long, device=device),
             "price_history": torch.zeros(n_envs, self.n_resources, self.n_agents, self.n_prices, device=device),
         }
+        return TensorDict(book, batch_size=[n_envs], device=device)
 
     def step(
         self,
-        book: dict[str, torch.Tensor],
+        book: TensorDictBase,
         resource: torch.Tensor,
         is_bid: torch.Tensor,
         price: torch.Tensor,
@@ -84,10 +86,14 @@ class DoubleAuction:
         Returns:
             the number of trades per environment ``[B]``.
         """
-        book["price_history"].mul_(0.995)
-        self._create(book, resource, is_bid, price, inventory, escrow, labour)
-        trades = self._match(book, inventory, escrow)
-        self._expire(book, inventory, escrow)
+        # The helpers work on a plain dict of the book's tensors: they touch it dozens of
+        # times per step, where a TensorDict's item access costs microseconds each.
+        orders = dict(book.items())
+        orders["price_history"].mul_(0.995)
+        self._create(orders, resource, is_bid, price, inventory, escrow, labour)
+        trades = self._match(orders, inventory, escrow)
+        self._expire(orders, inventory, escrow)
+        book.update(orders)
         return trades
 
     def _create(self, book, resource, is_bid, price, inventory, escrow, labour) -> None:
@@ -122,7 +128,7 @@ class DoubleAuction:
         trades = torch.zeros(active.shape[0], device=active.device)
         if rows.numel() == 0:
             return trades
-        sub = {key: book[key][rows] for key in ("active", "is_bid", "price", "age", "price_history")}
+        sub = {key: value[rows] for key, value in book.items()}
         inv, esc = inventory[rows], escrow[rows]
         trades[rows] = self._match_rows(sub, inv, esc)
         book["active"][rows] = sub["active"]
@@ -181,7 +187,7 @@ class DoubleAuction:
         escrow[..., 1:] -= refund_unit
         book["active"] &= ~expired
 
-    def masks(self, book: dict[str, torch.Tensor], inventory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def masks(self, book: TensorDictBase, inventory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Which orders an agent may place: bids ``[B, N, R, P]`` and asks ``[B, N, R]``."""
         room = (book["active"].sum(-1) < self.max_orders).transpose(1, 2)  # [B, N, R]
         prices = torch.arange(self.n_prices, device=inventory.device)
@@ -190,14 +196,14 @@ class DoubleAuction:
         asks = room & (inventory[..., 1:] >= 1)
         return bids, asks
 
-    def order_histograms(self, book: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def order_histograms(self, book: TensorDictBase) -> tuple[torch.Tensor, torch.Tensor]:
         """Open bids and asks per price of each agent, ``[B, R, N, P]`` each."""
         bins = book["price"] + book["is_bid"].long() * self.n_prices
         counts = torch.zeros(*bins.shape[:-1], 2 * self.n_prices, device=bins.device)
         counts.scatter_add_(-1, bins, book["active"].float())
         return counts[..., self.n_prices :], counts[..., : self.n_prices]
 
-    def market_rate(self, book: dict[str, torch.Tensor]) -> torch.Tensor:
+    def market_rate(self, book: TensorDictBase) -> torch.Tensor:
         """Average traded price under the decayed price history, ``[B, R]``."""
         hist = book["price_history"].sum(2)
         prices = torch.arange(self.n_prices, device=hist.device, dtype=hist.dtype)

@@ -15,10 +15,9 @@ from .gather import GatherBuildWorld
 from .layout import FIXED_BUILD_PAYMENTS, FIXED_START_LOCATIONS, load_layout
 from .observations import (
     Market,
-    agent_observation,
     agent_observation_size,
     current_marginal_rate,
-    planner_observation,
+    observations,
     planner_observation_size,
 )
 from .settings import TIERS, EconomySettings, PlannerAction, Tier
@@ -169,7 +168,7 @@ class EconomyEnv(EnvBase):
         self._generator = torch.Generator(device=device)
         if seed is not None:
             self._generator.manual_seed(seed)
-        self._state: dict[str, torch.Tensor] = self._initial_state()
+        self._state: TensorDict = self._initial_state()
         specs = make_specs(
             settings,
             self.batch_size,
@@ -226,16 +225,18 @@ class EconomyEnv(EnvBase):
         return self.actions.n_actions
 
     # ------------------------------------------------------------------ state
-    def _initial_state(self) -> dict[str, torch.Tensor]:
-        """A fresh state for every environment."""
+    def _initial_state(self) -> TensorDict:
+        """A fresh state for every environment: the step ``t``, ``equality`` and social welfare
+        ``swf`` ``[B]`` at the root, with the per-agent state in ``"agents"`` ``[B, N]``, the rates and
+        revenue in ``"tax"``, the map in ``"world"`` (map tiers) and the order book in ``"book"``
+        (trade tier), each given only to the component that owns it."""
         b, n, dev, gen = self.batch_size[0], self.n_agents, self.device, self._generator
         k = self.tax.n_brackets
         rank = torch.rand(b, n, device=dev, generator=gen).argsort(-1)
         inventory = torch.zeros(b, n, 3, device=dev)
         inventory[..., 0] = self.starting_coin
         zeros = torch.zeros(b, n, device=dev)
-        state = {
-            "t": torch.zeros(b, dtype=torch.long, device=dev),
+        agents = {
             "rank": rank,
             "inventory": inventory,
             "escrow": torch.zeros(b, n, 3, device=dev),
@@ -243,106 +244,113 @@ class EconomyEnv(EnvBase):
             "last_coin": inventory[..., 0].clone(),
             "last_income": zeros.clone(),
             "last_marginal_rate": zeros.clone(),
+        }
+        tax = {
             "rate_index": torch.zeros(b, k, dtype=torch.long, device=dev),
             "rates": torch.zeros(b, k, device=dev),
-            "tax_revenue": torch.zeros(b, device=dev),
+            "revenue": torch.zeros(b, device=dev),
         }
+        state = TensorDict(
+            {"t": torch.zeros(b, dtype=torch.long, device=dev), "tax": TensorDict(tax, [b])},
+            batch_size=[b],
+            device=dev,
+        )
         if self.map_tier:
-            state["pos"] = self._start_pos[rank]
-            state["payment"] = self._payments[rank]
-            state["bonus"] = gather_bonus((b, n), gen, dev)
-            state["resource"] = self.world.initial_resources(b)
-            state["house"] = self.world.empty_houses(b)
-            state["builds"] = zeros.clone()
+            agents["pos"] = self._start_pos[rank]
+            agents["payment"] = self._payments[rank]
+            agents["bonus"] = gather_bonus((b, n), gen, dev)
+            agents["builds"] = zeros.clone()
+            world = {"resource": self.world.initial_resources(b), "house": self.world.empty_houses(b)}
+            state["world"] = TensorDict(world, [b])
         if self.trade:
-            state.update(self.auction.empty_book(b, dev))
+            state["book"] = self.auction.empty_book(b, dev)
             state["trades"] = torch.zeros(b, device=dev)
-        coin = state["inventory"][..., 0] + state["escrow"][..., 0]
-        state["utility"] = isoelastic_utility(coin, state["labour"], self._eta, self.energy_cost)
-        state["swf"] = coin_eq_times_productivity(coin)
+        coin = inventory[..., 0] + agents["escrow"][..., 0]
+        agents["utility"] = isoelastic_utility(coin, agents["labour"], self._eta, self.energy_cost)
+        state["agents"] = TensorDict(agents, [b, n])
+        state["equality"] = equality(coin)
+        state["swf"] = coin_eq_times_productivity(coin, state["equality"])
         return state
 
     # --------------------------------------------------------------- TorchRL
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
         fresh = self._initial_state()
         mask = None if tensordict is None else tensordict.get("_reset", None)
-        if mask is None:
-            self._state = fresh
-        else:
-            mask = mask.reshape(-1)
-            self._state = {
-                key: torch.where(mask.view(-1, *[1] * (old.dim() - 1)), fresh[key], old)
-                for key, old in self._state.items()
-            }
+        self._state = fresh if mask is None else fresh.where(mask.reshape(-1), self._state)
         return self._observe()
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         s = self._state
+        agents = s["agents"]
         action = tensordict.get(("agents", "action"))
         s["t"] = s["t"] + 1
         first = (s["t"] - 1) % self.period == 0
-        self._set_rates(tensordict.get(("planner", "action"))[:, 0], first)
+        self._set_rates(s["tax"], tensordict.get(("planner", "action"))[:, 0], first)
         if self.map_tier:
             self._map_step(action)
         else:
             hours = self.actions.decode_hours(action)
-            s["inventory"][..., 0] += self._skills[s["rank"]] * hours
-            s["labour"] = s["labour"] + hours
+            agents["inventory"][..., 0] += self._skills[agents["rank"]] * hours
+            agents["labour"] = agents["labour"] + hours
         self._tax_step(s["t"] % self.period == 0)
         if self.map_tier:
-            self.world.regenerate(s["resource"], self._generator)
+            self.world.regenerate(s["world", "resource"], self._generator)
         return self._observe(self._rewards())
 
     def _set_seed(self, seed: int | None) -> None:
         self._generator.manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()) if seed is None else seed)
 
     # -------------------------------------------------------------- dynamics
-    def _set_rates(self, action: torch.Tensor, first: torch.Tensor) -> None:
-        s = self._state
+    def _set_rates(self, tax: TensorDictBase, action: torch.Tensor, first: torch.Tensor) -> None:
         if self.planner_action == "discrete":
-            chosen = torch.where(action > 0, action - 1, s["rate_index"]).clamp(0, N_RATE_LEVELS - 1)
-            s["rate_index"] = torch.where(first.unsqueeze(-1), chosen, s["rate_index"])
-            s["rates"] = s["rate_index"].float() * RATE_STEP
+            chosen = torch.where(action > 0, action - 1, tax["rate_index"]).clamp(0, N_RATE_LEVELS - 1)
+            tax["rate_index"] = torch.where(first.unsqueeze(-1), chosen, tax["rate_index"])
+            tax["rates"] = tax["rate_index"].float() * RATE_STEP
             return
         bad = first.unsqueeze(-1) & ~((action >= 0) & (action <= 1))
         if bad.any():
             raise ValueError(
                 f"('planner', 'action') rates must lie in [0, 1], got {action[bad.any(-1)].tolist()}"
             )
-        s["rates"] = torch.where(first.unsqueeze(-1), action.float(), s["rates"])
+        tax["rates"] = torch.where(first.unsqueeze(-1), action.float(), tax["rates"])
 
     def _map_step(self, action: torch.Tensor) -> None:
         s, world = self._state, self.world
-        labour = s["labour"]
+        agents, house, resource = s["agents"], s["world", "house"], s["world", "resource"]
+        inventory, labour, pos = agents["inventory"], agents["labour"], agents["pos"]
         decoded = self.actions.decode_map(action)
-        built = world.build(decoded.build, s["pos"], s["house"], s["inventory"], labour, s["payment"])
-        s["builds"] = s["builds"] + built.float()
+        built = world.build(decoded.build, pos, house, inventory, labour, agents["payment"])
+        agents["builds"] = agents["builds"] + built.float()
         if self.trade:
             s["trades"] = s["trades"] + self.auction.step(
-                s, decoded.resource, decoded.is_bid, decoded.price, s["inventory"], s["escrow"], labour
+                s["book"], decoded.resource, decoded.is_bid, decoded.price, inventory, agents["escrow"], labour
             )
-        s["pos"] = world.move(decoded.direction, s["pos"], s["house"], labour, self._generator)
-        world.collect(s["pos"], s["resource"], s["inventory"], labour, s["bonus"], self._generator)
+        pos = world.move(decoded.direction, pos, house, labour, self._generator)
+        agents["pos"] = pos
+        world.collect(pos, resource, inventory, labour, agents["bonus"], self._generator)
 
     def _tax_step(self, tax_day: torch.Tensor) -> None:
-        s = self._state
-        out = self.tax.enact(s["inventory"][..., 0], s["escrow"][..., 0], s["last_coin"], s["rates"])
+        agents, tax = self._state["agents"], self._state["tax"]
+        coin, escrow = agents["inventory"][..., 0], agents["escrow"][..., 0]
+        out = self.tax.enact(coin, escrow, agents["last_coin"], tax["rates"])
         day = tax_day.unsqueeze(-1)
-        s["inventory"][..., 0] = torch.where(day, out.coin, s["inventory"][..., 0])
-        s["last_coin"] = torch.where(day, s["inventory"][..., 0] + s["escrow"][..., 0], s["last_coin"])
-        s["last_income"] = torch.where(day, out.income, s["last_income"])
-        s["last_marginal_rate"] = torch.where(day, out.marginal_rate, s["last_marginal_rate"])
-        s["tax_revenue"] = s["tax_revenue"] + torch.where(tax_day, out.revenue, 0)
+        coin.copy_(torch.where(day, out.coin, coin))
+        agents["last_coin"] = torch.where(day, coin + escrow, agents["last_coin"])
+        agents["last_income"] = torch.where(day, out.income, agents["last_income"])
+        agents["last_marginal_rate"] = torch.where(day, out.marginal_rate, agents["last_marginal_rate"])
+        tax["revenue"] = tax["revenue"] + torch.where(tax_day, out.revenue, 0)
 
     def _rewards(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Agent ``[B, N, 1]`` and planner ``[B, 1, 1]`` rewards of the step just taken: the
         changes of utility and of social welfare, whose new values become the baselines."""
         s = self._state
-        coin = s["inventory"][..., 0] + s["escrow"][..., 0]
-        utility = isoelastic_utility(coin, s["labour"], self._eta, self.energy_cost)
-        swf = coin_eq_times_productivity(coin)
-        rewards = (utility - s["utility"]).unsqueeze(-1), (swf - s["swf"]).view(-1, 1, 1)
-        s["utility"], s["swf"] = utility, swf
+        agents = s["agents"]
+        coin = agents["inventory"][..., 0] + agents["escrow"][..., 0]
+        utility = isoelastic_utility(coin, agents["labour"], self._eta, self.energy_cost)
+        eq = equality(coin)
+        swf = coin_eq_times_productivity(coin, eq)
+        rewards = (utility - agents["utility"]).unsqueeze(-1), (swf - s["swf"]).view(-1, 1, 1)
+        agents["utility"], s["equality"], s["swf"] = utility, eq, swf
         return rewards
 
     # ----------------------------------------------------------- observation
@@ -350,27 +358,28 @@ class EconomyEnv(EnvBase):
         """The output of the current state, with ``rewards`` (from :meth:`_rewards`) after a
         step; reads the state only."""
         s = self._state
+        state = s["agents"]
         b, n = self.batch_size[0], self.n_agents
-        coin = s["inventory"][..., 0] + s["escrow"][..., 0]
+        coin = state["inventory"][..., 0] + state["escrow"][..., 0]
         period_start = (s["t"] % self.period == 0).view(b, 1, 1)
         agent_obs, planner_obs = self._observations(s)
         agents = {
             "observation": agent_obs,
             "action_mask": self._agent_mask(),
             "coin": coin.unsqueeze(-1),
-            "labour": s["labour"].unsqueeze(-1),
-            "skill_rank": s["rank"].unsqueeze(-1),
+            "labour": state["labour"].unsqueeze(-1),
+            "skill_rank": state["rank"].unsqueeze(-1),
         }
         if self.map_tier:
-            agents["builds"] = s["builds"].unsqueeze(-1)
+            agents["builds"] = state["builds"].unsqueeze(-1)
         if self.spatial_observation:
-            agents["world_map"] = self.world.views(s["pos"], s["resource"], s["house"])
+            agents["world_map"] = self.world.views(state["pos"], s["world", "resource"], s["world", "house"])
         planner = {
             "observation": planner_obs,
             "period_start": period_start,
             "taxes_enacted": period_start & (s["t"] > 0).view(b, 1, 1),
-            "income": s["last_income"].unsqueeze(1),
-            "marginal_rate": s["last_marginal_rate"].unsqueeze(1),
+            "income": state["last_income"].unsqueeze(1),
+            "marginal_rate": state["last_marginal_rate"].unsqueeze(1),
         }
         if self.planner_action == "discrete":
             free = period_start.unsqueeze(-1).expand(b, 1, self.tax.n_brackets, N_RATE_LEVELS + 1)
@@ -378,9 +387,9 @@ class EconomyEnv(EnvBase):
             planner["action_mask"][..., 0] = True
         done = (s["t"] >= self.episode_length).unsqueeze(-1)
         root = {
-            "equality": equality(coin).unsqueeze(-1),
+            "equality": s["equality"].unsqueeze(-1),
             "productivity": coin.sum(-1, keepdim=True),
-            "tax_revenue": s["tax_revenue"].unsqueeze(-1),
+            "tax_revenue": s["tax", "revenue"].unsqueeze(-1),
             "done": done,
             "terminated": torch.zeros_like(done),
             "truncated": done.clone(),
@@ -394,27 +403,26 @@ class EconomyEnv(EnvBase):
         out["planner"] = TensorDict(planner, batch_size=(b, 1), device=self.device)
         return out
 
-    def _observations(self, s: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _observations(self, s: TensorDictBase) -> tuple[torch.Tensor, torch.Tensor]:
         """The agents' and the planner's flat observations of state ``s``."""
         cfg = self.settings
         market = None
         if cfg.trade:
-            market = Market(*self.auction.order_histograms(s), self.auction.market_rate(s))
+            book = s["book"]
+            market = Market(*self.auction.order_histograms(book), self.auction.market_rate(book))
         rate = current_marginal_rate(self.tax, s)
-        skill = None if cfg.map_tier else self._skills[s["rank"]]
-        return (
-            agent_observation(cfg, s, rate, skill=skill, market=market),
-            planner_observation(cfg, s, rate, market=market),
-        )
+        skill = None if cfg.map_tier else self._skills[s["agents", "rank"]]
+        return observations(cfg, s, rate, skill=skill, market=market)
 
     def _agent_mask(self) -> torch.Tensor:
         s = self._state
         b, n = self.batch_size[0], self.n_agents
         if not self.map_tier:
             return torch.ones(b, n, self.n_actions, dtype=torch.bool, device=self.device)
-        can_build = self.world.can_build(s["pos"], s["house"], s["inventory"])
-        orders = self.auction.masks(s, s["inventory"]) if self.trade else ()
-        return self.actions.map_mask(can_build, self.world.move_mask(s["pos"], s["house"]), *orders)
+        pos, house, inventory = s["agents", "pos"], s["world", "house"], s["agents", "inventory"]
+        can_build = self.world.can_build(pos, house, inventory)
+        orders = self.auction.masks(s["book"], inventory) if self.trade else ()
+        return self.actions.map_mask(can_build, self.world.move_mask(pos, house), *orders)
 
     def rand_action(self, tensordict: TensorDictBase | None = None) -> TensorDictBase:
         """Uniformly random actions among those the masks allow."""

@@ -13,15 +13,13 @@ per resource: market rate, price history x 0.01 (11), all asks (11), all bids (1
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import NamedTuple
 
 import torch
+from tensordict import TensorDictBase
 
 from .settings import EconomySettings
 from .tax import BracketTax
-
-State = Mapping[str, torch.Tensor]
 
 
 class Market(NamedTuple):
@@ -66,108 +64,127 @@ def planner_observation_size(settings: EconomySettings) -> int:
     return size
 
 
-def _tax_block(settings: EconomySettings, s: State) -> torch.Tensor:
-    """``[B, 3 + N + K]``: is_tax_day, is_first_day, tax_phase, incomes, rates."""
-    period = settings.period
-    pos = (s["t"] % period + 1).float()
-    flags = torch.stack([pos >= period, pos == 1, pos / period], -1).float()
-    incomes = (s["last_income"] / period).sort(-1).values
-    return torch.cat([flags, incomes, s["rates"]], -1)
-
-
-def current_marginal_rate(tax: BracketTax, s: State) -> torch.Tensor:
+def current_marginal_rate(tax: BracketTax, s: TensorDictBase) -> torch.Tensor:
     """``[B, N]`` marginal rate of each agent's income so far this period.
 
     Examples:
-        >>> s = {"inventory": torch.tensor([[[20.0, 0, 0]]]), "escrow": torch.zeros(1, 1, 3),
-        ...      "last_coin": torch.zeros(1, 1), "rates": torch.tensor([[0.1, 0.2, 0.3]])}
+        >>> from tensordict import TensorDict
+        >>> agents = {"inventory": torch.tensor([[[20.0, 0, 0]]]), "escrow": torch.zeros(1, 1, 3),
+        ...           "last_coin": torch.zeros(1, 1)}
+        >>> s = TensorDict({"agents": agents, "tax": {"rates": torch.tensor([[0.1, 0.2, 0.3]])}}, [1])
         >>> current_marginal_rate(BracketTax([0, 10, 100]), s)
         tensor([[0.2000]])
     """
-    income = s["inventory"][..., 0] + s["escrow"][..., 0] - s["last_coin"]
-    return tax.marginal_rate(income, s["rates"])
+    agents = s["agents"]
+    income = agents["inventory"][..., 0] + agents["escrow"][..., 0] - agents["last_coin"]
+    return tax.marginal_rate(income, s["tax", "rates"])
 
 
-def agent_observation(
+def observations(
     settings: EconomySettings,
-    s: State,
+    s: TensorDictBase,
     marginal_rate: torch.Tensor,
     *,
     skill: torch.Tensor | None = None,
     market: Market | None = None,
-) -> torch.Tensor:
-    """``[B, N, obs]`` agent features (see the module docstring).
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The agents' ``[B, N, obs]`` and the planner's ``[B, 1, obs_p]`` features (see the
+    module docstring); the tax block they share is computed once.
 
     Args:
         settings: the economy.
-        s: the state tensors (``t``, ``inventory``, ``last_income``, ``rates``; ``payment``,
-            ``bonus``, ``pos`` on map tiers; ``price_history`` on the trade tier).
+        s: the state: ``t``; ``("agents", key)`` for ``inventory``, ``last_income``,
+            ``last_marginal_rate`` and, on map tiers, ``payment``, ``bonus``, ``pos``;
+            ``("tax", "rates")``; on the trade tier ``("book", "price_history")``.
         marginal_rate: :func:`current_marginal_rate` ``[B, N]``.
         skill: ``[B, N]`` skill of each agent (labour tier).
         market: the order book summary (trade tier).
 
     Examples:
+        >>> from tensordict import TensorDict
         >>> settings = EconomySettings(tier="labour", n_agents=2, n_brackets=3, episode_length=20, period=10)
-        >>> s = {"t": torch.tensor([3]), "inventory": torch.zeros(1, 2, 3), "last_income": torch.zeros(1, 2),
-        ...      "rates": torch.zeros(1, 3)}
-        >>> obs = agent_observation(settings, s, torch.zeros(1, 2), skill=torch.tensor([[1.0, 2.0]]))
-        >>> obs.shape, obs[0, :, 0].tolist()
-        (torch.Size([1, 2, 14]), [1.0, 2.0])
+        >>> agents = {"inventory": torch.zeros(1, 2, 3), "last_income": torch.zeros(1, 2),
+        ...           "last_marginal_rate": torch.zeros(1, 2)}
+        >>> s = TensorDict({"t": torch.tensor([3]), "agents": agents, "tax": {"rates": torch.zeros(1, 3)}}, [1])
+        >>> agent, planner = observations(settings, s, torch.zeros(1, 2), skill=torch.tensor([[1.0, 2.0]]))
+        >>> agent.shape, agent[0, :, 0].tolist(), planner.shape
+        (torch.Size([1, 2, 14]), [1.0, 2.0], torch.Size([1, 1, 21]))
     """
-    b, n = s["t"].shape[0], settings.n_agents
+    time = (s["t"].float() / settings.episode_length).unsqueeze(-1)
+    shared = torch.cat([time, _tax_block(settings, s)], -1)  # [B, 4 + N + K]
+    return (
+        _agent_observation(settings, s, marginal_rate, shared, skill, market),
+        _planner_observation(settings, s, marginal_rate, shared, market),
+    )
+
+
+def _tax_block(settings: EconomySettings, s: TensorDictBase) -> torch.Tensor:
+    """``[B, 3 + N + K]``: is_tax_day, is_first_day, tax_phase, incomes, rates."""
+    period = settings.period
+    pos = (s["t"] % period + 1).float()
+    flags = torch.stack([pos >= period, pos == 1, pos / period], -1).float()
+    incomes = (s["agents", "last_income"] / period).sort(-1).values
+    return torch.cat([flags, incomes, s["tax", "rates"]], -1)
+
+
+def _agent_observation(
+    settings: EconomySettings,
+    s: TensorDictBase,
+    marginal_rate: torch.Tensor,
+    shared: torch.Tensor,
+    skill: torch.Tensor | None,
+    market: Market | None,
+) -> torch.Tensor:
+    b, n = shared.shape[0], settings.n_agents
+    agents = s["agents"]
     per_agent: list[torch.Tensor] = []
     if settings.map_tier:
-        pay = s["payment"] / 10
-        per_agent += [torch.stack([pay, (pay - 1) / 2, s["bonus"]], -1)]
+        pay = agents["payment"] / 10
+        per_agent += [torch.stack([pay, (pay - 1) / 2, agents["bonus"]], -1)]
     if settings.trade:
         bids, asks, rate = _require(market, "market", settings)  # [B, R, N, P]
         full_bids, full_asks = bids.sum(2, keepdim=True), asks.sum(2, keepdim=True)
         rate = rate.unsqueeze(-1).unsqueeze(-1).expand(-1, -1, n, 1)
-        hist = (s["price_history"].sum(2, keepdim=True) * 0.01).expand(-1, -1, n, -1)
+        hist = (s["book", "price_history"].sum(2, keepdim=True) * 0.01).expand(-1, -1, n, -1)
         orders = torch.cat([rate, hist, full_asks - asks, full_bids - bids, asks, bids], -1)
         per_agent.append(orders.permute(0, 2, 1, 3).flatten(2))
     if not settings.map_tier:
         per_agent.append(_require(skill, "skill", settings).unsqueeze(-1))
-    time = (s["t"].float() / settings.episode_length).view(b, 1, 1).expand(b, n, 1)
+    shared = shared.unsqueeze(1).expand(b, n, -1)
     per_agent += [
-        _tax_block(settings, s).unsqueeze(1).expand(b, n, -1),
+        shared[..., 1:],
         marginal_rate.unsqueeze(-1),
-        time,
-        s["inventory"] * 0.01,
+        shared[..., :1],
+        agents["inventory"] * 0.01,
     ]
     if settings.map_tier:
         w, h = settings.map_width, settings.map_height
-        per_agent.append(torch.stack([(s["pos"] // w).float() / h, (s["pos"] % w).float() / w], -1))
+        pos = agents["pos"]
+        per_agent.append(torch.stack([(pos // w).float() / h, (pos % w).float() / w], -1))
     return torch.cat(per_agent, -1)
 
 
-def planner_observation(
-    settings: EconomySettings, s: State, marginal_rate: torch.Tensor, *, market: Market | None = None
+def _planner_observation(
+    settings: EconomySettings,
+    s: TensorDictBase,
+    marginal_rate: torch.Tensor,
+    shared: torch.Tensor,
+    market: Market | None,
 ) -> torch.Tensor:
-    """``[B, 1, obs_p]`` planner features (see the module docstring); arguments as in
-    :func:`agent_observation`.
-
-    Examples:
-        >>> settings = EconomySettings(tier="labour", n_agents=2, n_brackets=3, episode_length=20, period=10)
-        >>> s = {"t": torch.tensor([3]), "inventory": torch.zeros(1, 2, 3), "last_income": torch.zeros(1, 2),
-        ...      "last_marginal_rate": torch.zeros(1, 2), "rates": torch.zeros(1, 3)}
-        >>> planner_observation(settings, s, torch.zeros(1, 2)).shape
-        torch.Size([1, 1, 21])
-    """
-    b = s["t"].shape[0]
+    b, state = shared.shape[0], s["agents"]
     agents = torch.cat(
         [
-            s["inventory"] * 0.01,
-            (s["last_income"] / settings.period).unsqueeze(-1),
-            s["last_marginal_rate"].unsqueeze(-1),
+            state["inventory"] * 0.01,
+            (state["last_income"] / settings.period).unsqueeze(-1),
+            state["last_marginal_rate"].unsqueeze(-1),
             marginal_rate.unsqueeze(-1),
         ],
         -1,
     ).flatten(1)
-    parts = [(s["t"].float() / settings.episode_length).unsqueeze(-1), _tax_block(settings, s), agents]
+    parts = [shared, agents]
     if settings.trade:
         bids, asks, rate = _require(market, "market", settings)
-        hist = s["price_history"].sum(2) * 0.01
+        hist = s["book", "price_history"].sum(2) * 0.01
         parts.append(torch.cat([rate.unsqueeze(-1), hist, asks.sum(2), bids.sum(2)], -1).flatten(1))
     return torch.cat(parts, -1).view(b, 1, -1)
 

@@ -36,14 +36,15 @@ def equality(coin: torch.Tensor) -> torch.Tensor:
     return 1 - gini(coin)
 
 
-def coin_eq_times_productivity(coin: torch.Tensor) -> torch.Tensor:
-    """The planner's social welfare: equality times **mean** coin (the reference's scaling).
+def coin_eq_times_productivity(coin: torch.Tensor, eq: torch.Tensor | None = None) -> torch.Tensor:
+    """The planner's social welfare: equality times **mean** coin (the reference's scaling);
+    ``eq`` is :func:`equality` of ``coin`` when the caller has it already.
 
     Examples:
         >>> coin_eq_times_productivity(torch.tensor([2.0, 2.0, 2.0, 2.0]))
         tensor(2.)
     """
-    return equality(coin) * coin.mean(-1)
+    return (equality(coin) if eq is None else eq) * coin.mean(-1)
 
 
 def isoelastic_utility(
