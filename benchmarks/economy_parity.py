@@ -7,6 +7,7 @@ GPUtil``), the original package is also run side by side with the same random po
 
     python benchmarks/economy_parity.py --envs 200 --reference-episodes 20
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,10 @@ def original_statistics(tier: str, planner: str, episodes: int, seed: int) -> di
     components = [("Build", build)]
     if tier == "gather_trade_build":
         components.append(
-            ("ContinuousDoubleAuction",
-             {"max_bid_ask": 10, "order_labor": 0.25, "max_num_orders": 5, "order_duration": 50})
+            (
+                "ContinuousDoubleAuction",
+                {"max_bid_ask": 10, "order_labor": 0.25, "max_num_orders": 5, "order_duration": 50},
+            )
         )
     components.append(("Gather", {"move_labor": 1, "collect_labor": 1, "skill_dist": "pareto"}))
     tax = {"period": 100, "bracket_spacing": "us-federal", "usd_scaling": 1000}

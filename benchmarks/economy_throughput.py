@@ -8,6 +8,7 @@ single-env Gather-Trade-Build rate is measured too; otherwise the recorded rate 
 
     python benchmarks/economy_throughput.py --threads 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,10 @@ def original_steps_per_second(n_steps: int = 500) -> float:
         scenario_name="layout_from_file/simple_wood_and_stone",
         components=[
             ("Build", {"skill_dist": "pareto", "payment_max_skill_multiplier": 3}),
-            ("ContinuousDoubleAuction",
-             {"max_bid_ask": 10, "order_labor": 0.25, "max_num_orders": 5, "order_duration": 50}),
+            (
+                "ContinuousDoubleAuction",
+                {"max_bid_ask": 10, "order_labor": 0.25, "max_num_orders": 5, "order_duration": 50},
+            ),
             ("Gather", {"skill_dist": "pareto"}),
             ("PeriodicBracketTax", {"tax_model": "us-federal-single-filer-2018-scaled", "usd_scaling": 1000}),
         ],

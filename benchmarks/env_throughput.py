@@ -11,6 +11,7 @@ It prints env-steps/s and the ratio of each batched path to the Python baseline.
 
     python benchmarks/env_throughput.py --threads 1 --device cpu
 """
+
 from __future__ import annotations
 
 import argparse
@@ -107,8 +108,7 @@ def main() -> None:
         rollout = time_rollout(batch, steps, args.max_steps, args.device)
         step = time_step(batch, steps, args.max_steps, args.device)
         print(
-            f"{batch:>7} {rollout:>14,.0f} {step:>14,.0f} "
-            f"{rollout / python_rate:>14.1f}x {step / python_rate:>11.1f}x"
+            f"{batch:>7} {rollout:>14,.0f} {step:>14,.0f} {rollout / python_rate:>14.1f}x {step / python_rate:>11.1f}x"
         )
         batch *= 4
 

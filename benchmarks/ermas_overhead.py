@@ -10,6 +10,7 @@ intervals, after one warm-up interval for both.
     python benchmarks/ermas_overhead.py --threads 1
     python benchmarks/ermas_overhead.py train.ermas.regret_interval=10
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,12 +34,17 @@ def base_config(overrides: list[str]) -> TrainConfig:
 def seconds_per_iteration(cfg: TrainConfig, iterations: int, warmup: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as folder:
         cfg = with_overrides(
-            cfg, {"iterations": warmup + iterations, "output_dir": folder, "progress": False,
-                  "logger.backend": "", "checkpoint_interval": 10**6},
+            cfg,
+            {
+                "iterations": warmup + iterations,
+                "output_dir": folder,
+                "progress": False,
+                "logger.backend": "",
+                "checkpoint_interval": 10**6,
+            },
         )
         history = ErmasTrainer(cfg).train()["history"]
-    phases = {name: sum(history[f"time_{name}"][warmup:]) / iterations
-              for name in ("collect", "train", "regret")}
+    phases = {name: sum(history[f"time_{name}"][warmup:]) / iterations for name in ("collect", "train", "regret")}
     phases["total"] = sum(phases.values())
     return phases
 

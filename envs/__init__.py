@@ -4,6 +4,7 @@ Every environment here is a batched TorchRL :class:`~torchrl.envs.EnvBase` with 
 ``"agents"`` group (``[*B, N, ...]``), a ``"planner"`` group (``[*B, 1, ...]``) and shared
 ``done`` / ``terminated`` / ``truncated`` flags at the root.
 """
+
 from __future__ import annotations
 
 from .bimatrix import SequentialBimatrixEnv, dilemma_payoffs, seed0_payoffs

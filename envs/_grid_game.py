@@ -5,6 +5,7 @@ it by ``{stay, +1, -1}`` (clipped at the edges); payoffs are read at the new pos
 Subclasses declare the payoff tables, the observations and the specs; this module holds
 the batched state, the masked partial resets, the step counter and the seeding.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -30,8 +31,7 @@ def as_batch_size(batch_size: int | Sequence[int]) -> torch.Size:
         dims = ()
     if len(dims) == 0 or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in dims):
         raise ValueError(
-            f"batch_size must be a positive int or a non-empty sequence of positive ints, "
-            f"got {batch_size!r}."
+            f"batch_size must be a positive int or a non-empty sequence of positive ints, got {batch_size!r}."
         )
     return torch.Size(dims)
 
@@ -71,14 +71,10 @@ class GridGameEnv(EnvBase):
                     f"start_position must be None (uniform) or {n_coords} ints in "
                     f"[0, {grid_size - 1}], got {start_position!r}."
                 )
-            self.register_buffer(
-                "_start", torch.tensor(start_position, device=self.device)
-            )
+            self.register_buffer("_start", torch.tensor(start_position, device=self.device))
         else:
             self._start = None
-        self.register_buffer(
-            "_moves", torch.tensor(MOVES, device=self.device, dtype=torch.long)
-        )
+        self.register_buffer("_moves", torch.tensor(MOVES, device=self.device, dtype=torch.long))
         self.register_buffer(
             "position",
             torch.zeros((*self.batch_size, n_coords), dtype=torch.long, device=self.device),
@@ -99,7 +95,8 @@ class GridGameEnv(EnvBase):
         self.full_reward_spec = Composite(
             agents=Composite(reward=Unbounded(shape=(*agents, 1), device=dev), shape=agents),
             planner=Composite(reward=Unbounded(shape=(*planner, 1), device=dev), shape=planner),
-            shape=bs, device=dev,
+            shape=bs,
+            device=dev,
         )
         flag = Categorical(2, shape=(*bs, 1), dtype=torch.bool, device=dev)
         self.full_done_spec = Composite(
@@ -132,9 +129,7 @@ class GridGameEnv(EnvBase):
         for group, reward in rewards.items():
             out.get(group).set("reward", reward)
         truncated = self.step_count >= self.max_steps
-        out.update(
-            {"done": truncated, "terminated": torch.zeros_like(truncated), "truncated": truncated}
-        )
+        out.update({"done": truncated, "terminated": torch.zeros_like(truncated), "truncated": truncated})
         return out
 
     @property
@@ -152,9 +147,7 @@ class GridGameEnv(EnvBase):
     def _draw_start(self) -> torch.Tensor:
         if self._start is not None:
             return self._start.expand_as(self.position)
-        return torch.randint(
-            self.grid_size, self.position.shape, generator=self._rng, device=self.device
-        )
+        return torch.randint(self.grid_size, self.position.shape, generator=self._rng, device=self.device)
 
     def _step_coords(self, coords: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Moves ``coords`` by the actions ``{0: stay, 1: +1, 2: -1}``, clipped to the grid."""
@@ -175,12 +168,8 @@ class GridGameEnv(EnvBase):
     def _observations(self, agents: torch.Tensor, planner: torch.Tensor) -> TensorDict:
         """The observation TensorDict: ``agents`` is ``[*B, N, obs]``, ``planner`` ``[*B, 1, obs_p]``."""
         groups = {
-            "agents": TensorDict(
-                {"observation": agents}, batch_size=agents.shape[:-1], device=self.device
-            ),
-            "planner": TensorDict(
-                {"observation": planner}, batch_size=planner.shape[:-1], device=self.device
-            ),
+            "agents": TensorDict({"observation": agents}, batch_size=agents.shape[:-1], device=self.device),
+            "planner": TensorDict({"observation": planner}, batch_size=planner.shape[:-1], device=self.device),
         }
         return TensorDict(groups, batch_size=self.batch_size, device=self.device)
 

@@ -1,4 +1,5 @@
 """The sequential (repeated, constrained) bimatrix game of the ERMAS paper."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -156,7 +157,9 @@ class SequentialBimatrixEnv(GridGameEnv):
         check_bool("time_obs", time_obs)
         super().__init__(device=device if device is not None else "cpu", batch_size=batch_size)
         self._init_grid(
-            n_coords=2, grid_size=grid_size, max_steps=max_steps,
+            n_coords=2,
+            grid_size=grid_size,
+            max_steps=max_steps,
             start_position=start_position,
         )
         tables = _resolve_payoffs(payoffs, grid_size).to(self.device)
@@ -169,12 +172,11 @@ class SequentialBimatrixEnv(GridGameEnv):
         self.officer_weight = float(officer_weight)
         self.max_officers = max_officers
         self.register_buffer(
-            "officers", torch.zeros((*self.batch_size, 1), dtype=torch.long, device=self.device),
+            "officers",
+            torch.zeros((*self.batch_size, 1), dtype=torch.long, device=self.device),
             persistent=False,
         )
-        self.register_buffer(
-            "_officer_moves", torch.tensor(OFFICER_MOVES, device=self.device)
-        )
+        self.register_buffer("_officer_moves", torch.tensor(OFFICER_MOVES, device=self.device))
         agent_table, planner_table = self._observation_tables()
         self.register_buffer("_agent_obs_table", agent_table, persistent=False)
         self.register_buffer("_planner_obs_table", planner_table, persistent=False)
@@ -233,13 +235,13 @@ class SequentialBimatrixEnv(GridGameEnv):
                 payoff=Unbounded(shape=(*planner, 1), device=dev),
                 shape=planner,
             ),
-            shape=bs, device=dev,
+            shape=bs,
+            device=dev,
         )
         actions = Composite(
-            agents=Composite(
-                action=Categorical(len(self._moves), shape=agents, device=dev), shape=agents
-            ),
-            shape=bs, device=dev,
+            agents=Composite(action=Categorical(len(self._moves), shape=agents, device=dev), shape=agents),
+            shape=bs,
+            device=dev,
         )
         if self.planner_mode == "officers":
             actions["planner"] = Composite(
@@ -278,9 +280,9 @@ class SequentialBimatrixEnv(GridGameEnv):
         if self.observe == "joint":
             agents = joint.unsqueeze(1).expand(n * n, self.n_agents, n * n)
         else:
-            coords = torch.stack(
-                torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij"), -1
-            ).reshape(n * n, self.n_agents)
+            coords = torch.stack(torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij"), -1).reshape(
+                n * n, self.n_agents
+            )
             agents = one_hot(coords.to(dev), n)  # [n*n, 2, n]
         if self.agent_id:
             eye = torch.eye(self.n_agents, device=dev).expand(n * n, -1, -1)

@@ -5,6 +5,7 @@ each agent's best response to the other's policy can be computed exactly over
 positions x time steps. Used to check regret estimators against the truth, and
 differentiable in the action probabilities (see :mod:`.bimatrix_frontier`).
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -35,9 +36,7 @@ class ExactReturns(NamedTuple):
         return self.best_responses - self.agents
 
 
-def policy_table(
-    actor: ProbabilisticTensorDictSequential, env: SequentialBimatrixEnv
-) -> torch.Tensor:
+def policy_table(actor: ProbabilisticTensorDictSequential, env: SequentialBimatrixEnv) -> torch.Tensor:
     """Action probabilities of ``actor`` at every time step and position.
 
     Returns:
@@ -53,9 +52,7 @@ def policy_table(
         for t in range(steps):
             step_count = torch.full((n * n, 1), t, dtype=torch.long, device=env.device)
             observation = env.agent_observations(position, step_count)
-            obs = TensorDict(
-                {("agents", "observation"): observation}, batch_size=[n * n], device=env.device
-            )
+            obs = TensorDict({("agents", "observation"): observation}, batch_size=[n * n], device=env.device)
             tables.append(actor.get_dist(obs).probs)
     return torch.stack(tables)
 

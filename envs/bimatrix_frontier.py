@@ -14,6 +14,7 @@ return bounds the true minimum from above, tight when the descent finds the opti
 Regrets here are global (exact best responses over the joint position and time), whereas
 ERMAS bounds a regret estimated within a KL trust region.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -63,9 +64,7 @@ def information_states(env: SequentialBimatrixEnv) -> tuple[torch.Tensor, int]:
     return index, int(index.max()) + 1
 
 
-def tabular_policy(
-    env: SequentialBimatrixEnv, logits: torch.Tensor, info: torch.Tensor
-) -> torch.Tensor:
+def tabular_policy(env: SequentialBimatrixEnv, logits: torch.Tensor, info: torch.Tensor) -> torch.Tensor:
     """Action probabilities ``[..., T, n * n, 2, 3]`` of tabular softmax policies.
 
     Args:
@@ -85,9 +84,7 @@ def _policy_steps(env: SequentialBimatrixEnv) -> int:
     return env.max_steps if env.time_obs else 1
 
 
-def selfish_logits(
-    env: SequentialBimatrixEnv, *, steps: int = 200, lr: float = 0.2
-) -> torch.Tensor:
+def selfish_logits(env: SequentialBimatrixEnv, *, steps: int = 200, lr: float = 0.2) -> torch.Tensor:
     """Logits ``[T or 1, 2, K, 3]`` (float64) of both agents ascending their own exact returns.
 
     From uniform policies, each agent follows the exact gradient of its own return with
@@ -97,7 +94,12 @@ def selfish_logits(
     check_int("steps", steps, 0)
     info, n_states = information_states(env)
     logits = torch.zeros(
-        _policy_steps(env), 2, n_states, 3, dtype=torch.float64, device=env.device,
+        _policy_steps(env),
+        2,
+        n_states,
+        3,
+        dtype=torch.float64,
+        device=env.device,
         requires_grad=True,
     )
     # a short second-moment memory keeps the steps near lr while the gradient of a
@@ -234,8 +236,6 @@ class _Best:
 
     def points(self, eps: torch.Tensor) -> list[FrontierPoint]:
         return [
-            FrontierPoint(
-                float(e), float(p), tuple(a.tolist()), tuple(r.tolist()), bool(f)
-            )
+            FrontierPoint(float(e), float(p), tuple(a.tolist()), tuple(r.tolist()), bool(f))
             for e, p, a, r, f in zip(eps, self.planner, self.agents, self.regrets, self.feasible)
         ]

@@ -1,4 +1,5 @@
 """The N-player matrix game of the ERMAS authors' code (agents and planner share a grid)."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -95,22 +96,19 @@ class NMatrixGameEnv(GridGameEnv):
             tables = torch.as_tensor(payoffs, dtype=torch.float32)
             expected = (n_agents + 1,) + (grid_size,) * (n_agents + 1)
             if tables.shape != expected:
-                raise ValueError(
-                    f"payoffs must have shape {expected} (planner first), "
-                    f"got {tuple(tables.shape)}."
-                )
+                raise ValueError(f"payoffs must have shape {expected} (planner first), got {tuple(tables.shape)}.")
             if not torch.isfinite(tables).all():
                 raise ValueError("payoffs must be finite, got NaN or inf entries.")
         super().__init__(device=device if device is not None else "cpu", batch_size=batch_size)
         self.n_agents = n_agents
         self._init_grid(
-            n_coords=n_agents + 1, grid_size=grid_size, max_steps=max_steps,
+            n_coords=n_agents + 1,
+            grid_size=grid_size,
+            max_steps=max_steps,
             start_position=start_position,
         )
         # [w^(N+1), N+1]: column 0 planner, then the agents, indexed by the flat position
-        self.register_buffer(
-            "payoff_table", tables.to(self.device).flatten(1).T.contiguous()
-        )
+        self.register_buffer("payoff_table", tables.to(self.device).flatten(1).T.contiguous())
         self.agent_id = agent_id
         self.time_obs = time_obs
         self._make_specs()
@@ -125,29 +123,21 @@ class NMatrixGameEnv(GridGameEnv):
         unit = dict(low=0.0, high=1.0, device=dev)
         agent_obs_dim = self.obs_dim + self.n_agents * self.agent_id
         self.full_observation_spec = Composite(
-            agents=Composite(
-                observation=Bounded(shape=(*agents, agent_obs_dim), **unit), shape=agents
-            ),
-            planner=Composite(
-                observation=Bounded(shape=(*planner, self.obs_dim), **unit), shape=planner
-            ),
-            shape=bs, device=dev,
+            agents=Composite(observation=Bounded(shape=(*agents, agent_obs_dim), **unit), shape=agents),
+            planner=Composite(observation=Bounded(shape=(*planner, self.obs_dim), **unit), shape=planner),
+            shape=bs,
+            device=dev,
         )
         self.full_action_spec = Composite(
-            agents=Composite(
-                action=Categorical(len(MOVES), shape=agents, device=dev), shape=agents
-            ),
-            planner=Composite(
-                action=Categorical(len(MOVES), shape=planner, device=dev), shape=planner
-            ),
-            shape=bs, device=dev,
+            agents=Composite(action=Categorical(len(MOVES), shape=agents, device=dev), shape=agents),
+            planner=Composite(action=Categorical(len(MOVES), shape=planner, device=dev), shape=planner),
+            shape=bs,
+            device=dev,
         )
         self._set_reward_and_done_specs()
 
     def _move(self, position: torch.Tensor, tensordict: TensorDictBase) -> torch.Tensor:
-        actions = torch.cat(
-            [tensordict.get(("agents", "action")), tensordict.get(("planner", "action"))], -1
-        )
+        actions = torch.cat([tensordict.get(("agents", "action")), tensordict.get(("planner", "action"))], -1)
         return self._step_coords(position, actions)
 
     def _payoffs(self, tensordict: TensorDictBase) -> dict[str, torch.Tensor]:
@@ -161,7 +151,5 @@ class NMatrixGameEnv(GridGameEnv):
         agents = shared.unsqueeze(-2).expand(*self.batch_size, self.n_agents, shared.shape[-1])
         if self.agent_id:
             eye = torch.eye(self.n_agents, device=self.device)
-            agents = torch.cat(
-                [agents, eye.expand(*self.batch_size, self.n_agents, self.n_agents)], -1
-            )
+            agents = torch.cat([agents, eye.expand(*self.batch_size, self.n_agents, self.n_agents)], -1)
         return self._observations(agents, shared.unsqueeze(-2))

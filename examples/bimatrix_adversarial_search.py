@@ -31,6 +31,7 @@ response, so the estimate recovers the exact regret (the calibration column).
     python examples/bimatrix_adversarial_search.py
     python examples/bimatrix_adversarial_search.py --config-name bimatrix_adversarial_search_paper
 """
+
 from __future__ import annotations
 
 import json
@@ -78,9 +79,7 @@ class AdversarialSearchConfig:
     """
 
     train: TrainConfig = field(default_factory=TrainConfig)
-    epsilons: list[float] = field(
-        default_factory=lambda: [-10.0, 0.0, 3.0, 6.0, 9.0, 12.0, 15.0, 18.0, 21.0, 25.0]
-    )
+    epsilons: list[float] = field(default_factory=lambda: [-10.0, 0.0, 3.0, 6.0, 9.0, 12.0, 15.0, 18.0, 21.0, 25.0])
     fixed_lambdas: list[float] = field(default_factory=lambda: [0.0, 1.0, 10.0])
     marl: bool = True
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
@@ -97,11 +96,12 @@ def validate(cfg: AdversarialSearchConfig, overrides: list[str] | tuple[str, ...
     per run (variant, epsilon, seed, output folder) is refused.
     """
     validate_experiment(
-        cfg.train, sweeps={"epsilons": cfg.epsilons, "seeds": cfg.seeds},
-        workers=cfg.workers, overrides=overrides,
+        cfg.train,
+        sweeps={"epsilons": cfg.epsilons, "seeds": cfg.seeds},
+        workers=cfg.workers,
+        overrides=overrides,
         owned={
-            "variant": "the experiment runs ermas per epsilon, fixed_lambda per fixed_lambdas "
-                       "and marl when marl=true",
+            "variant": "the experiment runs ermas per epsilon, fixed_lambda per fixed_lambdas and marl when marl=true",
             "ermas.epsilon": "set epsilons instead",
         },
     )
@@ -139,9 +139,12 @@ def frontier_rows(cfg: AdversarialSearchConfig) -> list[dict[str, Any]]:
     env = instantiate(cfg.train.env, batch_size=1, device=cfg.train.device)
     return [
         {
-            "method": "frontier", "value": point.epsilon, "planner_reward": point.planner_return,
+            "method": "frontier",
+            "value": point.epsilon,
+            "planner_reward": point.planner_return,
             "combined_agent_reward": sum(point.agent_returns),
-            "max_exact_regret": max(point.regrets), "feasible": point.feasible,
+            "max_exact_regret": max(point.regrets),
+            "feasible": point.feasible,
         }
         for point in epsilon_frontier(env, cfg.epsilons)
     ]
@@ -156,9 +159,7 @@ def run_configs(cfg: AdversarialSearchConfig, out: Path) -> dict[tuple, TrainCon
         points["fixed_lambda", lam] = {"variant": "fixed_lambda", "ermas.lambda_init": lam}
     if cfg.marl:
         points["marl", None] = {"variant": "marl"}
-    runs = method_seed_configs(
-        cfg.train, {f"{m}/{v}": o for (m, v), o in points.items()}, cfg.seeds, out
-    )
+    runs = method_seed_configs(cfg.train, {f"{m}/{v}": o for (m, v), o in points.items()}, cfg.seeds, out)
     return {(m, v, seed): runs[f"{m}/{v}", seed] for m, v in points for seed in cfg.seeds}
 
 
@@ -191,7 +192,8 @@ def lambda_trajectories(results: dict[tuple, dict]) -> dict[float, list[float]]:
     for eps in dict.fromkeys(k[1] for k in results if k[0] == "ermas"):
         runs = [
             [max(lam) if lam is not None else float("nan") for lam in r["history"]["lambda"]]
-            for k, r in results.items() if k[:2] == ("ermas", eps)
+            for k, r in results.items()
+            if k[:2] == ("ermas", eps)
         ]
         trajectories[eps] = torch.tensor(runs).mean(0).tolist()
     return trajectories
@@ -207,29 +209,50 @@ def plot(rows: list[dict[str, Any]], trajectories: dict[float, list[float]], pat
     def scatter(axis, group, label, marker):
         for r in group:
             axis.errorbar(
-                r["combined_agent_reward"], r["planner_reward"],
-                xerr=r["combined_agent_reward_sem"], yerr=r["planner_reward_sem"],
-                marker=marker, capsize=3, linestyle="none",
+                r["combined_agent_reward"],
+                r["planner_reward"],
+                xerr=r["combined_agent_reward_sem"],
+                yerr=r["planner_reward_sem"],
+                marker=marker,
+                capsize=3,
+                linestyle="none",
                 label=f"{label} {r['value']:g}" if r["value"] is not None else label,
             )
 
     scatter(axes[0], learned, "ERMAS eps=", "o")
     scatter(axes[0], marl, "MARL", "*")
-    axes[0].plot([r["combined_agent_reward"] for r in frontier], [r["planner_reward"] for r in frontier],
-                 "kx--", lw=0.8, label="exact frontier")
-    axes[0].set(xlabel="combined agent reward", ylabel="planner reward",
-                title="Equilibria found (learned lambda)")
+    axes[0].plot(
+        [r["combined_agent_reward"] for r in frontier],
+        [r["planner_reward"] for r in frontier],
+        "kx--",
+        lw=0.8,
+        label="exact frontier",
+    )
+    axes[0].set(xlabel="combined agent reward", ylabel="planner reward", title="Equilibria found (learned lambda)")
     eps = [r["value"] for r in learned]
     for key, label in (("max_exact_regret", "exact"), ("max_regret", "estimated")):
         if all(key in r for r in learned):
-            axes[1].errorbar(eps, [r[key] for r in learned], yerr=[r[f"{key}_sem"] for r in learned],
-                             marker="o", capsize=3, label=f"{label} regret (max over agents)")
+            axes[1].errorbar(
+                eps,
+                [r[key] for r in learned],
+                yerr=[r[f"{key}_sem"] for r in learned],
+                marker="o",
+                capsize=3,
+                label=f"{label} regret (max over agents)",
+            )
     axes[1].plot(eps, [max(e, 0.0) for e in eps], "k--", lw=0.8, label="max(epsilon, 0)")
     axes[1].set(xlabel="epsilon", ylabel="regret (episode return)", title="Regret vs epsilon")
-    axes[2].errorbar(eps, [r["planner_reward"] for r in learned], yerr=[r["planner_reward_sem"] for r in learned],
-                     marker="o", capsize=3, label="ERMAS (learned lambda)")
-    axes[2].plot([r["value"] for r in frontier], [r["planner_reward"] for r in frontier],
-                 "kx--", lw=0.8, label="exact frontier")
+    axes[2].errorbar(
+        eps,
+        [r["planner_reward"] for r in learned],
+        yerr=[r["planner_reward_sem"] for r in learned],
+        marker="o",
+        capsize=3,
+        label="ERMAS (learned lambda)",
+    )
+    axes[2].plot(
+        [r["value"] for r in frontier], [r["planner_reward"] for r in frontier], "kx--", lw=0.8, label="exact frontier"
+    )
     for r in marl:
         axes[2].axhline(r["planner_reward"], color="gray", lw=0.8, label="MARL")
     axes[2].set(xlabel="epsilon", ylabel="planner reward", title="Planner reward vs epsilon")
@@ -238,8 +261,9 @@ def plot(rows: list[dict[str, Any]], trajectories: dict[float, list[float]], pat
     axes[3].set(xlabel="combined agent reward", ylabel="planner reward", title="Fixed lambda")
     for eps, trajectory in trajectories.items():
         axes[4].plot(trajectory, label=f"eps={eps:g}")
-    axes[4].set(xlabel="iteration", ylabel="lambda (larger agent, mean over seeds)", yscale="log",
-                title="Learned multipliers")
+    axes[4].set(
+        xlabel="iteration", ylabel="lambda (larger agent, mean over seeds)", yscale="log", title="Learned multipliers"
+    )
     for axis in axes:
         axis.legend(fontsize=7)
     fig.tight_layout()
@@ -247,8 +271,10 @@ def plot(rows: list[dict[str, Any]], trajectories: dict[float, list[float]], pat
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    print(f"{'method':>13} {'value':>6} {'planner':>14} {'agents':>14} {'exact regret':>14} "
-          f"{'est. regret':>12} {'calib.':>7} {'lambda':>8} {'d lambda':>9}")
+    print(
+        f"{'method':>13} {'value':>6} {'planner':>14} {'agents':>14} {'exact regret':>14} "
+        f"{'est. regret':>12} {'calib.':>7} {'lambda':>8} {'d lambda':>9}"
+    )
     for r in rows:
         value = "-" if r["value"] is None else f"{r['value']:g}"
         exact = f"{r['max_exact_regret']:.1f} ± {r['max_exact_regret_sem']:.1f}"
@@ -256,21 +282,26 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         calibration = f"{r['min_calibration']:.2f}" if "min_calibration" in r else "-"
         lam = f"{r['max_lambda']:.2f}" if "max_lambda" in r else "-"
         change = f"{r['max_lambda_change']:.0%}" if "max_lambda_change" in r else "-"
-        print(f"{r['method']:>13} {value:>6} {r['planner_reward']:>7.1f} ± {r['planner_reward_sem']:<4.1f} "
-              f"{r['combined_agent_reward']:>7.1f} ± {r['combined_agent_reward_sem']:<4.1f} "
-              f"{exact:>14} {est:>12} {calibration:>7} {lam:>8} {change:>9}")
+        print(
+            f"{r['method']:>13} {value:>6} {r['planner_reward']:>7.1f} ± {r['planner_reward_sem']:<4.1f} "
+            f"{r['combined_agent_reward']:>7.1f} ± {r['combined_agent_reward_sem']:<4.1f} "
+            f"{exact:>14} {est:>12} {calibration:>7} {lam:>8} {change:>9}"
+        )
 
 
 def print_frontier(rows: list[dict[str, Any]]) -> None:
     """The exact frontier next to ERMAS at each epsilon; gap = ERMAS - frontier planner reward."""
     learned = {r["value"]: r for r in rows if r["method"] == "ermas"}
-    print(f"{'epsilon':>8} {'frontier planner':>17} {'agents':>7} {'exact regret':>13} "
-          f"{'ERMAS planner':>14} {'gap':>7}")
+    print(
+        f"{'epsilon':>8} {'frontier planner':>17} {'agents':>7} {'exact regret':>13} {'ERMAS planner':>14} {'gap':>7}"
+    )
     for r in (r for r in rows if r["method"] == "frontier"):
         regret = f"{r['max_exact_regret']:.2f}" + ("" if r["feasible"] else "*")
         ermas = learned[r["value"]]["planner_reward"]
-        print(f"{r['value']:>8g} {r['planner_reward']:>17.1f} {r['combined_agent_reward']:>7.1f} "
-              f"{regret:>13} {ermas:>14.1f} {ermas - r['planner_reward']:>7.1f}")
+        print(
+            f"{r['value']:>8g} {r['planner_reward']:>17.1f} {r['combined_agent_reward']:>7.1f} "
+            f"{regret:>13} {ermas:>14.1f} {ermas - r['planner_reward']:>7.1f}"
+        )
     print("* epsilon below every reachable regret: the least-regret point (Nash)")
 
 
@@ -280,8 +311,9 @@ def main(cfg: AdversarialSearchConfig) -> None:
     validate(cfg, HydraConfig.get().overrides.task)
     out = Path(HydraConfig.get().runtime.output_dir)
     configs = run_configs(cfg, out)
-    results = dict(zip(configs, run_many(list(configs.values()), workers=cfg.workers,
-                                          post=exact_regret_hook, desc="runs")))
+    results = dict(
+        zip(configs, run_many(list(configs.values()), workers=cfg.workers, post=exact_regret_hook, desc="runs"))
+    )
     rows = summarize(results) + frontier_rows(cfg)
     (out / "summary.json").write_text(json.dumps(rows, indent=1))
     plot(rows, lambda_trajectories(results), out / "adversarial_search.png")

@@ -8,6 +8,7 @@ seeds, and prints the rewards at a few checkpoints of training.
     python examples/bimatrix_meta_ablation.py
     python examples/bimatrix_meta_ablation.py --config-name bimatrix_meta_ablation_paper
 """
+
 from __future__ import annotations
 
 import json
@@ -60,8 +61,10 @@ def validate(cfg: MetaAblationConfig, overrides: list[str] | tuple[str, ...] = (
     per run (variant, meta scale, seed, output folder) is refused.
     """
     validate_experiment(
-        cfg.train, sweeps={"meta_scales": cfg.meta_scales, "seeds": cfg.seeds},
-        workers=cfg.workers, overrides=overrides,
+        cfg.train,
+        sweeps={"meta_scales": cfg.meta_scales, "seeds": cfg.seeds},
+        workers=cfg.workers,
+        overrides=overrides,
         owned={
             "variant": "every run of this experiment is variant=ermas",
             "ermas.meta_scale": "set meta_scales instead",
@@ -73,13 +76,9 @@ def validate(cfg: MetaAblationConfig, overrides: list[str] | tuple[str, ...] = (
 
 def run_configs(cfg: MetaAblationConfig, out: Path) -> dict[tuple[float, int], TrainConfig]:
     """The runs, keyed by (beta, seed), in ``out/beta{beta}/seed{s}``; each is validated."""
-    methods = {
-        f"beta{beta:g}": {"variant": "ermas", "ermas.meta_scale": beta} for beta in cfg.meta_scales
-    }
+    methods = {f"beta{beta:g}": {"variant": "ermas", "ermas.meta_scale": beta} for beta in cfg.meta_scales}
     runs = method_seed_configs(cfg.train, methods, cfg.seeds, out)
-    return {
-        (beta, seed): runs[f"beta{beta:g}", seed] for beta in cfg.meta_scales for seed in cfg.seeds
-    }
+    return {(beta, seed): runs[f"beta{beta:g}", seed] for beta in cfg.meta_scales for seed in cfg.seeds}
 
 
 def curves(results: list[dict], key: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,8 +123,10 @@ def main(cfg: MetaAblationConfig) -> None:
             print(f"{beta:>5g} {label:>9} {cells}")
         crossings = [first_crossing(r, cfg.agent_target) for r in group]
         summary[beta]["first_crossing"] = crossings
-        print(f"{beta:>5g} agents first reach {cfg.agent_target:g} at iterations "
-              + " / ".join("never" if c is None else str(c) for c in crossings))
+        print(
+            f"{beta:>5g} agents first reach {cfg.agent_target:g} at iterations "
+            + " / ".join("never" if c is None else str(c) for c in crossings)
+        )
     axes[0].set(xlabel="iteration", ylabel="planner episode reward", title="Planner reward")
     axes[1].set(xlabel="iteration", ylabel="combined agent episode reward", title="Agent reward")
     for axis in axes:

@@ -9,6 +9,7 @@ MARL; the planner's episode reward after the agents converge is reported per met
     python examples/bimatrix_robust_planner.py                      # small default
     python examples/bimatrix_robust_planner.py --config-name bimatrix_robust_planner_paper
 """
+
 from __future__ import annotations
 
 import json
@@ -70,10 +71,14 @@ def validate(cfg: RobustPlannerConfig, overrides: list[str] | tuple[str, ...] = 
     per run (seed, output folder, what every method sets) is refused.
     """
     validate_experiment(
-        cfg.train, sweeps={"methods": cfg.methods, "q_test": cfg.q_test, "seeds": cfg.seeds},
-        workers=cfg.workers, methods=cfg.methods, overrides=overrides,
+        cfg.train,
+        sweeps={"methods": cfg.methods, "q_test": cfg.q_test, "seeds": cfg.seeds},
+        workers=cfg.workers,
+        methods=cfg.methods,
+        overrides=overrides,
         owned={"reward.q": "the transfer runs set it from q_test; methods set their own"},
-        transfer=cfg.transfer, transfer_owned={"reward.q": "set q_test instead"},
+        transfer=cfg.transfer,
+        transfer_owned={"reward.q": "set q_test instead"},
     )
     for q in cfg.q_test:
         check_real("q_test", q)
@@ -110,9 +115,7 @@ def print_table(cfg: RobustPlannerConfig, summary: dict) -> None:
     print("planner episode reward after transfer (mean ± s.e. over seeds)")
     print("Q_test".ljust(width) + "".join(f"{q:>15g}" for q in cfg.q_test))
     for name, stats in summary.items():
-        cells = "".join(
-            f"{m:>8.1f} ± {s:<4.1f}" for m, s in zip(stats["planner_reward"], stats["planner_reward_sem"])
-        )
+        cells = "".join(f"{m:>8.1f} ± {s:<4.1f}" for m, s in zip(stats["planner_reward"], stats["planner_reward_sem"]))
         print(name.ljust(width) + cells)
 
 

@@ -18,6 +18,7 @@ Gather-Trade-Build game (1000-step episodes, 100-step periods).
     python examples/economy_tax_policy.py                            # small default
     python examples/economy_tax_policy.py --config-name economy_tax_policy_paper
 """
+
 from __future__ import annotations
 
 import json
@@ -86,8 +87,11 @@ def validate(cfg: TaxPolicyConfig, overrides: list[str] | tuple[str, ...] = ()) 
     per run (seed, output folder, what every method sets) is refused.
     """
     validate_experiment(
-        cfg.train, sweeps={"seeds": cfg.seeds, "eta_test": cfg.eta_test},
-        workers=cfg.workers, methods=cfg.methods, overrides=overrides,
+        cfg.train,
+        sweeps={"seeds": cfg.seeds, "eta_test": cfg.eta_test},
+        workers=cfg.workers,
+        methods=cfg.methods,
+        overrides=overrides,
         transfer=cfg.transfer,
         transfer_owned={
             "env.eta": "set eta_test instead",
@@ -136,18 +140,23 @@ def plot(cfg: TaxPolicyConfig, summary: dict, path: Path) -> None:
     for name, stats in summary.items():
         for axis, key in ((left, "planner_reward"), (right, "relative")):
             axis.errorbar(
-                cfg.eta_test, stats[key], yerr=stats[f"{key}_sem"], label=name, capsize=3,
-                marker="o", ms=3,
+                cfg.eta_test,
+                stats[key],
+                yerr=stats[f"{key}_sem"],
+                label=name,
+                capsize=3,
+                marker="o",
+                ms=3,
             )
     train_eta = OmegaConf.select(OmegaConf.create(cfg.train.env), "eta", default=None)
     for axis in (left, right):
         if train_eta is not None:
             axis.axvline(train_eta, color="gray", ls="--", lw=0.8)
         axis.grid(alpha=0.3)
-    left.set(xlabel="eta_test", ylabel="social welfare (equality x mean coin)",
-             title="Planner reward with fresh agents")
-    right.set(xlabel="eta_test", ylabel=f"swf - swf({cfg.reference})",
-              title=f"Relative to {cfg.reference}")
+    left.set(
+        xlabel="eta_test", ylabel="social welfare (equality x mean coin)", title="Planner reward with fresh agents"
+    )
+    right.set(xlabel="eta_test", ylabel=f"swf - swf({cfg.reference})", title=f"Relative to {cfg.reference}")
     right.axhline(0.0, color="gray", lw=0.8)
     left.legend(fontsize=8)
     fig.tight_layout()
@@ -161,9 +170,7 @@ def print_table(cfg: TaxPolicyConfig, summary: dict) -> None:
     print("social welfare after training fresh agents (mean ± s.e. over seeds)")
     print("eta_test".ljust(width) + "".join(f"{eta:>16g}" for eta in cfg.eta_test))
     for name, stats in summary.items():
-        cells = "".join(
-            f"{m:>9.1f} ± {s:<5.1f}" for m, s in zip(stats["planner_reward"], stats["planner_reward_sem"])
-        )
+        cells = "".join(f"{m:>9.1f} ± {s:<5.1f}" for m, s in zip(stats["planner_reward"], stats["planner_reward_sem"]))
         print(name.ljust(width) + cells)
     print("equality / productivity (sum of coin)")
     for name, stats in summary.items():
@@ -181,9 +188,7 @@ def main(cfg: TaxPolicyConfig) -> None:
     runs = evaluation_configs(cfg, trained, out)
     results = dict(zip(runs, run_many(list(runs.values()), workers=cfg.workers, desc="evaluate")))
     summary = relative_summary(results, METRICS, cfg.reference)
-    (out / "summary.json").write_text(
-        json.dumps({"eta_test": cfg.eta_test, "planners": summary}, indent=1)
-    )
+    (out / "summary.json").write_text(json.dumps({"eta_test": cfg.eta_test, "planners": summary}, indent=1))
     plot(cfg, summary, out / "economy_tax_policy.png")
     print_table(cfg, summary)
     print(f"results in {out}")

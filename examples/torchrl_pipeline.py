@@ -22,6 +22,7 @@ bootstraps at time-outs.
     python examples/torchrl_pipeline.py                       # small default, about 2 minutes on a CPU
     python examples/torchrl_pipeline.py ermas.epsilon=0.3 collector.n_iters=60 device=cuda
 """
+
 from __future__ import annotations
 
 import time
@@ -47,21 +48,30 @@ def make_env(cfg: DictConfig, num_envs: int, device: torch.device) -> Transforme
     """The VMAS scenario with ``num_envs`` worlds, its time limit as ``truncated`` and the
     regulator planner."""
     base = VmasEnv(
-        scenario=cfg.env.scenario, num_envs=num_envs, n_agents=cfg.env.n_agents,
-        max_steps=cfg.env.max_steps, continuous_actions=True, shared_rew=False,
-        device=device, seed=cfg.seed,
+        scenario=cfg.env.scenario,
+        num_envs=num_envs,
+        n_agents=cfg.env.n_agents,
+        max_steps=cfg.env.max_steps,
+        continuous_actions=True,
+        shared_rew=False,
+        device=device,
+        seed=cfg.seed,
     )
-    regulator = PlannerFromAgents(
-        cfg.regulator.rule, features=tuple(cfg.regulator.features), scale=cfg.regulator.scale
-    )
+    regulator = PlannerFromAgents(cfg.regulator.rule, features=tuple(cfg.regulator.features), scale=cfg.regulator.scale)
     return TransformedEnv(base, Compose(TimeLimitAsTruncated(base.max_steps), regulator))
 
 
 def make_mlp(cfg: DictConfig, n_in: int, n_out: int, n_members: int, device: torch.device) -> MultiAgentMLP:
     return MultiAgentMLP(
-        n_in, n_out, n_agents=n_members, centralized=False,
-        share_params=cfg.model.shared_parameters, depth=cfg.model.depth,
-        num_cells=cfg.model.hidden, activation_class=torch.nn.Tanh, device=device,
+        n_in,
+        n_out,
+        n_agents=n_members,
+        centralized=False,
+        share_params=cfg.model.shared_parameters,
+        depth=cfg.model.depth,
+        num_cells=cfg.model.hidden,
+        activation_class=torch.nn.Tanh,
+        device=device,
     )
 
 
@@ -84,7 +94,8 @@ def train(cfg: DictConfig) -> None:
     )
     policy = ProbabilisticActor(
         TensorDictModule(actor_net, [("agents", "observation")], [("agents", "loc"), ("agents", "scale")]),
-        in_keys=[("agents", "loc"), ("agents", "scale")], out_keys=[("agents", "action")],
+        in_keys=[("agents", "loc"), ("agents", "scale")],
+        out_keys=[("agents", "action")],
         distribution_class=TanhNormal,
         distribution_kwargs={"low": action_spec.space.low, "high": action_spec.space.high},
         return_log_prob=True,
@@ -103,21 +114,29 @@ def train(cfg: DictConfig) -> None:
 
     # Collector
     collector = Collector(
-        env, policy, device=device, frames_per_batch=frames_per_batch,
+        env,
+        policy,
+        device=device,
+        frames_per_batch=frames_per_batch,
         total_frames=frames_per_batch * cfg.collector.n_iters,
     )
 
     # Replay buffer: one iteration's transitions, sampled without replacement
     replay_buffer = TensorDictReplayBuffer(
         storage=LazyTensorStorage(frames_per_batch, device=device),
-        sampler=SamplerWithoutReplacement(), batch_size=cfg.train.minibatch_size,
+        sampler=SamplerWithoutReplacement(),
+        batch_size=cfg.train.minibatch_size,
     )
 
     # Loss: ErmasLoss in place of MAPPOLoss, with the multipliers and the planner side
     lagrange = LagrangeMultiplier(n_agents, frozen=True).to(device)  # frozen during the warm-up
     loss_module = ErmasLoss(
-        policy, critic, lagrange, planner_advantage=planner_advantage,
-        clip_epsilon=cfg.loss.clip_epsilon, entropy_coeff=cfg.loss.entropy_coeff,
+        policy,
+        critic,
+        lagrange,
+        planner_advantage=planner_advantage,
+        clip_epsilon=cfg.loss.clip_epsilon,
+        entropy_coeff=cfg.loss.entropy_coeff,
         critic_coeff=cfg.loss.critic_coeff,
     )
     loss_module.make_value_estimator(ValueEstimators.MAGAE, gamma=cfg.loss.gamma, lmbda=cfg.loss.lmbda)
@@ -127,16 +146,21 @@ def train(cfg: DictConfig) -> None:
 
     # Regret estimator: one deviation world of regret_envs environments per agent
     estimator = ReptileRegretEstimator(
-        policy, make_env(cfg, n_agents * cfg.ermas.regret_envs, device),
-        value_network=critic, gamma=cfg.loss.gamma, trust_region=cfg.ermas.trust_region,
-        deviation_steps=cfg.ermas.deviation_steps, seed=cfg.seed,
+        policy,
+        make_env(cfg, n_agents * cfg.ermas.regret_envs, device),
+        value_network=critic,
+        gamma=cfg.loss.gamma,
+        trust_region=cfg.ermas.trust_region,
+        deviation_steps=cfg.ermas.deviation_steps,
+        seed=cfg.seed,
     )
 
     # Logger
     logger = None
     if cfg.logger.backend:
         logger = get_logger(
-            cfg.logger.backend, logger_name="logs",
+            cfg.logger.backend,
+            logger_name="logs",
             experiment_name=generate_exp_name("ERMAS", f"{cfg.env.scenario}_eps{cfg.ermas.epsilon:g}"),
         )
 

@@ -15,6 +15,7 @@ table (mean and standard error over seeds) to the hydra output directory.
     python examples/vmas_adversarial_search.py --config-name vmas_adversarial_search_paper
     python examples/vmas_adversarial_search.py 'epsilons=[-100,0,1]' seeds=[0,1,2,3]
 """
+
 from __future__ import annotations
 
 import json
@@ -92,23 +93,17 @@ ConfigStore.instance().store(name="vmas_search_schema", node=VmasSearchConfig)
 
 def make_regulator(regulator: RegulatorConfig) -> PlannerFromAgents:
     """The transform adding the regulator (a passive planner) to the agents' environment."""
-    return PlannerFromAgents(
-        regulator.rule, features=tuple(regulator.features), scale=regulator.scale
-    )
+    return PlannerFromAgents(regulator.rule, features=tuple(regulator.features), scale=regulator.scale)
 
 
-def make_env(
-    regulator: RegulatorConfig, cfg: TrainConfig, batch_size: int, device: torch.device
-) -> EnvBase:
+def make_env(regulator: RegulatorConfig, cfg: TrainConfig, batch_size: int, device: torch.device) -> EnvBase:
     """The VMAS scenario of ``cfg.env`` with ``batch_size`` worlds, plus the regulator planner.
 
     VMAS reports its time limit as ``terminated``; :class:`TimeLimitAsTruncated` makes it
     ``truncated``, as the torchrl-ermas contract has it, so that GAE bootstraps there.
     """
     base = instantiate(cfg.env, num_envs=batch_size, device=device)
-    return TransformedEnv(
-        base, Compose(TimeLimitAsTruncated(base.max_steps), make_regulator(regulator))
-    )
+    return TransformedEnv(base, Compose(TimeLimitAsTruncated(base.max_steps), make_regulator(regulator)))
 
 
 def run_configs(cfg: VmasSearchConfig, out: Path) -> dict[tuple[str, int], TrainConfig]:
@@ -121,9 +116,7 @@ def run_configs(cfg: VmasSearchConfig, out: Path) -> dict[tuple[str, int], Train
 
 def run_all(cfg: VmasSearchConfig, runs: dict[tuple[str, int], TrainConfig]) -> dict:
     """Runs every configuration, ``cfg.workers`` at a time; results keyed like ``runs``."""
-    results = run_many(
-        list(runs.values()), workers=cfg.workers, env_factory=partial(make_env, cfg.regulator)
-    )
+    results = run_many(list(runs.values()), workers=cfg.workers, env_factory=partial(make_env, cfg.regulator))
     return dict(zip(runs, results))
 
 
@@ -140,9 +133,7 @@ def summarize(cfg: VmasSearchConfig, results: dict) -> dict[str, dict[str, float
             row[metric], row[f"{metric}_sem"] = mean_sem(values)
         for metric in ("regret", "lambda"):
             values = [f[metric] for f in finals]
-            row[metric] = (
-                None if None in values else mean_sem([sum(v) / len(v) for v in values])[0]
-            )
+            row[metric] = None if None in values else mean_sem([sum(v) / len(v) for v in values])[0]
         summary[name] = row
     return summary
 
@@ -170,10 +161,7 @@ def plot(summary: dict, path: Path) -> None:
 def print_table(summary: dict) -> None:
     """One line per point: rewards (mean ± s.e. over seeds), regret and lambda."""
     reference = summary.get(MARL, {}).get("task")
-    print(
-        f"{'agents':>10} {'regulator':>18} {'task':>18} {'task/MARL':>10} "
-        f"{'regret':>8} {'lambda':>8}"
-    )
+    print(f"{'agents':>10} {'regulator':>18} {'task':>18} {'task/MARL':>10} {'regret':>8} {'lambda':>8}")
     for name, row in summary.items():
         share = f"{row['task'] / reference:10.2f}" if reference else f"{'-':>10}"
         regret = "-" if row["regret"] is None else f"{row['regret']:.3f}"
@@ -191,7 +179,10 @@ def validate(cfg: VmasSearchConfig, overrides: list[str] | tuple[str, ...] = ())
     per run (variant, epsilon, seed, output folder) is refused.
     """
     validate_experiment(
-        cfg.train, sweeps={"seeds": cfg.seeds}, workers=cfg.workers, overrides=overrides,
+        cfg.train,
+        sweeps={"seeds": cfg.seeds},
+        workers=cfg.workers,
+        overrides=overrides,
         owned={
             "variant": "the experiment runs ermas per epsilon and marl when marl=true",
             "ermas.epsilon": "set epsilons instead",

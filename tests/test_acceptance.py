@@ -4,6 +4,7 @@ frontier (Figure 2), and the Figure 4 robustness of the ERMAS planner.
 Small budgets (the examples' settings, read from their yaml files, on settings and grids
 the examples do not use), three seeds per configuration. Marked slow; CI runs them.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -61,7 +62,7 @@ def figure2_hook(trainer) -> dict:
     out = {"exact_regret": (values[:, 1] - values[:, 0]).tolist()}
     if trainer.history["lambda"][0] is not None:
         out["lambda_change"] = multiplier_settling(trainer.history["lambda"])
-        tail = torch.tensor(trainer.history["lambda"][int(0.8 * trainer.cfg.iterations):])
+        tail = torch.tensor(trainer.history["lambda"][int(0.8 * trainer.cfg.iterations) :])
         out["lambda_band"] = [tail.min(0).values.tolist(), tail.max(0).values.tolist()]
     return out
 
@@ -73,9 +74,7 @@ def figure2(tmp_path_factory) -> dict:
     points["marl", None] = {"variant": "marl"}
     names = {f"{method}{value}": (method, value) for method, value in points}
     base = base_config(tmp)
-    configs = method_seed_configs(
-        base, {f"{m}{v}": o for (m, v), o in points.items()}, SEEDS, tmp
-    )
+    configs = method_seed_configs(base, {f"{m}{v}": o for (m, v), o in points.items()}, SEEDS, tmp)
     results = run_many(list(configs.values()), workers=2, post=figure2_hook)
     grouped: dict = {}
     for (name, _), result in zip(configs, results):
@@ -169,21 +168,20 @@ def figure4(tmp_path_factory) -> dict[str, list[dict[tuple, float]]]:
         with_overrides(TrainConfig(), OmegaConf.to_container(example.train)),
         {"logger.backend": "", "checkpoint_interval": 10**6},
     )
-    methods = {
-        name: OmegaConf.to_container(example.methods[name])
-        for name in ("ermas", "marl_q0", "marl_q05")
-    }
+    methods = {name: OmegaConf.to_container(example.methods[name]) for name in ("ermas", "marl_q0", "marl_q05")}
     configs = method_seed_configs(base, methods, SEEDS, tmp)
     run_many(list(configs.values()), workers=2)
     scores: dict[str, list[dict[tuple, float]]] = {}
     for (name, _), cfg in configs.items():
-        planner = ErmasTrainer(transfer_config(
-            cfg, Path(cfg.output_dir) / "checkpoint.pt",
-            {"output_dir": str(Path(cfg.output_dir) / "scored")},
-        )).planner_policy
+        planner = ErmasTrainer(
+            transfer_config(
+                cfg,
+                Path(cfg.output_dir) / "checkpoint.pt",
+                {"output_dir": str(Path(cfg.output_dir) / "scored")},
+            )
+        ).planner_policy
         scores.setdefault(name, []).append(
-            {position: pinned_planner_reward(planner, cfg.env, position)
-             for position in (NASH, COOPERATION)}
+            {position: pinned_planner_reward(planner, cfg.env, position) for position in (NASH, COOPERATION)}
         )
     return scores
 

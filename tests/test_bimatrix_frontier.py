@@ -1,4 +1,5 @@
 """The exact epsilon frontier of the bimatrix game against hand-checkable cases."""
+
 from __future__ import annotations
 
 import pytest

@@ -5,6 +5,7 @@ The modules are discovered (``pkgutil.walk_packages`` over the package and over
 that defines public classes or functions must show at least one of them in a ``>>>``
 example.
 """
+
 from __future__ import annotations
 
 import doctest

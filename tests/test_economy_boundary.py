@@ -1,5 +1,6 @@
 """The economy's boundary: immutable settings checked once, components that read settings and
 state tensors, never the environment."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -54,8 +55,9 @@ def test_action_layout_sizes_the_specs_and_partitions_the_actions(tier):
     assert decoded.direction[layout.moves :].tolist() == list(range(layout.n_moves))
     if tier == "gather_trade_build":
         orders = slice(layout.orders, layout.moves)
-        triples = set(zip(decoded.resource[orders].tolist(), decoded.is_bid[orders].tolist(),
-                          decoded.price[orders].tolist()))
+        triples = set(
+            zip(decoded.resource[orders].tolist(), decoded.is_bid[orders].tolist(), decoded.price[orders].tolist())
+        )
         assert len(triples) == layout.n_orders == 2 * env.settings.n_resources * env.settings.n_prices
 
 
@@ -64,8 +66,16 @@ def test_action_layout_sizes_the_specs_and_partitions_the_actions(tier):
 @pytest.mark.parametrize("planner_action", ["discrete", "rates"])
 def test_observation_sizes_by_arithmetic_match_the_observations(tier, spatial, planner_action):
     kwargs = {"n_agents": 3, "bracket_cutoffs": (0, 5, 50)} if tier == "labour" else {}
-    env = EconomyEnv(2, tier=tier, episode_length=20, period=10, spatial_observation=spatial,
-                     planner_action=planner_action, seed=0, **kwargs)
+    env = EconomyEnv(
+        2,
+        tier=tier,
+        episode_length=20,
+        period=10,
+        spatial_observation=spatial,
+        planner_action=planner_action,
+        seed=0,
+        **kwargs,
+    )
     sizes = agent_observation_size(env.settings), planner_observation_size(env.settings)
     spec = env.full_observation_spec
     assert (spec["agents", "observation"].shape[-1], spec["planner", "observation"].shape[-1]) == sizes

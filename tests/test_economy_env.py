@@ -1,5 +1,6 @@
 """EconomyEnv: specs, tiers, tax timing, planner semantics, map and market rules, resets,
 devices and bad input."""
+
 from __future__ import annotations
 
 import math

@@ -1,5 +1,6 @@
 """Tax machinery, social metrics and the Saez schedule against hand-computed values and a
 line-by-line numpy transcription of the AI Economist's reference functions."""
+
 from __future__ import annotations
 
 import math
@@ -238,9 +239,7 @@ class TestSaez:
         step = (1 - tau2) / 98
         bin_rate = [t0, t1] + [tau2 + (k - 2) * step for k in range(2, 101)]
         lo, hi = 9.7, 39.475
-        due = sum(
-            bin_rate[k] * max(0.0, min(hi, (k + 1) * width) - max(lo, k * width)) for k in range(100)
-        )
+        due = sum(bin_rate[k] * max(0.0, min(hi, (k + 1) * width) - max(lo, k * width)) for k in range(100))
         assert rates[1].item() == pytest.approx(due / (hi - lo), rel=1e-6)
 
 

@@ -1,5 +1,6 @@
 """The training loop on the economy: masked and multi-bracket policies, fixed planners,
 episode metrics, and the deviation search under action masks."""
+
 from __future__ import annotations
 
 import copy
@@ -31,14 +32,28 @@ PPO = PPOConfig(hidden=16, depth=1)
 
 def _labour_cfg(tmp_path, **overrides) -> dict:
     cfg = {
-        "env": {"_target_": "torchrl_ermas.envs.economy.EconomyEnv", "tier": "labour",
-                "episode_length": 20, "period": 5},
-        "iterations": 2, "num_envs": 4, "progress": False, "output_dir": str(tmp_path),
-        "logger": {"backend": ""}, "agents": {"hidden": 16, "epochs": 1, "minibatches": 2},
+        "env": {
+            "_target_": "torchrl_ermas.envs.economy.EconomyEnv",
+            "tier": "labour",
+            "episode_length": 20,
+            "period": 5,
+        },
+        "iterations": 2,
+        "num_envs": 4,
+        "progress": False,
+        "output_dir": str(tmp_path),
+        "logger": {"backend": ""},
+        "agents": {"hidden": 16, "epochs": 1, "minibatches": 2},
         "planner": {"hidden": 16, "epochs": 1, "minibatches": 2},
         "episode_metrics": ["equality", "productivity"],
-        "ermas": {"warmup_iters": 0, "regret_interval": 1, "regret_envs": 2,
-                  "deviation_steps": 1, "regret_gamma": 1.0, "regret_baseline": "mean"},
+        "ermas": {
+            "warmup_iters": 0,
+            "regret_interval": 1,
+            "regret_envs": 2,
+            "deviation_steps": 1,
+            "regret_gamma": 1.0,
+            "regret_baseline": "mean",
+        },
     }
     cfg.update(overrides)
     return cfg
@@ -61,8 +76,7 @@ def test_planner_policy_acts_per_bracket_only_at_period_start():
 
 
 def test_agent_policy_only_takes_allowed_actions_on_the_map():
-    env = EconomyEnv(4, tier="gather_trade_build", episode_length=30, period=10,
-                     spatial_observation=False, seed=1)
+    env = EconomyEnv(4, tier="gather_trade_build", episode_length=30, period=10, spatial_observation=False, seed=1)
     policy = make_policy(env, "agents", PPO, torch.device("cpu"))
     assert policy.module[-1].distribution_class is MaskedCategorical
     with set_exploration_type(ExplorationType.RANDOM):
@@ -95,8 +109,15 @@ def test_deviation_exploration_stays_within_the_mask():
 
 
 def test_regret_estimate_under_masks_is_finite_and_within_the_trust_region():
-    env = EconomyEnv(4 * 2, tier="gather_build", episode_length=15, period=5,
-                           planner_action="rates", spatial_observation=False, seed=0)
+    env = EconomyEnv(
+        4 * 2,
+        tier="gather_build",
+        episode_length=15,
+        period=5,
+        planner_action="rates",
+        spatial_observation=False,
+        seed=0,
+    )
     policy = make_policy(env, "agents", PPO, torch.device("cpu"))
     estimator = ReptileRegretEstimator(
         policy, env, planner_policy=FreeMarketPlanner(), deviation_steps=1, trust_region=0.5, gamma=1.0
@@ -126,7 +147,9 @@ def test_unknown_episode_metric_raises(tmp_path):
 
 def test_fixed_planner_sets_the_rates(tmp_path):
     cfg = _labour_cfg(
-        tmp_path, variant="marl", train_planner=False,
+        tmp_path,
+        variant="marl",
+        train_planner=False,
         fixed_planner={"_target_": "torchrl_ermas.envs.economy.USFederalPlanner"},
     )
     cfg["env"]["planner_action"] = "rates"
@@ -137,9 +160,7 @@ def test_fixed_planner_sets_the_rates(tmp_path):
     torch.testing.assert_close(
         data["planner", "action"][0, 0, 0], torch.tensor([0.1, 0.12, 0.22, 0.24, 0.32, 0.35, 0.37])
     )
-    assert results["final"]["planner_reward"] == pytest.approx(
-        sum(results["history"]["planner_reward"]) / 2
-    )
+    assert results["final"]["planner_reward"] == pytest.approx(sum(results["history"]["planner_reward"]) / 2)
 
 
 def test_saez_planner_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
@@ -154,8 +175,9 @@ def test_saez_planner_state_round_trips_through_a_weights_only_checkpoint(tmp_pa
     assert (restored.n_samples, restored.warmed_up) == (planner.n_samples, planner.warmed_up)
     state = env.reset()
     state["planner", "period_start"][:] = True
-    torch.testing.assert_close(restored(state.clone())["planner", "action"],
-                               planner(state.clone())["planner", "action"])
+    torch.testing.assert_close(
+        restored(state.clone())["planner", "action"], planner(state.clone())["planner", "action"]
+    )
 
 
 # ------------------------------------------------------------ examples/economy_tax_policy.py
@@ -199,15 +221,21 @@ def test_example_validate(changes, name, import_example):
 @pytest.mark.slow
 def test_example_smoke(tmp_path):
     overrides = [
-        f"hydra.run.dir={tmp_path}", "workers=1", "seeds=[0]", "eta_test=[0.19,0.27]",
-        "train.iterations=2", "transfer.iterations=1", "train.num_envs=4",
-        "train.env.episode_length=20", "train.env.period=10", "train.ermas.warmup_iters=0",
-        "train.ermas.regret_interval=1", "train.ermas.regret_envs=2",
+        f"hydra.run.dir={tmp_path}",
+        "workers=1",
+        "seeds=[0]",
+        "eta_test=[0.19,0.27]",
+        "train.iterations=2",
+        "transfer.iterations=1",
+        "train.num_envs=4",
+        "train.env.episode_length=20",
+        "train.env.period=10",
+        "train.ermas.warmup_iters=0",
+        "train.ermas.regret_interval=1",
+        "train.ermas.regret_envs=2",
         "baselines.saez.buffer_size=4",
     ]
-    proc = subprocess.run(
-        [sys.executable, str(EXAMPLE), *overrides], capture_output=True, text=True, timeout=600
-    )
+    proc = subprocess.run([sys.executable, str(EXAMPLE), *overrides], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert set(summary["planners"]) == {"marl", "ermas", "saez", "us_federal", "free_market"}
@@ -235,9 +263,11 @@ def test_saez_planner_keeps_its_samples_when_the_batch_changes():
 
 def test_ermas_against_a_fixed_saez_planner_leaves_the_planner_untouched(tmp_path):
     cfg = _labour_cfg(
-        tmp_path, variant="ermas", train_planner=False, iterations=3,
-        fixed_planner={"_target_": "torchrl_ermas.envs.economy.SaezPlanner",
-                       "fixed_elasticity": 3.0, "buffer_size": 2},
+        tmp_path,
+        variant="ermas",
+        train_planner=False,
+        iterations=3,
+        fixed_planner={"_target_": "torchrl_ermas.envs.economy.SaezPlanner", "fixed_elasticity": 3.0, "buffer_size": 2},
     )
     cfg["env"]["planner_action"] = "rates"
     trainer = ErmasTrainer(cfg)

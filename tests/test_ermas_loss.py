@@ -1,4 +1,5 @@
 """Tests for :class:`torchrl_ermas.objectives.ErmasLoss` and its hydra config."""
+
 from __future__ import annotations
 
 import pytest
@@ -25,9 +26,7 @@ COEFFS = {
 }
 
 
-def _make_actor(
-    group: str = "agents", share_params: bool = True, seed: int = 0
-) -> ProbabilisticTensorDictSequential:
+def _make_actor(group: str = "agents", share_params: bool = True, seed: int = 0) -> ProbabilisticTensorDictSequential:
     torch.manual_seed(seed)
     return ProbabilisticActor(
         TensorDictModule(
@@ -50,9 +49,7 @@ def _make_actor(
     )
 
 
-def _make_critic(
-    group: str = "agents", share_params: bool = True, seed: int = 1
-) -> TensorDictModule:
+def _make_critic(group: str = "agents", share_params: bool = True, seed: int = 1) -> TensorDictModule:
     torch.manual_seed(seed)
     return TensorDictModule(
         MultiAgentMLP(
@@ -108,9 +105,7 @@ def _make_data(
     return data
 
 
-def _make_mappo(
-    actor: ProbabilisticTensorDictSequential, critic: TensorDictModule, **kwargs: object
-) -> MAPPOLoss:
+def _make_mappo(actor: ProbabilisticTensorDictSequential, critic: TensorDictModule, **kwargs: object) -> MAPPOLoss:
     """TorchRL's MAPPO loss, keyed like ErmasLoss' defaults, as a reference."""
     loss = MAPPOLoss(actor, critic, **COEFFS, **kwargs)
     loss.set_keys(
@@ -133,9 +128,7 @@ def _params(loss: LossModule, name: str) -> list[torch.Tensor]:
 
 
 def _grads(loss: LossModule, value: torch.Tensor, name: str) -> list[torch.Tensor]:
-    return torch.autograd.grad(
-        value, _params(loss, name), retain_graph=True, allow_unused=True
-    )
+    return torch.autograd.grad(value, _params(loss, name), retain_graph=True, allow_unused=True)
 
 
 def _assert_matches(
@@ -166,9 +159,7 @@ class TestErmasLoss:
         lagrange = LagrangeMultiplier(N_AGENTS)
         lagrange.multiplier.data.copy_(multiplier)
         loss = ErmasLoss(actor, critic, lagrange, functional=functional)
-        reference = _make_mappo(
-            actor, critic, normalize_advantage=False, functional=functional
-        )
+        reference = _make_mappo(actor, critic, normalize_advantage=False, functional=functional)
         own = _standardize(data["agents", "advantage"], (0, 1))
         planner = _standardize(data["planner", "advantage"], (0, 1, 2, 3))
         lam = multiplier.unsqueeze(-1)
@@ -192,9 +183,7 @@ class TestErmasLoss:
         loss = ErmasLoss(actor, critic, lagrange)
         reference = _make_mappo(actor, critic)
         adversarial = data.clone()
-        adversarial["agents", "advantage"] = -data["planner", "advantage"].expand(
-            *BATCH, N_AGENTS, 1
-        )
+        adversarial["agents", "advantage"] = -data["planner", "advantage"].expand(*BATCH, N_AGENTS, 1)
         _assert_matches(loss, loss(data), reference, reference(adversarial))
 
     def test_surrogate_clips_the_combined_advantage(self):
@@ -202,9 +191,7 @@ class TestErmasLoss:
         actor, critic = _make_actor(), _make_critic()
         data = _make_data(actor)
         lagrange = LagrangeMultiplier(N_AGENTS, init=1.0)
-        loss = ErmasLoss(
-            actor, critic, lagrange, normalize_advantage=False, reduction="none"
-        )
+        loss = ErmasLoss(actor, critic, lagrange, normalize_advantage=False, reduction="none")
         out = loss(data)
         own, planner = data["agents", "advantage"], data["planner", "advantage"]
         with torch.no_grad():
@@ -286,9 +273,7 @@ class TestErmasLoss:
         team_actor.load_state_dict(actor.state_dict())
         team_critic.load_state_dict(critic.state_dict())
         loss = ErmasLoss(actor, critic, LagrangeMultiplier(N_AGENTS, init=1.5))
-        team_loss = ErmasLoss(
-            team_actor, team_critic, LagrangeMultiplier(N_AGENTS, init=1.5)
-        )
+        team_loss = ErmasLoss(team_actor, team_critic, LagrangeMultiplier(N_AGENTS, init=1.5))
         team_loss.set_keys(
             advantage=("team", "advantage"),
             value_target=("team", "value_target"),
@@ -324,9 +309,7 @@ class TestErmasLoss:
         actor, critic = _make_actor(), _make_critic()
         loss = ErmasLoss(actor, critic, LagrangeMultiplier(N_AGENTS))
         data = _make_data(actor).exclude(("planner", "advantage"))
-        with pytest.raises(
-            KeyError, match=r"planner advantage at key \('planner', 'advantage'\)"
-        ):
+        with pytest.raises(KeyError, match=r"planner advantage at key \('planner', 'advantage'\)"):
             loss(data)
 
     @pytest.mark.parametrize("shape", [(1,), (2, 1), (N_AGENTS, 2)])
@@ -387,9 +370,7 @@ class TestErmasLoss:
         with pytest.raises(TypeError, match="lagrange"):
             ErmasLoss(actor, critic, N_AGENTS)
         with pytest.raises(ValueError, match="advantage_norm"):
-            ErmasLoss(
-                actor, critic, LagrangeMultiplier(N_AGENTS), advantage_norm=object()
-            )
+            ErmasLoss(actor, critic, LagrangeMultiplier(N_AGENTS), advantage_norm=object())
 
     def test_state_dict_carries_lagrange(self):
         actor, critic = _make_actor(), _make_critic()
@@ -399,9 +380,7 @@ class TestErmasLoss:
         lagrange.freeze()
         state = loss.state_dict()
         assert {"lagrange.multiplier", "lagrange._frozen"} <= set(state)
-        restored = ErmasLoss(
-            _make_actor(), _make_critic(), LagrangeMultiplier(N_AGENTS)
-        )
+        restored = ErmasLoss(_make_actor(), _make_critic(), LagrangeMultiplier(N_AGENTS))
         restored.load_state_dict(state)
         torch.testing.assert_close(restored.lagrange.value, torch.tensor([2.0, 3.0, 4.0]))
         assert restored.lagrange.frozen
@@ -412,10 +391,7 @@ class TestErmasLoss:
         before = loss.actor_network_params.clone()
         loss.reset_parameters_recursive()
         after = loss.actor_network_params
-        assert any(
-            (b != a).any()
-            for b, a in zip(before.values(True, True), after.values(True, True))
-        )
+        assert any((b != a).any() for b, a in zip(before.values(True, True), after.values(True, True)))
         torch.testing.assert_close(loss.lagrange.value, torch.full((N_AGENTS,), 1.0))
 
 

@@ -3,6 +3,7 @@
 The smoke runs use tiny budgets: they check the plumbing (runs, transfer, summary, figure,
 table), not the results, which ``test_acceptance.py`` and the README's figures cover.
 """
+
 from __future__ import annotations
 
 import json
@@ -99,9 +100,15 @@ def test_example_default_configs_validate(example, config, import_example):
 def test_example_script_exits_with_the_message(tmp_path):
     """The refusal reaches a user of the script: a non-zero exit naming the key, no runs."""
     proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / "bimatrix_meta_ablation.py"), f"hydra.run.dir={tmp_path}",
-         "train.variant=ermass"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(EXAMPLES / "bimatrix_meta_ablation.py"),
+            f"hydra.run.dir={tmp_path}",
+            "train.variant=ermass",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode != 0
     assert "train.variant is set per run by this experiment" in proc.stderr
@@ -110,11 +117,23 @@ def test_example_script_exits_with_the_message(tmp_path):
 
 def _run(example: str, tmp_path, *overrides: str) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / f"{example}.py"), f"hydra.run.dir={tmp_path}",
-         "workers=1", "seeds=[0]", "train.iterations=2", "train.num_envs=4",
-         "train.env.max_steps=10", "train.ermas.warmup_iters=0",
-         "train.ermas.regret_interval=1", "train.ermas.regret_envs=2", *overrides],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(EXAMPLES / f"{example}.py"),
+            f"hydra.run.dir={tmp_path}",
+            "workers=1",
+            "seeds=[0]",
+            "train.iterations=2",
+            "train.num_envs=4",
+            "train.env.max_steps=10",
+            "train.ermas.warmup_iters=0",
+            "train.ermas.regret_interval=1",
+            "train.ermas.regret_envs=2",
+            *overrides,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -142,7 +161,10 @@ def test_adversarial_search_example_smoke(tmp_path):
     proc = _run("bimatrix_adversarial_search", tmp_path, "epsilons=[5.0]", "fixed_lambdas=[0.0]")
     rows = json.loads((tmp_path / "summary.json").read_text())
     assert {(r["method"], r["value"]) for r in rows} == {
-        ("ermas", 5.0), ("fixed_lambda", 0.0), ("marl", None), ("frontier", 5.0)
+        ("ermas", 5.0),
+        ("fixed_lambda", 0.0),
+        ("marl", None),
+        ("frontier", 5.0),
     }
     assert (tmp_path / "adversarial_search.png").stat().st_size > 0
     assert "frontier planner" in proc.stdout
@@ -163,11 +185,22 @@ def test_torchrl_pipeline_example_smoke(tmp_path):
     """The plain TorchRL script (collector, replay buffer, ErmasLoss with the planner side,
     the estimator on continuous VMAS actions) runs, estimates the regret and moves lambda."""
     proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / "torchrl_pipeline.py"), f"hydra.run.dir={tmp_path}",
-         "collector.n_iters=3", "env.num_envs=4", "env.max_steps=10", "train.minibatch_size=10",
-         "ermas.warmup_iters=1", "ermas.regret_interval=1", "ermas.regret_envs=4",
-         "ermas.epsilon=-5.0"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(EXAMPLES / "torchrl_pipeline.py"),
+            f"hydra.run.dir={tmp_path}",
+            "collector.n_iters=3",
+            "env.num_envs=4",
+            "env.max_steps=10",
+            "train.minibatch_size=10",
+            "ermas.warmup_iters=1",
+            "ermas.regret_interval=1",
+            "ermas.regret_envs=4",
+            "ermas.epsilon=-5.0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [line for line in proc.stdout.splitlines() if line.startswith("iteration")]

@@ -1,4 +1,5 @@
 """Tests of KLToReference: per-agent KL of a live policy to a frozen snapshot."""
+
 from __future__ import annotations
 
 import copy
@@ -54,13 +55,21 @@ def obs_dim(env, group="agents"):
 def make_policy(env, *, share_params=True, dist=Categorical, group="agents"):
     n_agents = env.full_observation_spec[group].shape[-1]
     net = MultiAgentMLP(
-        n_agent_inputs=obs_dim(env, group), n_agent_outputs=3, n_agents=n_agents,
-        centralised=False, share_params=share_params, depth=1, num_cells=16,
+        n_agent_inputs=obs_dim(env, group),
+        n_agent_outputs=3,
+        n_agents=n_agents,
+        centralised=False,
+        share_params=share_params,
+        depth=1,
+        num_cells=16,
     )
     module = TensorDictModule(net, [(group, "observation")], [(group, "logits")])
     return ProbabilisticActor(
-        module, in_keys=[(group, "logits")], out_keys=[(group, "action")],
-        distribution_class=dist, return_log_prob=True,
+        module,
+        in_keys=[(group, "logits")],
+        out_keys=[(group, "action")],
+        distribution_class=dist,
+        return_log_prob=True,
     )
 
 
@@ -223,8 +232,13 @@ class NoKLNormal(Distribution):
 def test_monte_carlo_fallback():
     env = bimatrix_passive()
     net = MultiAgentMLP(
-        n_agent_inputs=obs_dim(env), n_agent_outputs=4, n_agents=2,
-        centralised=False, share_params=True, depth=1, num_cells=16,
+        n_agent_inputs=obs_dim(env),
+        n_agent_outputs=4,
+        n_agents=2,
+        centralised=False,
+        share_params=True,
+        depth=1,
+        num_cells=16,
     )
     module = TensorDictModule(
         nn.Sequential(net, NormalParamExtractor()),
@@ -232,8 +246,10 @@ def test_monte_carlo_fallback():
         out_keys=[("agents", "loc"), ("agents", "scale")],
     )
     policy = ProbabilisticActor(
-        module, in_keys={"loc": ("agents", "loc"), "scale": ("agents", "scale")},
-        out_keys=[("agents", "action")], distribution_class=NoKLNormal,
+        module,
+        in_keys={"loc": ("agents", "loc"), "scale": ("agents", "scale")},
+        out_keys=[("agents", "action")],
+        distribution_class=NoKLNormal,
     )
     reference = copy.deepcopy(policy)
     transform = KLToReference(policy, num_samples=20_000)
@@ -267,9 +283,7 @@ def test_reference_is_a_frozen_snapshot():
     data = TensorDict({OBS: torch.rand(8, 2, obs_dim(env))}, [8])
     assert (transform(data.clone())["agents", "kl_ref"] > 0).all()
     transform.update_reference()
-    torch.testing.assert_close(
-        transform(data.clone())["agents", "kl_ref"], torch.zeros(8, 2, 1)
-    )
+    torch.testing.assert_close(transform(data.clone())["agents", "kl_ref"], torch.zeros(8, 2, 1))
     ref_ptrs = {t.data_ptr() for t in transform.reference_params.values(True, True)}
     assert ref_ptrs.isdisjoint(p.data_ptr() for p in policy.parameters())
     transform.update_reference(snapshot)
@@ -281,9 +295,7 @@ def test_reference_params_argument():
     policy, other = make_policy(env, share_params=False), make_policy(env, share_params=False)
     transform = KLToReference(policy, reference_params=TensorDict.from_module(other))
     data = TensorDict({OBS: torch.rand(8, 2, obs_dim(env))}, [8])
-    torch.testing.assert_close(
-        transform(data.clone())["agents", "kl_ref"], hand_kl(policy, other, data)
-    )
+    torch.testing.assert_close(transform(data.clone())["agents", "kl_ref"], hand_kl(policy, other, data))
 
 
 # ---------------------------------------------------------------- pipelines
@@ -310,9 +322,7 @@ def test_collector_postproc():
     reference = copy.deepcopy(policy)
     transform = KLToReference(policy)
     perturb(policy)
-    collector = Collector(
-        base, policy, frames_per_batch=40, total_frames=40, postproc=transform
-    )
+    collector = Collector(base, policy, frames_per_batch=40, total_frames=40, postproc=transform)
     for batch in collector:
         assert batch[KL].shape == (4, 10, 2, 1)
         torch.testing.assert_close(batch[KL], hand_kl(policy, reference, batch))

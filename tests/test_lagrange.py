@@ -1,4 +1,5 @@
 """Tests for :class:`torchrl_ermas.objectives.LagrangeMultiplier`."""
+
 from __future__ import annotations
 
 import math
@@ -12,9 +13,7 @@ from torchrl_ermas.training import multiplier_settling
 GA = "gradient_ascent"
 
 
-def _sgd_step(
-    lagrange: LagrangeMultiplier, regret: torch.Tensor, epsilon: float
-) -> torch.Tensor:
+def _sgd_step(lagrange: LagrangeMultiplier, regret: torch.Tensor, epsilon: float) -> torch.Tensor:
     optimizer = torch.optim.SGD(lagrange.parameters(), lr=lagrange.lr)
     optimizer.zero_grad()
     lagrange(regret, epsilon).backward()
@@ -66,9 +65,7 @@ class TestLagrangeMultiplier:
         by_optimizer = LagrangeMultiplier(4, init=1.0, lr=0.05, max_value=10.0)
         for _ in range(3):
             expected = by_update.update(regret, epsilon)
-            torch.testing.assert_close(
-                _sgd_step(by_optimizer, regret, epsilon), expected
-            )
+            torch.testing.assert_close(_sgd_step(by_optimizer, regret, epsilon), expected)
 
     def test_forward_loss(self):
         lagrange = LagrangeMultiplier(2, init=2.0)
@@ -165,7 +162,6 @@ class TestLagrangeMultiplier:
         torch.testing.assert_close(lagrange.value, before)
 
 
-
 def _lagging_plant(lagrange: LagrangeMultiplier, epsilon: float, scale: float, seed: int):
     """Agents that lag behind lambda: their cooperation ``c`` moves 30 % of the way per
     update towards ``sigmoid((4/3 - lambda) / 0.5)`` (the bimatrix game's switching
@@ -194,10 +190,7 @@ def test_nupi_tracks_epsilon_in_any_reward_scale(epsilon, scale):
         assert abs(regret - epsilon) < 2.0, (seed, regret)
         changes.append(change)
     assert sum(changes) / len(changes) < 0.1 and max(changes) < 0.2, changes
-    plain = [
-        _lagging_plant(LagrangeMultiplier(1, rule=GA, lr=0.1), epsilon, scale, seed)
-        for seed in range(3)
-    ]
+    plain = [_lagging_plant(LagrangeMultiplier(1, rule=GA, lr=0.1), epsilon, scale, seed) for seed in range(3)]
     if scale > 1 and epsilon < 20:  # 0.1 lambda per unit of reward: far too large in milli-units
         assert max(abs(regret - epsilon) for regret, _ in plain) > 3.0
 
@@ -215,6 +208,7 @@ def test_noise_floor_ignores_noise_level_violations_at_zero_epsilon():
     assert ((unfloored.value - 1.0).abs() > 2.0).all(), unfloored.value
     with pytest.raises(ValueError, match="reference must be finite"):
         floored.update(torch.zeros(2), 0.0, reference=torch.tensor([math.nan, 1.0]))
+
 
 if __name__ == "__main__":
     pytest.main([__file__, "--capture", "no", "--exitfirst"])

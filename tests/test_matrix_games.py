@@ -1,4 +1,5 @@
 """Tests of the batched matrix games: specs, payoffs, dynamics, resets, seeding, bad input."""
+
 from __future__ import annotations
 
 import itertools

@@ -1,4 +1,5 @@
 """Tests for :class:`torchrl_ermas.objectives.PlannerAdvantage`, alone and owned by ErmasLoss."""
+
 from __future__ import annotations
 
 import pytest
@@ -71,10 +72,14 @@ def test_advantage_is_gae_on_the_planner_critic(gamma, lmbda):
     assert not data["planner", "advantage"].requires_grad
 
 
-@pytest.mark.parametrize("loss_critic_type,distance", [
-    ("l2", lambda d: d.pow(2)), ("l1", lambda d: d.abs()),
-    ("smooth_l1", lambda d: torch.where(d.abs() < 1, 0.5 * d.pow(2), d.abs() - 0.5)),
-])
+@pytest.mark.parametrize(
+    "loss_critic_type,distance",
+    [
+        ("l2", lambda d: d.pow(2)),
+        ("l1", lambda d: d.abs()),
+        ("smooth_l1", lambda d: torch.where(d.abs() < 1, 0.5 * d.pow(2), d.abs() - 0.5)),
+    ],
+)
 def test_critic_loss_is_the_weighted_distance_to_the_value_target(loss_critic_type, distance):
     critic = _critic(weight=0.1, bias=0.0)
     planner = PlannerAdvantage(critic, critic_coeff=0.25, loss_critic_type=loss_critic_type)
@@ -94,13 +99,16 @@ def test_critic_loss_needs_the_value_target_first():
         planner.loss(_trajectories().reshape(-1))
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"gamma": 0.0}, "gamma must be a finite number > 0 and <= 1"),
-    ({"gamma": float("nan")}, "gamma"),
-    ({"lmbda": 1.5}, "lmbda must be a finite number >= 0 and <= 1"),
-    ({"critic_coeff": -1.0}, "critic_coeff must be"),
-    ({"loss_critic_type": "l3"}, "loss_critic_type must be one of"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"gamma": 0.0}, "gamma must be a finite number > 0 and <= 1"),
+        ({"gamma": float("nan")}, "gamma"),
+        ({"lmbda": 1.5}, "lmbda must be a finite number >= 0 and <= 1"),
+        ({"critic_coeff": -1.0}, "critic_coeff must be"),
+        ({"loss_critic_type": "l3"}, "loss_critic_type must be one of"),
+    ],
+)
 def test_bad_arguments_name_the_parameter(kwargs, match):
     with pytest.raises(ValueError, match=match):
         PlannerAdvantage(_critic(), **kwargs)
@@ -117,14 +125,18 @@ def _agents_loss(planner_advantage: PlannerAdvantage | None) -> ErmasLoss:
     actor = ProbabilisticActor(
         TensorDictModule(
             MultiAgentMLP(OBS, 3, N_AGENTS, centralized=False, share_params=True, depth=1, num_cells=8),
-            [("agents", "observation")], [("agents", "logits")],
+            [("agents", "observation")],
+            [("agents", "logits")],
         ),
-        in_keys=[("agents", "logits")], out_keys=[("agents", "action")],
-        distribution_class=torch.distributions.Categorical, return_log_prob=True,
+        in_keys=[("agents", "logits")],
+        out_keys=[("agents", "action")],
+        distribution_class=torch.distributions.Categorical,
+        return_log_prob=True,
     )
     critic = TensorDictModule(
         MultiAgentMLP(OBS, 1, N_AGENTS, centralized=False, share_params=True, depth=1, num_cells=8),
-        [("agents", "observation")], [("agents", "state_value")],
+        [("agents", "observation")],
+        [("agents", "state_value")],
     )
     return ErmasLoss(actor, critic, LagrangeMultiplier(N_AGENTS), planner_advantage=planner_advantage)
 

@@ -1,4 +1,5 @@
 """Tests of PlannerFromAgents on VMAS, and a smoke test of examples/vmas_adversarial_search.py."""
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,13 @@ REWARD_P = ("next", "planner", "reward")
 def navigation(num_envs: int = 4, n_agents: int = 2, max_steps: int = 6) -> VmasEnv:
     """Categorical navigation (the transforms' tests; the example uses continuous actions)."""
     return VmasEnv(
-        "navigation", num_envs=num_envs, n_agents=n_agents, max_steps=max_steps,
-        continuous_actions=False, categorical_actions=True, shared_rew=False,
+        "navigation",
+        num_envs=num_envs,
+        n_agents=n_agents,
+        max_steps=max_steps,
+        continuous_actions=False,
+        categorical_actions=True,
+        shared_rew=False,
     )
 
 
@@ -267,19 +273,33 @@ def test_ermas_trains_with_continuous_vmas_actions(tmp_path, epsilon, rises):
 
     def make_env(batch_size: int, device: torch.device):
         base = VmasEnv(
-            "navigation", num_envs=batch_size, n_agents=2, max_steps=20,
-            continuous_actions=True, shared_rew=False, device=device,
+            "navigation",
+            num_envs=batch_size,
+            n_agents=2,
+            max_steps=20,
+            continuous_actions=True,
+            shared_rew=False,
+            device=device,
         )
         return TransformedEnv(
             base, Compose(TimeLimitAsTruncated(base.max_steps), PlannerFromAgents("speed", features=VELOCITY))
         )
 
     cfg = {
-        "variant": "ermas", "iterations": 4, "num_envs": 8, "output_dir": str(tmp_path),
-        "logger": {"backend": ""}, "agents": {"epochs": 1, "minibatches": 1, "hidden": 32},
+        "variant": "ermas",
+        "iterations": 4,
+        "num_envs": 8,
+        "output_dir": str(tmp_path),
+        "logger": {"backend": ""},
+        "agents": {"epochs": 1, "minibatches": 1, "hidden": 32},
         "ermas": {
-            "epsilon": epsilon, "lambda_init": 2.0, "warmup_iters": 1, "regret_interval": 1,
-            "regret_envs": 16, "deviation_steps": 1, "trust_region": 0.3,
+            "epsilon": epsilon,
+            "lambda_init": 2.0,
+            "warmup_iters": 1,
+            "regret_interval": 1,
+            "regret_envs": 16,
+            "deviation_steps": 1,
+            "trust_region": 0.3,
         },
     }
     trainer = ErmasTrainer(cfg, env_fn=make_env)
@@ -310,9 +330,7 @@ def test_example_configs_type_check(name, import_example):
 
 def test_example_yaml_rejects_unknown_keys(tmp_path, import_example):
     import_example("vmas_adversarial_search")
-    (tmp_path / "typo.yaml").write_text(
-        "defaults:\n  - vmas_search_schema\n  - _self_\nregulator:\n  rulle: speed\n"
-    )
+    (tmp_path / "typo.yaml").write_text("defaults:\n  - vmas_search_schema\n  - _self_\nregulator:\n  rulle: speed\n")
     with initialize_config_dir(config_dir=str(tmp_path), version_base="1.3"):
         with pytest.raises(Exception, match="rulle"):
             compose(config_name="typo")
@@ -339,14 +357,18 @@ def test_example_validate(changes, name, import_example):
 def test_example_smoke(tmp_path):
     """The example's main, 2 iterations of a tiny sweep (MARL and one epsilon)."""
     overrides = [
-        "train.iterations=2", "train.num_envs=4", "train.env.max_steps=5",
-        "train.ermas.warmup_iters=0", "train.ermas.regret_interval=1",
-        "train.ermas.regret_envs=2", "epsilons=[0.5]", "seeds=[0]", "workers=1",
+        "train.iterations=2",
+        "train.num_envs=4",
+        "train.env.max_steps=5",
+        "train.ermas.warmup_iters=0",
+        "train.ermas.regret_interval=1",
+        "train.ermas.regret_envs=2",
+        "epsilons=[0.5]",
+        "seeds=[0]",
+        "workers=1",
         f"hydra.run.dir={tmp_path}",
     ]
-    proc = subprocess.run(
-        [sys.executable, str(EXAMPLE), *overrides], capture_output=True, text=True, timeout=300
-    )
+    proc = subprocess.run([sys.executable, str(EXAMPLE), *overrides], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "regulator" in proc.stdout and "marl" in proc.stdout
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -359,6 +381,8 @@ def test_example_smoke(tmp_path):
 
     bad = subprocess.run(
         [sys.executable, str(EXAMPLE), "train.bogus=1", f"hydra.run.dir={tmp_path}"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert bad.returncode != 0 and "bogus" in bad.stderr

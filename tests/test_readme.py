@@ -1,4 +1,5 @@
 """The README's Python example (the drop-in TorchRL loop) stays runnable."""
+
 from __future__ import annotations
 
 import re

@@ -1,4 +1,5 @@
 """Tests of the ReptileRegretEstimator against exact regrets of the bimatrix game."""
+
 from __future__ import annotations
 
 import copy
@@ -22,13 +23,21 @@ HORIZON = 50
 def make_actor(obs_dim: int = 18, share_params: bool = True, seed: int = 0) -> ProbabilisticActor:
     torch.manual_seed(seed)
     net = MultiAgentMLP(
-        obs_dim, 3, n_agents=2, centralized=False, share_params=share_params,
-        depth=1, num_cells=32,
+        obs_dim,
+        3,
+        n_agents=2,
+        centralized=False,
+        share_params=share_params,
+        depth=1,
+        num_cells=32,
     )
     module = TensorDictModule(net, [("agents", "observation")], [("agents", "logits")])
     return ProbabilisticActor(
-        module, in_keys=[("agents", "logits")], out_keys=[("agents", "action")],
-        distribution_class=torch.distributions.Categorical, return_log_prob=True,
+        module,
+        in_keys=[("agents", "logits")],
+        out_keys=[("agents", "action")],
+        distribution_class=torch.distributions.Categorical,
+        return_log_prob=True,
     )
 
 
@@ -73,9 +82,7 @@ class TestAgainstExactRegret:
         make_deterministic(actor, DOWN, confidence=8.0)
         exact = exact_regret(env, policy_table(actor, env))
         assert exact.abs().max() < 0.05
-        regrets = torch.stack(
-            [ReptileRegretEstimator(actor, env, seed=s).estimate()["regret"] for s in range(3)]
-        )
+        regrets = torch.stack([ReptileRegretEstimator(actor, env, seed=s).estimate()["regret"] for s in range(3)])
         assert regrets.mean().abs() < 0.25  # episode-return units; one step pays 0.05-0.75
         assert regrets.max() < 0.5
 
@@ -170,10 +177,9 @@ class TestMechanics:
         env = SequentialBimatrixEnv(2 * 8, planner="officers", max_steps=10)
         actor = make_actor()
         planner = ProbabilisticActor(
-            TensorDictModule(
-                torch.nn.Linear(16 + 13, 5), [("planner", "observation")], [("planner", "logits")]
-            ),
-            in_keys=[("planner", "logits")], out_keys=[("planner", "action")],
+            TensorDictModule(torch.nn.Linear(16 + 13, 5), [("planner", "observation")], [("planner", "logits")]),
+            in_keys=[("planner", "logits")],
+            out_keys=[("planner", "action")],
             distribution_class=torch.distributions.Categorical,
         )
         result = ReptileRegretEstimator(actor, env, planner_policy=planner, deviation_steps=1).estimate()
@@ -189,7 +195,8 @@ class TestMechanics:
         torch.nn.init.zeros_(linear.bias)  # uniform over the five officer moves
         planner = ProbabilisticActor(
             TensorDictModule(linear, [("planner", "observation")], [("planner", "logits")]),
-            in_keys=[("planner", "logits")], out_keys=[("planner", "action")],
+            in_keys=[("planner", "logits")],
+            out_keys=[("planner", "action")],
             distribution_class=torch.distributions.Categorical,
         )
         seen = []  # outside the module: every rollout acts with a deep copy of the planner
@@ -212,9 +219,7 @@ class TestMechanics:
         expected = expected - 2.0 * (deviation[1] - expected)
         estimator.meta_step(deviation, lagrange)
         result = TensorDict.from_module(actor).data
-        assert all(
-            torch.allclose(result[k], expected[k], atol=1e-5) for k in expected.keys(True, True)
-        )
+        assert all(torch.allclose(result[k], expected[k], atol=1e-5) for k in expected.keys(True, True))
 
     def test_meta_scale_zero_is_a_no_op(self):
         env = make_env(4)

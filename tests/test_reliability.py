@@ -3,6 +3,7 @@ occupied or unwritable output folders, non-finite results and bad input to the t
 
 Runs are as tiny as in ``test_training.py`` (4 environments, 10 steps), whose helpers they share.
 """
+
 from __future__ import annotations
 
 import json
@@ -112,10 +113,17 @@ def test_resume_accepts_what_may_change(tmp_path, two_iterations):
     """More iterations, progress, logging, checkpoint interval and another folder resume."""
     cfg, src = two_iterations
     out = _copy_run(src, tmp_path / "moved")
-    new = _merge(cfg, {
-        "output_dir": str(out), "resume": True, "iterations": 3, "progress": True,
-        "checkpoint_interval": 5, "logger": {"backend": "csv", "exp_name": "again"},
-    })
+    new = _merge(
+        cfg,
+        {
+            "output_dir": str(out),
+            "resume": True,
+            "iterations": 3,
+            "progress": True,
+            "checkpoint_interval": 5,
+            "logger": {"backend": "csv", "exp_name": "again"},
+        },
+    )
     trainer = ErmasTrainer(new)
     assert trainer.start_iteration == 2
     results = trainer.train()
@@ -128,9 +136,7 @@ def test_resume_with_other_parameter_shapes_names_the_file(tmp_path, two_iterati
     out = _copy_run(src, tmp_path / "run")
 
     def bigger_grid(batch_size, device):
-        return SequentialBimatrixEnv(
-            batch_size, grid_size=5, planner="officers", max_steps=MAX_STEPS, device=device
-        )
+        return SequentialBimatrixEnv(batch_size, grid_size=5, planner="officers", max_steps=MAX_STEPS, device=device)
 
     with pytest.raises(ValueError, match="does not fit this run") as err:
         ErmasTrainer(_merge(cfg, {"output_dir": str(out), "resume": True}), env_fn=bigger_grid)
@@ -156,8 +162,15 @@ def test_a_checkpoint_of_the_earlier_layout_is_refused_by_name(tmp_path, two_ite
     save_checkpoint(_old_layout(state), out / "checkpoint.pt")
     with pytest.raises(CheckpointError, match="earlier version of torchrl-ermas.*overwrite=true"):
         ErmasTrainer(_merge(cfg, {"output_dir": str(out), "resume": True}))
-    transfer = _merge(cfg, {"output_dir": str(tmp_path / "t"), "variant": "marl", "train_planner": False,
-                            "planner_checkpoint": str(out / "checkpoint.pt")})
+    transfer = _merge(
+        cfg,
+        {
+            "output_dir": str(tmp_path / "t"),
+            "variant": "marl",
+            "train_planner": False,
+            "planner_checkpoint": str(out / "checkpoint.pt"),
+        },
+    )
     with pytest.raises(CheckpointError, match="earlier version of torchrl-ermas"):
         ErmasTrainer(transfer)
 
@@ -216,9 +229,7 @@ def test_damaged_planner_checkpoint_names_the_file(tmp_path, two_iterations):
     cfg, src = two_iterations
     ckpt = _copy_run(src, tmp_path / "trained") / "checkpoint.pt"
     _truncate(ckpt)
-    transfer = transfer_config(
-        with_overrides(TrainConfig(), cfg), ckpt, {"output_dir": str(tmp_path / "t")}
-    )
+    transfer = transfer_config(with_overrides(TrainConfig(), cfg), ckpt, {"output_dir": str(tmp_path / "t")})
     match = r"planner_checkpoint: checkpoint .*trained/checkpoint\.pt.*checkpoint\.prev\.pt"
     with pytest.raises(CheckpointError, match=match):
         ErmasTrainer(transfer)
@@ -278,8 +289,7 @@ def test_unwritable_output_dir_fails_before_training(tmp_path):
 def test_csv_log_holds_each_iteration_once_after_a_resume(tmp_path):
     """Killed after iteration 3 was logged but before its checkpoint: the resumed run replays
     iteration 3 and the CSV holds iterations 0..4 once each, equal to the history."""
-    cfg = make_cfg(tmp_path, variant="marl", iterations=4, checkpoint_interval=3,
-                   logger={"backend": "csv"})
+    cfg = make_cfg(tmp_path, variant="marl", iterations=4, checkpoint_interval=3, logger={"backend": "csv"})
     ErmasTrainer(cfg).train()
     os.replace(tmp_path / "checkpoint.prev.pt", tmp_path / "checkpoint.pt")  # back to iteration 3
     results = ErmasTrainer(_merge(cfg, {"iterations": 5, "resume": True})).train()
@@ -415,8 +425,13 @@ def test_gap_key_is_checked_when_the_transform_is_attached():
 def test_nested_nodes_may_be_dicts(tmp_path):
     cfg = TrainConfig(
         env={"_target_": "torchrl_ermas.envs.SequentialBimatrixEnv", "max_steps": MAX_STEPS},
-        variant="marl", num_envs=4, iterations=1, progress=False, output_dir=str(tmp_path),
-        logger={"backend": ""}, agents={"lr": 1e-2, "hidden": 16},
+        variant="marl",
+        num_envs=4,
+        iterations=1,
+        progress=False,
+        output_dir=str(tmp_path),
+        logger={"backend": ""},
+        agents={"lr": 1e-2, "hidden": 16},
     )
     trainer = ErmasTrainer(cfg)
     assert trainer.cfg.logger == LoggerConfig(backend="")

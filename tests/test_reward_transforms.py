@@ -1,4 +1,5 @@
 """Tests of the reward transforms: reality gap, domain randomization, concave planner reward."""
+
 from __future__ import annotations
 
 import math
@@ -83,9 +84,7 @@ def test_compose_matches_single(name):
 
 
 def test_compose_chain_specs():
-    transform = Compose(
-        PlannerRewardGap(0.5), DomainRandomizedReward(0.2, seed=0), ConcavePlannerReward(1.0)
-    )
+    transform = Compose(PlannerRewardGap(0.5), DomainRandomizedReward(0.2, seed=0), ConcavePlannerReward(1.0))
     check_env_specs(TransformedEnv(bimatrix_officers(), transform), seed=0)
 
 
@@ -109,9 +108,7 @@ def test_replay_buffer_transform():
 
 
 def test_offline_without_next_and_nested_keys():
-    data = TensorDict(
-        {("team", "r"): torch.ones(5, 3, 1), ("boss", "r"): torch.full((5, 1, 1), 2.0)}, [5]
-    )
+    data = TensorDict({("team", "r"): torch.ones(5, 3, 1), ("boss", "r"): torch.full((5, 1, 1), 2.0)}, [5])
     PlannerRewardGap(0.25, agent_reward_key=("team", "r"), planner_reward_key=("boss", "r"))(data)
     torch.testing.assert_close(data["team", "r"], torch.full((5, 3, 1), 0.5))
     ConcavePlannerReward(1.0, planner_reward_key=("boss", "r"))(data)
@@ -284,8 +281,7 @@ def test_dr_step_before_reset_raises():
 @pytest.mark.parametrize("resample", ["episode", "step"])
 def test_dr_seeded_determinism(resample):
     def noise_of(transform):
-        return rollout(TransformedEnv(nmatrix(), transform), 2 * MAX_STEPS,
-                       break_when_any_done=False)[NOISE]
+        return rollout(TransformedEnv(nmatrix(), transform), 2 * MAX_STEPS, break_when_any_done=False)[NOISE]
 
     first = noise_of(DomainRandomizedReward(0.5, resample, seed=3))
     torch.testing.assert_close(noise_of(DomainRandomizedReward(0.5, resample, seed=3)), first)
@@ -303,8 +299,9 @@ def test_dr_seeded_determinism(resample):
 @pytest.mark.parametrize("resample", ["episode", "step"])
 def test_dr_offline_equals_online_when_resets_are_synchronised(resample):
     steps = 3 * MAX_STEPS
-    online = rollout(TransformedEnv(nmatrix(), DomainRandomizedReward(0.4, resample, seed=7)),
-                     steps, break_when_any_done=False)
+    online = rollout(
+        TransformedEnv(nmatrix(), DomainRandomizedReward(0.4, resample, seed=7)), steps, break_when_any_done=False
+    )
     base = rollout(nmatrix(), steps, break_when_any_done=False)
     offline = DomainRandomizedReward(0.4, resample, seed=7)(base.clone())
     torch.testing.assert_close(offline[NOISE], online[NOISE])

@@ -4,6 +4,7 @@ Every run is tiny (4 environments, 10 steps, hidden 16, one epoch) so that the w
 runs in well under a minute on two CPU cores. Runs shared by several tests are module-scoped
 fixtures.
 """
+
 from __future__ import annotations
 
 import copy
@@ -76,8 +77,12 @@ def make_cfg(output_dir: Path | str, planner_mode: str = "officers", **overrides
         "planner": dict(ppo),
         # epsilon and lambda_lr chosen so that any regret estimate moves lambda visibly
         "ermas": {
-            "epsilon": 5.0, "lambda_lr": 0.05, "regret_envs": 4, "deviation_steps": 1,
-            "warmup_iters": 1, "regret_interval": 1,
+            "epsilon": 5.0,
+            "lambda_lr": 0.05,
+            "regret_envs": 4,
+            "deviation_steps": 1,
+            "warmup_iters": 1,
+            "regret_interval": 1,
         },
         "logger": {"backend": ""},
         "output_dir": str(output_dir),
@@ -128,9 +133,7 @@ def agent_actor_params(modules: dict) -> dict[str, torch.Tensor]:
 
 
 def is_finite_state(state: dict) -> bool:
-    return all(
-        torch.isfinite(v).all() for v in state.values() if v.is_floating_point()
-    )
+    return all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
 def assert_results_schema(results: dict, cfg: dict, output_dir: Path) -> None:
@@ -157,7 +160,7 @@ def assert_results_schema(results: dict, cfg: dict, output_dir: Path) -> None:
 
     final = on_disk["final"]
     assert set(final) == FINAL_KEYS
-    window = history["planner_reward"][-on_disk["config"]["history_window"]:]
+    window = history["planner_reward"][-on_disk["config"]["history_window"] :]
     assert final["planner_reward"] == pytest.approx(sum(window) / len(window))
     assert len(final["agent_reward"]) == N_AGENTS
     assert final["combined_agent_reward"] == pytest.approx(sum(final["agent_reward"]))
@@ -267,9 +270,7 @@ def test_variant_runs_and_writes_results(tmp_path, monkeypatch, name):
         assert history["regret"] == [None] * cfg["iterations"]
         assert history["kl"] == [None] * cfg["iterations"]
         assert results["final"]["lambda"] == [3.0] * N_AGENTS
-        assert torch.equal(
-            ckpt["modules"]["lagrange.multiplier"], torch.full((N_AGENTS,), 3.0)
-        )
+        assert torch.equal(ckpt["modules"]["lagrange.multiplier"], torch.full((N_AGENTS,), 3.0))
     else:
         assert history["lambda"] == [None] * cfg["iterations"]
     if cfg["variant"] != "ermas":
@@ -280,9 +281,15 @@ def test_trainconfig_dataclass_is_accepted(tmp_path):
     """The dataclass entry point (nested dataclass instances) runs like the dict one."""
     ppo = PPOConfig(epochs=1, minibatches=1, hidden=16)
     cfg = TrainConfig(
-        env={"_target_": ENV_TARGET, "max_steps": MAX_STEPS}, variant="marl", iterations=2,
-        num_envs=4, agents=ppo, planner=ppo, logger=LoggerConfig(backend=""),
-        output_dir=str(tmp_path), progress=False,
+        env={"_target_": ENV_TARGET, "max_steps": MAX_STEPS},
+        variant="marl",
+        iterations=2,
+        num_envs=4,
+        agents=ppo,
+        planner=ppo,
+        logger=LoggerConfig(backend=""),
+        output_dir=str(tmp_path),
+        progress=False,
     )
     results = ErmasTrainer(cfg).train()
     assert results["history"]["iteration"] == [0, 1]
@@ -363,7 +370,9 @@ def interval_run(tmp_path_factory) -> tuple[dict, dict]:
     """ERMAS with warm-up 2 and a regret estimate every 2 iterations, 6 iterations."""
     out = tmp_path_factory.mktemp("interval")
     cfg = make_cfg(
-        out, planner_mode="passive", iterations=6,
+        out,
+        planner_mode="passive",
+        iterations=6,
         ermas={"lambda_init": 6.0, "warmup_iters": 2, "regret_interval": 2},
     )
     results, _ = run(cfg)
@@ -395,7 +404,11 @@ def test_transfer_loads_and_freezes_the_trained_planner(tmp_path, officers_run):
     """A MARL run with ``planner_checkpoint`` plays exactly the first run's planner."""
     _, _, first, first_dir = officers_run
     cfg = make_cfg(
-        tmp_path, variant="marl", seed=1, iterations=2, train_planner=False,
+        tmp_path,
+        variant="marl",
+        seed=1,
+        iterations=2,
+        train_planner=False,
         planner_checkpoint=str(first_dir / "checkpoint.pt"),
     )
     fresh = ErmasTrainer(_merge(cfg, {"planner_checkpoint": None}))
@@ -412,13 +425,16 @@ def test_transfer_loads_and_freezes_the_trained_planner(tmp_path, officers_run):
 
 
 # ---------------------------------------------------------------------------- 3. checkpoints
-@pytest.mark.parametrize(("overrides", "components"), [
-    ({}, {"agent_policy", "agent_critic", "lagrange", "planner_policy", "planner_critic"}),
-    ({"train_planner": False}, {"agent_policy", "agent_critic", "lagrange", "planner_policy", "planner_critic"}),
-    ({"variant": "fixed_lambda"}, {"agent_policy", "agent_critic", "lagrange", "planner_policy", "planner_critic"}),
-    ({"variant": "marl"}, {"agent_policy", "agent_critic", "planner_policy", "planner_critic"}),
-    ({"variant": "marl", "train_planner": False}, {"agent_policy", "agent_critic", "planner_policy"}),
-])
+@pytest.mark.parametrize(
+    ("overrides", "components"),
+    [
+        ({}, {"agent_policy", "agent_critic", "lagrange", "planner_policy", "planner_critic"}),
+        ({"train_planner": False}, {"agent_policy", "agent_critic", "lagrange", "planner_policy", "planner_critic"}),
+        ({"variant": "fixed_lambda"}, {"agent_policy", "agent_critic", "lagrange", "planner_policy", "planner_critic"}),
+        ({"variant": "marl"}, {"agent_policy", "agent_critic", "planner_policy", "planner_critic"}),
+        ({"variant": "marl", "train_planner": False}, {"agent_policy", "agent_critic", "planner_policy"}),
+    ],
+)
 def test_checkpoint_holds_one_entry_per_component_whatever_the_config(tmp_path, overrides, components):
     """Each component is stored under its own name, whether the planner trains or not and
     whatever the variant; a component the run lacks is absent."""
@@ -526,8 +542,7 @@ ErmasTrainer(json.loads(sys.argv[1])).train()
 """
 
 
-def _kill_when_checkpointed(proc: subprocess.Popen, path: Path, at_least: int, timeout: float,
-                            seen: dict) -> None:
+def _kill_when_checkpointed(proc: subprocess.Popen, path: Path, at_least: int, timeout: float, seen: dict) -> None:
     """Polls ``path`` until it holds ``iteration >= at_least``, then SIGKILLs ``proc``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
@@ -553,20 +568,22 @@ def test_resume_after_kill_is_deterministic(tmp_path):
     """
     iterations = 12  # regret at 1, 6, 11: two estimates fall after the resume
     cfg_a = make_cfg(
-        tmp_path / "a", iterations=iterations,
-        agents={"minibatches": 1}, planner={"minibatches": 1}, ermas={"regret_interval": 5},
+        tmp_path / "a",
+        iterations=iterations,
+        agents={"minibatches": 1},
+        planner={"minibatches": 1},
+        ermas={"regret_interval": 5},
     )
     cfg_b = _merge(cfg_a, {"output_dir": str(tmp_path / "b")})
     ckpt_b = tmp_path / "b" / "checkpoint.pt"
     with open(tmp_path / "child.err", "wb") as err:
         proc = subprocess.Popen(
             [sys.executable, "-c", _CHILD, json.dumps(cfg_b)],
-            stdout=subprocess.DEVNULL, stderr=err,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
         )
     seen: dict[str, int] = {}
-    killer = threading.Thread(
-        target=_kill_when_checkpointed, args=(proc, ckpt_b, 2, 180.0, seen), daemon=True
-    )
+    killer = threading.Thread(target=_kill_when_checkpointed, args=(proc, ckpt_b, 2, 180.0, seen), daemon=True)
     killer.start()
     try:
         full, full_ckpt = run(cfg_a)
@@ -603,14 +620,11 @@ def test_same_seed_same_results(tmp_path, officers_run):
 
 def test_different_seed_different_results(tmp_path, officers_run):
     cfg, results, ckpt, _ = officers_run
-    other, other_ckpt = run(
-        _merge(cfg, {"output_dir": str(tmp_path), "seed": 1, "logger": {"backend": ""}})
-    )
+    other, other_ckpt = run(_merge(cfg, {"output_dir": str(tmp_path), "seed": 1, "logger": {"backend": ""}}))
     assert other["seed"] == 1
     assert other["history"]["planner_reward"] != results["history"]["planner_reward"]
     assert other["history"]["agent_reward"] != results["history"]["agent_reward"]
-    assert not state_equal(agent_actor_params(other_ckpt["modules"]),
-                           agent_actor_params(ckpt["modules"]))
+    assert not state_equal(agent_actor_params(other_ckpt["modules"]), agent_actor_params(ckpt["modules"]))
 
 
 # ---------------------------------------------------------------------------- 5. validation
@@ -676,9 +690,7 @@ INVALID = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("field", "overrides"), INVALID, ids=[f"{f}-{i}" for i, (f, _) in enumerate(INVALID)]
-)
+@pytest.mark.parametrize(("field", "overrides"), INVALID, ids=[f"{f}-{i}" for i, (f, _) in enumerate(INVALID)])
 def test_invalid_value_raises_naming_field(tmp_path, field, overrides):
     cfg = make_cfg(tmp_path, **overrides)
     with pytest.raises(ValueError, match=rf"(^|\W){re.escape(field)}\b"):
@@ -690,8 +702,13 @@ def test_invalid_value_raises_naming_field(tmp_path, field, overrides):
 
 def _as_dataclass_kwargs(cfg: dict) -> dict:
     """``cfg`` with its nested groups as the config dataclasses (``validate``'s input)."""
-    groups = {"agents": PPOConfig, "planner": PPOConfig, "ermas": ErmasConfig,
-              "reward": RewardConfig, "logger": LoggerConfig}
+    groups = {
+        "agents": PPOConfig,
+        "planner": PPOConfig,
+        "ermas": ErmasConfig,
+        "reward": RewardConfig,
+        "logger": LoggerConfig,
+    }
     return {k: groups[k](**v) if k in groups else v for k, v in cfg.items()}
 
 
@@ -744,7 +761,10 @@ class NaNRewardBimatrix(SequentialBimatrixEnv):
 def _nan_env_fn(after: int | None):
     def env_fn(batch_size: int, device: torch.device) -> SequentialBimatrixEnv:
         return NaNRewardBimatrix(
-            batch_size, planner="officers", max_steps=MAX_STEPS, device=device,
+            batch_size,
+            planner="officers",
+            max_steps=MAX_STEPS,
+            device=device,
             nan_after=after,
         )
 
@@ -776,7 +796,8 @@ def test_nan_regret_raises_and_keeps_lambda(tmp_path, monkeypatch):
     trainer = ErmasTrainer(cfg)
     nan = torch.full((N_AGENTS,), float("nan"))
     monkeypatch.setattr(
-        trainer.estimator, "estimate",
+        trainer.estimator,
+        "estimate",
         lambda seed=None: {"regret": nan, "kl": torch.zeros(N_AGENTS)},
     )
     with pytest.raises(NonFiniteError, match=r"regret.*iteration 1"):
@@ -801,8 +822,7 @@ def test_env_fn_may_return_a_transformed_env(tmp_path, monkeypatch):
     monkeypatch.setattr(torchrl_base, "_AUTO_UNWRAP_WARNING_EMITTED", False, raising=False)
 
     def env_fn(batch_size: int, device: torch.device) -> TransformedEnv:
-        env = SequentialBimatrixEnv(batch_size, planner="officers", max_steps=MAX_STEPS,
-                                    device=device)
+        env = SequentialBimatrixEnv(batch_size, planner="officers", max_steps=MAX_STEPS, device=device)
         return TransformedEnv(env, StepCounter())
 
     results, _ = run(make_cfg(tmp_path, variant="marl", iterations=1), env_fn=env_fn)

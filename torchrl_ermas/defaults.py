@@ -4,6 +4,7 @@ The dataclass config :class:`~torchrl_ermas.training.ErmasConfig` reads its defa
 the constructors it feeds (the multipliers, the regret estimator, the Reptile step), so a
 default changes in one place.
 """
+
 from __future__ import annotations
 
 import inspect

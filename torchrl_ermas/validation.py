@@ -3,6 +3,7 @@
 Each check raises a ``ValueError`` that names the argument and the accepted values (and the
 type of a value of the wrong type), so that callers catch one exception type.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,9 +17,7 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def check_int(
-    name: str, value, low: int, high: int | None = None, *, optional: bool = False
-) -> None:
+def check_int(name: str, value, low: int, high: int | None = None, *, optional: bool = False) -> None:
     """``value`` must be an int in ``[low, high]`` (``>= low`` without ``high``).
 
     ``optional`` also accepts ``None``.
@@ -38,9 +37,7 @@ def check_int(
     accepted = f">= {low}" if high is None else f"in [{low}, {high}]"
     prefix = "None or " if optional else ""
     if not _is_int(value):
-        raise ValueError(
-            f"{name} must be {prefix}an int {accepted}, got {value!r} ({type(value).__name__})."
-        )
+        raise ValueError(f"{name} must be {prefix}an int {accepted}, got {value!r} ({type(value).__name__}).")
     if value < low or (high is not None and value > high):
         raise ValueError(f"{name} must be {prefix}an int {accepted}, got {value!r}.")
 
@@ -140,6 +137,4 @@ def check_bool(name: str, value) -> None:
         ValueError: agent_id must be a bool (True or False), got 'no' (str).
     """
     if not isinstance(value, bool):
-        raise ValueError(
-            f"{name} must be a bool (True or False), got {value!r} ({type(value).__name__})."
-        )
+        raise ValueError(f"{name} must be a bool (True or False), got {value!r} ({type(value).__name__}).")

@@ -1,4 +1,5 @@
 """The AI Economist economy (labour, Gather-Build, Gather-Trade-Build) with tax planners."""
+
 from __future__ import annotations
 
 from .env import TIERS, EconomyEnv

@@ -5,6 +5,7 @@ the orders of the trade tier, per resource (Stone, Wood) bids at prices ``0..P-1
 at prices ``0..P-1``; the moves left, right, up, down
 (:data:`~torchrl_ermas.envs.economy.gather.MOVES`, map tiers).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

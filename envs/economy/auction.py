@@ -10,6 +10,7 @@ the price of the older order, or excludes that buyer for this step. Orders older
 
 Order book tensors have shape ``[B, R, N, K]`` (envs, resources, agents, order slots).
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """The AI Economist economy with a tax-setting planner, as a batched TorchRL environment."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -309,9 +310,7 @@ class EconomyEnv(EnvBase):
             return
         bad = first.unsqueeze(-1) & ~((action >= 0) & (action <= 1))
         if bad.any():
-            raise ValueError(
-                f"('planner', 'action') rates must lie in [0, 1], got {action[bad.any(-1)].tolist()}"
-            )
+            raise ValueError(f"('planner', 'action') rates must lie in [0, 1], got {action[bad.any(-1)].tolist()}")
         tax["rates"] = torch.where(first.unsqueeze(-1), action.float(), tax["rates"])
 
     def _map_step(self, action: torch.Tensor) -> None:
@@ -439,4 +438,3 @@ class EconomyEnv(EnvBase):
         else:
             tensordict.set(("planner", "action"), torch.rand(shape, device=self.device, generator=self._generator))
         return tensordict
-

@@ -10,6 +10,7 @@ tensors (``B`` envs, ``N`` agents, ``S`` source tiles):
   the view radius, ``-1`` for none;
 - ``inventory`` ``[B, N, 3]`` float: Coin, Stone, Wood.
 """
+
 from __future__ import annotations
 
 import torch
@@ -20,8 +21,15 @@ from .layout import WorldLayout
 MOVES: tuple[tuple[int, int], ...] = ((0, -1), (0, 1), (-1, 0), (1, 0))
 #: Channels of an agent's egocentric view.
 VIEW_CHANNELS: tuple[str, ...] = (
-    "stone", "wood", "house", "water", "stone_source", "wood_source", "in_bounds",
-    "house_owner", "agent",
+    "stone",
+    "wood",
+    "house",
+    "water",
+    "stone_source",
+    "wood_source",
+    "in_bounds",
+    "house_owner",
+    "agent",
 )
 
 
@@ -119,7 +127,7 @@ class GatherBuildWorld:
         row = pos.unsqueeze(-1) // w + self.moves[:, 0]
         col = pos.unsqueeze(-1) % w + self.moves[:, 1]
         inside = (row >= 0) & (row < h) & (col >= 0) & (col < w)
-        target = (row.clamp(0, h - 1) * w + col.clamp(0, w - 1))
+        target = row.clamp(0, h - 1) * w + col.clamp(0, w - 1)
         owner = house.gather(1, self.padded_index(target).flatten(1)).view_as(target)
         me = torch.arange(pos.shape[-1], device=pos.device).view(1, -1, 1)
         ok = inside & ~self.layout.water.flatten()[target] & ((owner < 0) | (owner == me))

@@ -4,6 +4,7 @@ The map is ``quadrant_25x25_20each_30clump.txt`` from the AI Economist's
 ``scenarios/simple_wood_and_stone/map_txt`` (rows separated by ``;``; ``W`` wood source,
 ``S`` stone source, ``@`` water, space empty).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -11,6 +11,7 @@ Planner features: time; the tax block without the marginal rate; per agent: inve
 0.01 (3), last income / period, last marginal rate, current marginal rate; [trade tier,
 per resource: market rate, price history x 0.01 (11), all asks (11), all bids (11)].
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple

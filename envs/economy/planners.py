@@ -5,6 +5,7 @@ built with ``planner_action="rates"`` and writes bracket rates ``[*B, 1, K]`` to
 ``("planner", "action")``. The environment applies them on the first step of each tax
 period and ignores them otherwise.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -146,8 +147,10 @@ class SaezPlanner(TensorDictModuleBase):
     def get_extra_state(self) -> dict[str, float | int | bool]:
         """The buffer's bookkeeping and the elasticity estimate (saved in checkpoints)."""
         return {
-            "elasticity": self.elasticity, "warmed_up": self.warmed_up,
-            "n_samples": self.n_samples, "head": self._head,
+            "elasticity": self.elasticity,
+            "warmed_up": self.warmed_up,
+            "n_samples": self.n_samples,
+            "head": self._head,
         }
 
     def set_extra_state(self, state: dict[str, float | int | bool]) -> None:
@@ -194,13 +197,9 @@ class SaezPlanner(TensorDictModuleBase):
         if not self.warmed_up:
             self.warmed_up = self.n_samples >= self.buffer_size
         if not self.warmed_up:
-            return torch.rand(
-                n_envs, self.tax.n_brackets, device=device, generator=self.generator
-            )
+            return torch.rand(n_envs, self.tax.n_brackets, device=device, generator=self.generator)
         income = self.income_buffer[: self.n_samples]
-        self.elasticity = estimate_elasticity(
-            income, self.rate_buffer[: self.n_samples], self.elasticity
-        )
+        self.elasticity = estimate_elasticity(income, self.rate_buffer[: self.n_samples], self.elasticity)
         elasticity = self.elasticity if self.fixed_elasticity is None else self.fixed_elasticity
         rates = saez_bracket_rates(income, self.tax.cutoffs, elasticity, self.pareto_weight)
         return rates.float().to(device).expand(n_envs, -1)
@@ -219,7 +218,5 @@ class SaezPlanner(TensorDictModuleBase):
             rate = tensordict.get(self.in_keys[3]).reshape(n_envs, n_agents)[enacted]
             self._push(income.reshape(-1), rate.reshape(-1))
         if start.any():
-            self.rates = torch.where(
-                start.unsqueeze(-1), self._new_rates(n_envs, device), self.rates
-            )
+            self.rates = torch.where(start.unsqueeze(-1), self._new_rates(n_envs, device), self.rates)
         return tensordict.set(_ACTION, self.rates.reshape(*batch, 1, -1).clone())

@@ -6,6 +6,7 @@ The reference numbers were measured with ``ai-economist==1.7.1`` in the paper co
 standard error over 20 episodes (Gather-Trade-Build) or 60 episodes (Gather-Build without
 trade). ``None`` marks a standard error that was not recorded.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple

@@ -6,6 +6,7 @@ Studies 68(1) (NBER w7628), as adapted in ``PeriodicBracketTax`` of the AI Econo
 ``get_binned_saez_welfare_weight_and_pareto_params``, ``get_saez_marginal_rates`` and
 ``bracketize_schedule``). Everything is computed in float64 on the buffer's device.
 """
+
 from __future__ import annotations
 
 from typing import Literal

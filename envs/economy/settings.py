@@ -3,6 +3,7 @@
 The environment builds one :class:`EconomySettings` in its constructor; the observation and
 spec builders read the settings (and state tensors passed to them), never the environment.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

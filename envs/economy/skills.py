@@ -1,4 +1,5 @@
 """Skill draws of the AI Economist agents (Pareto/Lomax based)."""
+
 from __future__ import annotations
 
 import torch

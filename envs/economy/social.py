@@ -2,6 +2,7 @@
 
 Follows ``ai_economist/foundation/scenarios/utils/{rewards,social_metrics}.py``.
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """TensorDict specs of :class:`~torchrl_ermas.envs.economy.EconomyEnv`, declared once."""
+
 from __future__ import annotations
 
 import torch
@@ -85,9 +86,7 @@ def make_specs(
         shape=bs,
         device=dev,
     )
-    done = Composite(
-        done=flag((*bs, 1)), terminated=flag((*bs, 1)), truncated=flag((*bs, 1)), shape=bs, device=dev
-    )
+    done = Composite(done=flag((*bs, 1)), terminated=flag((*bs, 1)), truncated=flag((*bs, 1)), shape=bs, device=dev)
     return {
         "full_observation_spec": observation,
         "full_action_spec": action,

@@ -3,6 +3,7 @@
 Follows ``PeriodicBracketTax`` of the AI Economist (Zheng et al. 2020,
 https://arxiv.org/abs/2004.13332), ``ai_economist/foundation/components/redistribution.py``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -42,9 +43,7 @@ def validate_rates(rates: Sequence[float] | torch.Tensor, n_brackets: int, name:
     """
     t = torch.as_tensor(rates, dtype=torch.float32)
     if t.shape != (n_brackets,):
-        raise ValueError(
-            f"{name} must hold one rate per bracket ({n_brackets} values), got shape {tuple(t.shape)}"
-        )
+        raise ValueError(f"{name} must hold one rate per bracket ({n_brackets} values), got shape {tuple(t.shape)}")
     if not torch.isfinite(t).all() or (t < 0).any() or (t > 1).any():
         raise ValueError(f"{name} must lie in [0, 1], got {t.tolist()}")
     return t
@@ -89,8 +88,7 @@ class BracketTax:
         increasing = all(b > a for a, b in zip(cutoffs, cutoffs[1:]))
         if len(cutoffs) < 2 or cutoffs[0] != 0 or not increasing:
             raise ValueError(
-                "bracket cutoffs must start at 0 and be strictly increasing (at least 2 brackets), "
-                f"got {list(cutoffs)}"
+                f"bracket cutoffs must start at 0 and be strictly increasing (at least 2 brackets), got {list(cutoffs)}"
             )
         self.cutoffs = torch.tensor(cutoffs, dtype=torch.float32, device=device)
         edges = torch.cat([self.cutoffs, self.cutoffs.new_tensor([float("inf")])])

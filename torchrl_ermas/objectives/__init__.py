@@ -1,4 +1,5 @@
 """ERMAS objectives: the agent loss, the per-agent Lagrange multipliers and the planner side."""
+
 from __future__ import annotations
 
 from torchrl_ermas.objectives.ermas import ErmasLoss

@@ -4,6 +4,7 @@ Reference: *ERMAS: Learning Policies Robust to Reality Gaps in Multi-Agent
 Simulations* (ICLR 2021 submission, https://openreview.net/forum?id=uIc4W6MtbDA),
 Eq. 9, as realised by the authors' "WPPO" loss.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -26,18 +27,24 @@ from torchrl_ermas.validation import check_bool, check_choice, check_real
 
 
 def _check_arguments(
-    lagrange, planner_advantage, *, clip_epsilon, entropy_coeff, critic_coeff, clip_value,
-    loss_critic_type, reduction, advantage_norm, flags: dict[str, Any],
+    lagrange,
+    planner_advantage,
+    *,
+    clip_epsilon,
+    entropy_coeff,
+    critic_coeff,
+    clip_value,
+    loss_critic_type,
+    reduction,
+    advantage_norm,
+    flags: dict[str, Any],
 ) -> None:
     """:class:`ErmasLoss`'s argument checks: each error names the argument and its range."""
     if not isinstance(lagrange, LagrangeMultiplier):
-        raise TypeError(
-            f"lagrange must be a LagrangeMultiplier, got {type(lagrange).__name__}."
-        )
+        raise TypeError(f"lagrange must be a LagrangeMultiplier, got {type(lagrange).__name__}.")
     if planner_advantage is not None and not isinstance(planner_advantage, PlannerAdvantage):
         raise TypeError(
-            "planner_advantage must be a PlannerAdvantage or None, got "
-            f"{type(planner_advantage).__name__}."
+            f"planner_advantage must be a PlannerAdvantage or None, got {type(planner_advantage).__name__}."
         )
     if advantage_norm is not None:
         raise ValueError(
@@ -294,12 +301,20 @@ class ErmasLoss(MAPPOLoss):
         **kwargs: Any,
     ) -> None:
         _check_arguments(
-            lagrange, planner_advantage, clip_epsilon=clip_epsilon, entropy_coeff=entropy_coeff,
-            critic_coeff=critic_coeff, clip_value=clip_value, loss_critic_type=loss_critic_type,
-            reduction=reduction, advantage_norm=kwargs.get("advantage_norm"),
+            lagrange,
+            planner_advantage,
+            clip_epsilon=clip_epsilon,
+            entropy_coeff=entropy_coeff,
+            critic_coeff=critic_coeff,
+            clip_value=clip_value,
+            loss_critic_type=loss_critic_type,
+            reduction=reduction,
+            advantage_norm=kwargs.get("advantage_norm"),
             flags={
-                "entropy_bonus": entropy_bonus, "normalize_advantage": normalize_advantage,
-                "functional": functional, "separate_losses": separate_losses,
+                "entropy_bonus": entropy_bonus,
+                "normalize_advantage": normalize_advantage,
+                "functional": functional,
+                "separate_losses": separate_losses,
             },
         )
         super().__init__(
@@ -357,9 +372,7 @@ class ErmasLoss(MAPPOLoss):
         machinery: both advantages are standardised (when requested) and then
         combined.
         """
-        own = super()._maybe_normalize_advantage(
-            advantage, tensordict, update_norm=update_norm
-        )
+        own = super()._maybe_normalize_advantage(advantage, tensordict, update_norm=update_norm)
         if own.ndim < 2 or own.shape[-2] != self.lagrange.n_agents:
             raise ValueError(
                 f"The advantage {self.tensor_keys.advantage!r} has shape "
@@ -370,9 +383,7 @@ class ErmasLoss(MAPPOLoss):
         multiplier = self.lagrange.value.to(own.dtype).unsqueeze(-1)
         return (multiplier * own - planner) / (1 + multiplier)
 
-    def _planner_advantage(
-        self, tensordict: TensorDictBase, shape: torch.Size
-    ) -> torch.Tensor:
+    def _planner_advantage(self, tensordict: TensorDictBase, shape: torch.Size) -> torch.Tensor:
         key = self.tensor_keys.planner_advantage
         planner = tensordict.get(key, None)
         if planner is None:
@@ -383,9 +394,7 @@ class ErmasLoss(MAPPOLoss):
                 "when the loss owns one) before minibatching, or point the loss to it "
                 "with loss.set_keys(planner_advantage=...)."
             )
-        if planner.ndim != len(shape) or any(
-            size not in (1, target) for size, target in zip(planner.shape, shape)
-        ):
+        if planner.ndim != len(shape) or any(size not in (1, target) for size, target in zip(planner.shape, shape)):
             raise ValueError(
                 f"The planner advantage {key!r} has shape {list(planner.shape)}; "
                 f"expected [*B, 1, 1] broadcastable to the agents' advantage "

@@ -5,6 +5,7 @@ ERMAS dualises the epsilon-equilibrium constraint of each agent ``i``
 the constraint violation ``regret_i - epsilon`` (Eq. 10 of the ERMAS paper,
 https://openreview.net/forum?id=uIc4W6MtbDA).
 """
+
 from __future__ import annotations
 
 import torch
@@ -13,6 +14,7 @@ from torch import nn
 from ..validation import check_bool, check_choice, check_int, check_real
 
 RULES = ("nupi", "gradient_ascent")
+
 
 class LagrangeMultiplier(nn.Module):
     """Per-agent Lagrange multipliers ``lambda_i`` in ``[0, max_value]``.
@@ -242,9 +244,7 @@ class LagrangeMultiplier(nn.Module):
         with torch.no_grad():
             self.multiplier.clamp_(0.0, self.max_value)
 
-    def forward(
-        self, regret: torch.Tensor, epsilon: float | torch.Tensor
-    ) -> torch.Tensor:
+    def forward(self, regret: torch.Tensor, epsilon: float | torch.Tensor) -> torch.Tensor:
         """Dual loss ``-(lambda * (regret - epsilon).detach()).sum()``.
 
         Minimising it ascends ``lambda`` on the constraint violation. While
@@ -260,14 +260,10 @@ class LagrangeMultiplier(nn.Module):
             The scalar ``loss_lagrange``.
         """
         violation = self._violation(regret, epsilon)
-        multiplier = torch.where(
-            self._frozen, self.multiplier.detach(), self.multiplier
-        )
+        multiplier = torch.where(self._frozen, self.multiplier.detach(), self.multiplier)
         return -(multiplier * violation).sum()
 
-    def _violation(
-        self, regret: torch.Tensor, epsilon: float | torch.Tensor
-    ) -> torch.Tensor:
+    def _violation(self, regret: torch.Tensor, epsilon: float | torch.Tensor) -> torch.Tensor:
         """Validates the inputs and returns the detached ``regret - epsilon``."""
         n_agents = self.n_agents
         like = self.multiplier
@@ -289,15 +285,11 @@ class LagrangeMultiplier(nn.Module):
             value = value.expand(self.n_agents)
         except RuntimeError as err:
             raise ValueError(
-                f"{name} must be a float or broadcastable to [{self.n_agents}], "
-                f"got shape {list(value.shape)}."
+                f"{name} must be a float or broadcastable to [{self.n_agents}], got shape {list(value.shape)}."
             ) from err
         if not torch.isfinite(value).all():
             raise ValueError(f"{name} must be finite, got {value.tolist()}.")
         return value.detach()
 
     def extra_repr(self) -> str:
-        return (
-            f"n_agents={self.n_agents}, rule={self.rule!r}, lr={self.lr}, "
-            f"max_value={self.max_value}"
-        )
+        return f"n_agents={self.n_agents}, rule={self.rule!r}, lr={self.lr}, max_value={self.max_value}"

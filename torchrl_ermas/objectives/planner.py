@@ -1,4 +1,5 @@
 """The planner side of ERMAS in one component: the planner's critic, advantage and critic loss."""
+
 from __future__ import annotations
 
 import torch
@@ -94,8 +95,10 @@ class PlannerAdvantage(nn.Module):
         self.loss_critic_type = loss_critic_type
         self.gae = MultiAgentGAE(gamma=gamma, lmbda=lmbda, value_network=critic)
         self.gae.set_keys(
-            advantage=self.advantage_key, value_target=self.value_target_key,
-            value=self.value_key, reward=(group, "reward"),
+            advantage=self.advantage_key,
+            value_target=self.value_target_key,
+            value=self.value_key,
+            reward=(group, "reward"),
         )
 
     @torch.no_grad()

@@ -1,4 +1,5 @@
 """Regret estimation by unilateral deviations, and the Reptile meta step."""
+
 from __future__ import annotations
 
 from .deviation import DeviationPolicy

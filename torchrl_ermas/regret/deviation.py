@@ -5,6 +5,7 @@ environments. In world ``i`` agent ``i`` acts with its own deviation parameters,
 along a leading world dim, while every other agent acts with the current parameters.
 All worlds run in one batched call (the deviation parameters are ``vmap``-ed).
 """
+
 from __future__ import annotations
 
 import math
@@ -106,9 +107,7 @@ class DeviationDistributions:
         current = self.current(td)
         deviating = self.deviating(params, td)
         mask = world_mask(params.batch_size[0], td.device)
-        return current.apply(
-            lambda c, d: torch.where(broadcast_world_mask(mask, c), d, c), deviating
-        )
+        return current.apply(lambda c, d: torch.where(broadcast_world_mask(mask, c), d, c), deviating)
 
 
 class DeviationPolicy(TensorDictModuleBase):
@@ -193,6 +192,5 @@ class DeviationPolicy(TensorDictModuleBase):
         bad = torch.stack([~torch.isfinite(v).all() for v in floats]).any()
         self.non_finite = self.non_finite.to(bad.device) | bad
         return dist_params.apply(
-            lambda v: torch.nan_to_num(v, nan=1.0, posinf=1.0, neginf=1.0)
-            if v.is_floating_point() else v
+            lambda v: torch.nan_to_num(v, nan=1.0, posinf=1.0, neginf=1.0) if v.is_floating_point() else v
         )

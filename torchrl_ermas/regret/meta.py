@@ -1,4 +1,5 @@
 """The Reptile meta step of ERMAS (Eq. 13)."""
+
 from __future__ import annotations
 
 import torch
@@ -60,9 +61,7 @@ class ReptileStep:
         return self.scale > 0
 
     @torch.no_grad()
-    def __call__(
-        self, params: TensorDictBase, adapted: TensorDictBase, lagrange: torch.Tensor
-    ) -> None:
+    def __call__(self, params: TensorDictBase, adapted: TensorDictBase, lagrange: torch.Tensor) -> None:
         """Applies the step to ``params`` in place.
 
         Args:
@@ -74,8 +73,7 @@ class ReptileStep:
         n_agents = adapted.batch_size[0] if adapted.batch_dims else None
         if lagrange.numel() != n_agents:
             raise ValueError(
-                f"lagrange must hold n_agents={n_agents} values (one per adaptation), "
-                f"got {lagrange.numel()}."
+                f"lagrange must hold n_agents={n_agents} values (one per adaptation), got {lagrange.numel()}."
             )
         scales = (self.scale * lagrange).clamp(max=self.cap).tolist()
         for agent, scale in enumerate(scales):

@@ -1,4 +1,5 @@
 """Per-agent regret of the current agent policy by trust-region unilateral deviations (ERMAS)."""
+
 from __future__ import annotations
 
 import copy
@@ -230,8 +231,11 @@ class ReptileRegretEstimator:
         self.dists = DeviationDistributions(actor, dist_keys)
         self.kl = KLToReference(actor, in_keys=list(actor.in_keys))
         self.step = TrustRegionStep(
-            self.dists, self.kl, max_step_scale=max_step_scale,
-            line_search_points=line_search_points, bisection_steps=bisection_steps,
+            self.dists,
+            self.kl,
+            max_step_scale=max_step_scale,
+            line_search_points=line_search_points,
+            bisection_steps=bisection_steps,
             line_search_samples=line_search_samples,
         )
         self.policy = DeviationPolicy(
@@ -344,9 +348,7 @@ class ReptileRegretEstimator:
             torch.manual_seed(seed)
             seed_env(self.env, seed)
             self.policy.reset_non_finite()
-            data = self.env.rollout(
-                self.horizon, self.policy, auto_reset=True, break_when_any_done=False
-            )
+            data = self.env.rollout(self.horizon, self.policy, auto_reset=True, break_when_any_done=False)
         if self.policy.non_finite:  # one check per rollout, not one device sync per step
             raise FloatingPointError(
                 "non-finite action probabilities in the regret estimate's rollouts (NaN or "
@@ -375,9 +377,7 @@ class ReptileRegretEstimator:
         # centred and scaled per world: an offset common to all transitions only adds
         # variance to the importance-weighted surrogate of the line search
         advantage = (togo - baseline).flatten(1)
-        advantage = (advantage - advantage.mean(-1, keepdim=True)) / advantage.std(
-            -1, keepdim=True
-        ).clamp_min(1e-8)
+        advantage = (advantage - advantage.mean(-1, keepdim=True)) / advantage.std(-1, keepdim=True).clamp_min(1e-8)
         data = data.flatten(1, 2)
         return DeviationBatch(
             observation=data.exclude("next"),

@@ -1,4 +1,5 @@
 """The trust-region deviation step of ERMAS (Eqs. 11-12): a KL-sized policy-gradient step."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -93,8 +94,10 @@ class DeviationBatch:
         """A random subset of ``size`` transitions per world (the same ones in every world)."""
         index = torch.randperm(self.advantage.shape[1], device=self.advantage.device)[:size]
         return DeviationBatch(
-            self.observation[:, index], self.action[:, index],
-            self.behaviour_log_prob[:, index], self.advantage[:, index],
+            self.observation[:, index],
+            self.action[:, index],
+            self.behaviour_log_prob[:, index],
+            self.advantage[:, index],
         )
 
 
@@ -213,9 +216,7 @@ class TrustRegionStep:
 
         def terms(candidates: TensorDictBase) -> tuple:
             """Per-sample surrogate terms ``[C, W, S]`` and the KL ``[C, W]`` of candidates."""
-            dist = self.actor.build_dist_from_params(
-                self.dists.candidates(candidates, batch.observation)
-            )
+            dist = self.actor.build_dist_from_params(self.dists.candidates(candidates, batch.observation))
             action = batch.action.expand(*dist.batch_shape, *dist.event_shape)
             log_prob = own(dist.log_prob(action), 1)
             weighted = (log_prob - batch.behaviour_log_prob).exp() * batch.advantage

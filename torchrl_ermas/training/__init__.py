@@ -1,4 +1,5 @@
 """The ERMAS training loop, its baselines, transfer evaluation, checkpoints and configs."""
+
 from __future__ import annotations
 
 from .checkpoint import component_state, load_checkpoint, save_checkpoint

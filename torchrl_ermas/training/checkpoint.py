@@ -6,6 +6,7 @@ and then renames the new file over ``checkpoint.pt``, so that ``checkpoint.pt`` 
 every moment; :func:`load_latest_checkpoint` falls back to the previous one when the
 newest does not load (truncated, emptied, or deleted).
 """
+
 from __future__ import annotations
 
 import glob
@@ -129,9 +130,7 @@ def remove_stale_temporaries(folder: str | os.PathLike, names: Iterable[str]) ->
     return removed
 
 
-def save_checkpoint(
-    state: dict[str, Any], path: str | os.PathLike, *, keep_previous: bool = False
-) -> Path:
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike, *, keep_previous: bool = False) -> Path:
     """Writes ``state`` to ``path`` atomically (temporary file in the same folder + rename).
 
     A run killed while saving leaves the previous checkpoint intact. With
@@ -174,9 +173,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"truncated or not a checkpoint ({type(err).__name__}: {err})."
         ) from err
     if not isinstance(state, dict):
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} holds a {type(state).__name__}, not a checkpoint dict."
-        )
+        raise CheckpointError(f"checkpoint {str(path)!r} holds a {type(state).__name__}, not a checkpoint dict.")
     return state
 
 

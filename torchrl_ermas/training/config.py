@@ -6,6 +6,7 @@ The environment is configured by a ``_target_`` node (any callable returning a b
 environment that follows the torchrl-ermas contract), so that the core library never
 imports :mod:`torchrl_ermas.envs`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -28,8 +29,15 @@ from .variants import VARIANTS
 #: grow; ``device`` moves a run to another machine, ``history_window`` only changes the
 #: final summary); a ``logger`` entry stands for all of its keys
 RESUMABLE_KEYS = (
-    "iterations", "progress", "resume", "overwrite", "output_dir", "checkpoint_interval",
-    "logger", "device", "history_window",
+    "iterations",
+    "progress",
+    "resume",
+    "overwrite",
+    "output_dir",
+    "checkpoint_interval",
+    "logger",
+    "device",
+    "history_window",
 )
 
 
@@ -232,13 +240,9 @@ def check_device(device: str) -> None:
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(
-            f"device must be a torch device such as 'cpu', 'cuda' or 'cuda:1', got {device!r}."
-        ) from None
+        raise ValueError(f"device must be a torch device such as 'cpu', 'cuda' or 'cuda:1', got {device!r}.") from None
     if parsed.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(
-            f"device must be a cpu, cuda or mps device, got {device!r} ({parsed.type})."
-        )
+        raise ValueError(f"device must be a cpu, cuda or mps device, got {device!r} ({parsed.type}).")
     if parsed.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device={device!r}: MPS is not available on this machine; use device=cpu.")
     if parsed.type == "cuda":
@@ -248,10 +252,7 @@ def check_device(device: str) -> None:
                 "(torch.cuda.is_available() is False); use device=cpu."
             )
         if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA "
-                "device(s)."
-            )
+            raise ValueError(f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s).")
 
 
 #: the nested dataclass nodes of :class:`TrainConfig`
@@ -276,9 +277,15 @@ def as_config(*layers: TrainConfig | DictConfig | dict) -> TrainConfig:
 
 #: LagrangeMultiplier argument -> its ErmasConfig field
 LAMBDA_FIELDS = {
-    "init": "lambda_init", "lr": "lambda_lr", "max_value": "lambda_max", "rule": "lambda_rule",
-    "kp": "lambda_kp", "nu": "lambda_nu", "scale_decay": "lambda_scale_decay",
-    "noise_floor": "lambda_noise_floor", "max_violation": "lambda_max_violation",
+    "init": "lambda_init",
+    "lr": "lambda_lr",
+    "max_value": "lambda_max",
+    "rule": "lambda_rule",
+    "kp": "lambda_kp",
+    "nu": "lambda_nu",
+    "scale_decay": "lambda_scale_decay",
+    "noise_floor": "lambda_noise_floor",
+    "max_violation": "lambda_max_violation",
 }
 #: ReptileStep argument -> its ErmasConfig field
 META_FIELDS = {"scale": "meta_scale", "cap": "meta_cap", "trust_region": "meta_trust_region"}
@@ -347,17 +354,13 @@ def _validate_ppo(group: str, ppo: PPOConfig) -> None:
 def _validate_planner(cfg: TrainConfig) -> None:
     if cfg.planner_checkpoint is not None and not cfg.planner_checkpoint:
         raise ValueError("planner_checkpoint must be None or the path of a checkpoint, got ''.")
-    if cfg.planner_checkpoint and (
-        Path(cfg.planner_checkpoint).parent.resolve() == Path(cfg.output_dir).resolve()
-    ):
+    if cfg.planner_checkpoint and (Path(cfg.planner_checkpoint).parent.resolve() == Path(cfg.output_dir).resolve()):
         raise ValueError(
             f"planner_checkpoint {cfg.planner_checkpoint!r} lies in output_dir "
             f"{cfg.output_dir!r}: a run that loads a planner needs an output_dir of its own "
             "(it would resume or overwrite the run that wrote the planner)."
         )
-    if cfg.fixed_planner is not None and not (
-        isinstance(cfg.fixed_planner, dict) and "_target_" in cfg.fixed_planner
-    ):
+    if cfg.fixed_planner is not None and not (isinstance(cfg.fixed_planner, dict) and "_target_" in cfg.fixed_planner):
         raise ValueError(
             "fixed_planner must be None or a hydra node with a _target_ (e.g. "
             f"{{'_target_': 'torchrl_ermas.envs.economy.SaezPlanner'}}), got {cfg.fixed_planner!r}."
@@ -388,9 +391,7 @@ def _validate_ermas(cfg: TrainConfig) -> None:
     if e.regret_gamma is not None and not 0 < e.regret_gamma <= 1:
         raise ValueError(f"ermas.regret_gamma must be None or in (0, 1], got {e.regret_gamma!r}.")
     if e.regret_baseline not in ("critic", "mean"):
-        raise ValueError(
-            f"ermas.regret_baseline must be 'critic' or 'mean', got {e.regret_baseline!r}."
-        )
+        raise ValueError(f"ermas.regret_baseline must be 'critic' or 'mean', got {e.regret_baseline!r}.")
     check_number("ermas.trust_region", e.trust_region)
     check_real("ermas.exploration", e.exploration, low=0, high=1, high_inclusive=False)
 
@@ -402,22 +403,16 @@ def _validate_reward(r: RewardConfig) -> None:
     check_number("reward.dr_scale", r.dr_scale, strict=False)
     check_number("reward.rr_eta", r.rr_eta, strict=False)
     if r.dr_resample not in ("episode", "step"):
-        raise ValueError(
-            f"reward.dr_resample must be 'episode' or 'step', got {r.dr_resample!r}."
-        )
+        raise ValueError(f"reward.dr_resample must be 'episode' or 'step', got {r.dr_resample!r}.")
 
 
 def _validate_logger(logger: LoggerConfig) -> None:
     if logger.backend not in ("", "csv", "tensorboard", "wandb"):
-        raise ValueError(
-            f"logger.backend must be one of '', 'csv', 'tensorboard', 'wandb', "
-            f"got {logger.backend!r}."
-        )
+        raise ValueError(f"logger.backend must be one of '', 'csv', 'tensorboard', 'wandb', got {logger.backend!r}.")
     name = logger.exp_name
     if name is not None and (not name or "/" in name or "\\" in name or name in (".", "..")):
         raise ValueError(
-            "logger.exp_name must be None (variant_seed) or a folder name without path "
-            f"separators, got {name!r}."
+            f"logger.exp_name must be None (variant_seed) or a folder name without path separators, got {name!r}."
         )
     if not logger.project:
         raise ValueError(f"logger.project must be a non-empty name, got {logger.project!r}.")

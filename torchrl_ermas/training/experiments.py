@@ -1,4 +1,5 @@
 """Running grids of training runs together, transfer evaluation, and statistics over seeds."""
+
 from __future__ import annotations
 
 import math
@@ -107,17 +108,13 @@ def validate_experiment(
         _refuse_keys("transfer", transfer, {**per_run, **TRANSFER_KEYS, **(transfer_owned or {})})
     owned = {**per_run, **_keys_of_every_method(methods or {}), **(owned or {})}
     default, given = OmegaConf.structured(TrainConfig), OmegaConf.structured(as_config(train))
-    cli = [_override_key(o)[len("train."):] for o in overrides
-           if _override_key(o).startswith("train.")]
+    cli = [_override_key(o)[len("train.") :] for o in overrides if _override_key(o).startswith("train.")]
     for key, instead in owned.items():
         value = OmegaConf.select(given, key)
         # an override of a parent node (train.ermas={...}) is judged by the value alone
         on_cli = any(is_under(k, key) for k in cli)
         if on_cli or value != OmegaConf.select(default, key):
-            raise ValueError(
-                f"train.{key} is set per run by this experiment: {instead} "
-                f"(got train.{key}={value!r})."
-            )
+            raise ValueError(f"train.{key} is set per run by this experiment: {instead} (got train.{key}={value!r}).")
 
 
 def _refuse_keys(where: str, overrides: dict[str, Any], owned: dict[str, str]) -> None:
@@ -125,9 +122,7 @@ def _refuse_keys(where: str, overrides: dict[str, Any], owned: dict[str, str]) -
     for key in flatten(dict(overrides)):
         for taken, instead in owned.items():
             if is_under(key, taken) or is_under(taken, key):
-                raise ValueError(
-                    f"{where}.{key} is set per run by this experiment: {instead}."
-                )
+                raise ValueError(f"{where}.{key} is set per run by this experiment: {instead}.")
 
 
 def _keys_of_every_method(methods: dict[str, dict[str, Any]]) -> dict[str, str]:
@@ -135,10 +130,7 @@ def _keys_of_every_method(methods: dict[str, dict[str, Any]]) -> dict[str, str]:
     if not methods:
         return {}
     keys = [set(flatten(dict(overrides))) - {""} for overrides in methods.values()]
-    return {
-        key: f"set it per method instead (methods.<name>.{key})"
-        for key in sorted(set.intersection(*keys))
-    }
+    return {key: f"set it per method instead (methods.<name>.{key})" for key in sorted(set.intersection(*keys))}
 
 
 def method_seed_configs(
@@ -153,9 +145,7 @@ def method_seed_configs(
     """
     root = Path(root)
     runs = {
-        (name, seed): with_overrides(
-            cfg, {**overrides, "seed": seed, "output_dir": str(root / name / f"seed{seed}")}
-        )
+        (name, seed): with_overrides(cfg, {**overrides, "seed": seed, "output_dir": str(root / name / f"seed{seed}")})
         for name, overrides in methods.items()
         for seed in seeds
     }
@@ -216,7 +206,8 @@ def transfer_grid(
     root = Path(root)
     return {
         (name, seed, value): transfer_config(
-            cfg, Path(run_cfg.output_dir) / "checkpoint.pt",
+            cfg,
+            Path(run_cfg.output_dir) / "checkpoint.pt",
             {test_key: value, "seed": seed, "output_dir": str(root / name / f"{label}{value:g}" / f"seed{seed}")},
         )
         for (name, seed), run_cfg in trained.items()
@@ -255,12 +246,8 @@ def relative_summary(
     summary = {}
     for name in names:
         stats: dict[str, list[float]] = {}
-        series = {
-            metric: [[final(name, s, v, metric) for s in seeds] for v in values] for metric in metrics
-        }
-        series["relative"] = [
-            [final(name, s, v, key) - final(reference, s, v, key) for s in seeds] for v in values
-        ]
+        series = {metric: [[final(name, s, v, metric) for s in seeds] for v in values] for metric in metrics}
+        series["relative"] = [[final(name, s, v, key) - final(reference, s, v, key) for s in seeds] for v in values]
         for metric, per_value in series.items():
             stats[metric] = [mean_sem(x)[0] for x in per_value]
             stats[f"{metric}_sem"] = [mean_sem(x)[1] for x in per_value]
@@ -268,9 +255,7 @@ def relative_summary(
     return summary
 
 
-def run(
-    cfg: TrainConfig, post: PostHook | None = None, env_factory: EnvFactory | None = None
-) -> dict[str, Any]:
+def run(cfg: TrainConfig, post: PostHook | None = None, env_factory: EnvFactory | None = None) -> dict[str, Any]:
     """Trains one configuration (one torch thread) and returns its results.
 
     ``post(trainer)`` may add entries to ``results["final"]`` (e.g. exact regrets).
@@ -310,9 +295,7 @@ def run_many(
             bar.update()
     else:
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            futures = {
-                pool.submit(run, cfg, post, env_factory): i for i, cfg in enumerate(configs)
-            }
+            futures = {pool.submit(run, cfg, post, env_factory): i for i, cfg in enumerate(configs)}
             for future in as_completed(futures):
                 results[futures[future]] = future.result()
                 bar.update()
@@ -356,10 +339,8 @@ def multiplier_settling(lambdas: Sequence[Sequence[float]]) -> list[float]:
     """
     values = torch.tensor(lambdas, dtype=torch.float64)
     if values.dim() != 2 or len(values) < 2:
-        raise ValueError(
-            f"lambdas must hold at least 2 rows of per-agent values, got shape {list(values.shape)}."
-        )
+        raise ValueError(f"lambdas must hold at least 2 rows of per-agent values, got shape {list(values.shape)}.")
     tenth = max(len(values) // 10, 1)
-    before, last = values[-2 * tenth:-tenth].mean(0), values[-tenth:].mean(0)
+    before, last = values[-2 * tenth : -tenth].mean(0), values[-tenth:].mean(0)
     change = (last - before).abs() / last.clamp_min(1e-12)
     return torch.where(last > 1e-9, change, 0.0).tolist()

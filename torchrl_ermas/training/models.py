@@ -1,4 +1,5 @@
 """Policies and critics of a group (the agents or the planner), built from the env specs."""
+
 from __future__ import annotations
 
 import math
@@ -56,9 +57,7 @@ def has_action(env: EnvBase, group: str) -> bool:
     return (group, "action") in env.full_action_spec.keys(True, True)
 
 
-def make_policy(
-    env: EnvBase, group: str, cfg: PPOConfig, device: torch.device
-) -> ProbabilisticActor:
+def make_policy(env: EnvBase, group: str, cfg: PPOConfig, device: torch.device) -> ProbabilisticActor:
     """A policy over ``(group, "action")`` reading ``(group, "observation")``.
 
     Categorical actions get a categorical policy; if the environment exposes
@@ -75,10 +74,9 @@ def make_policy(
     n, obs_dim = group_sizes(env, group)
     if not isinstance(getattr(action_spec.space, "n", None), int):
         raise ValueError(
-            f"({group!r}, 'action') must be categorical or continuous to build a policy, "
-            f"got {action_spec}."
+            f"({group!r}, 'action') must be categorical or continuous to build a policy, got {action_spec}."
         )
-    event = action_spec.shape[len(env.full_action_spec[group].shape):]
+    event = action_spec.shape[len(env.full_action_spec[group].shape) :]
     choices = action_spec.space.n
     net = _mlp(obs_dim, math.prod(event) * choices, n, cfg, device)
     if event:
@@ -99,51 +97,66 @@ def make_policy(
     else:
         distribution = MaskedCategorical if masked else D.Categorical
     return ProbabilisticActor(
-        module, in_keys=dist_keys, out_keys=[(group, "action")],
-        distribution_class=distribution, distribution_kwargs=kwargs, return_log_prob=True,
+        module,
+        in_keys=dist_keys,
+        out_keys=[(group, "action")],
+        distribution_class=distribution,
+        distribution_kwargs=kwargs,
+        return_log_prob=True,
     )
 
 
 def _mlp(obs_dim: int, out_dim: int, n: int, cfg: PPOConfig, device: torch.device) -> MultiAgentMLP:
     return MultiAgentMLP(
-        obs_dim, out_dim, n_agents=n, centralized=False,
-        share_params=cfg.share_params, depth=cfg.depth, num_cells=cfg.hidden,
-        activation_class=torch.nn.Tanh, bias_last_layer=cfg.policy_bias, device=device,
+        obs_dim,
+        out_dim,
+        n_agents=n,
+        centralized=False,
+        share_params=cfg.share_params,
+        depth=cfg.depth,
+        num_cells=cfg.hidden,
+        activation_class=torch.nn.Tanh,
+        bias_last_layer=cfg.policy_bias,
+        device=device,
     )
 
 
-def _continuous_policy(
-    env: EnvBase, group: str, cfg: PPOConfig, device: torch.device
-) -> ProbabilisticActor:
+def _continuous_policy(env: EnvBase, group: str, cfg: PPOConfig, device: torch.device) -> ProbabilisticActor:
     """A TanhNormal policy (``loc``, ``scale``) over continuous per-member actions."""
     n, obs_dim = group_sizes(env, group)
     action_spec = env.full_action_spec[group, "action"]
-    event = action_spec.shape[len(env.full_action_spec[group].shape):]
+    event = action_spec.shape[len(env.full_action_spec[group].shape) :]
     if len(event) != 1:
         raise ValueError(
             f"continuous ({group!r}, 'action') must have one action dim per member, shape "
             f"[*B, n, D]; got {list(action_spec.shape)}."
         )
     net = torch.nn.Sequential(_mlp(obs_dim, 2 * event[0], n, cfg, device), NormalParamExtractor())
-    module = TensorDictModule(
-        net, [(group, "observation")], [(group, "loc"), (group, "scale")]
-    )
+    module = TensorDictModule(net, [(group, "observation")], [(group, "loc"), (group, "scale")])
     space = action_spec.space
     return ProbabilisticActor(
-        module, in_keys={"loc": (group, "loc"), "scale": (group, "scale")},
-        out_keys=[(group, "action")], distribution_class=TanhNormal,
-        distribution_kwargs={"low": space.low, "high": space.high}, return_log_prob=True,
+        module,
+        in_keys={"loc": (group, "loc"), "scale": (group, "scale")},
+        out_keys=[(group, "action")],
+        distribution_class=TanhNormal,
+        distribution_kwargs={"low": space.low, "high": space.high},
+        return_log_prob=True,
     )
 
 
-def make_critic(
-    env: EnvBase, group: str, cfg: PPOConfig, device: torch.device
-) -> TensorDictModule:
+def make_critic(env: EnvBase, group: str, cfg: PPOConfig, device: torch.device) -> TensorDictModule:
     """A per-member state-value network writing ``(group, "state_value")``."""
     n, obs_dim = group_sizes(env, group)
     depth = cfg.depth if cfg.critic_depth is None else cfg.critic_depth
     net = MultiAgentMLP(
-        obs_dim, 1, n_agents=n, centralized=False, share_params=cfg.share_params,
-        depth=depth, num_cells=cfg.hidden, activation_class=torch.nn.Tanh, device=device,
+        obs_dim,
+        1,
+        n_agents=n,
+        centralized=False,
+        share_params=cfg.share_params,
+        depth=depth,
+        num_cells=cfg.hidden,
+        activation_class=torch.nn.Tanh,
+        device=device,
     )
     return TensorDictModule(net, [(group, "observation")], [(group, "state_value")])

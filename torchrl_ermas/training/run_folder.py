@@ -5,6 +5,7 @@ A run owns its ``output_dir``: ``checkpoint.pt`` and ``checkpoint.prev.pt``,
 folder before any work; :func:`check_resumable` and :func:`check_state_fits` check that a
 checkpoint belongs to the run that resumes it.
 """
+
 from __future__ import annotations
 
 import math
@@ -96,16 +97,15 @@ def check_resumable(
     old, new = flatten(defaults or {}), flatten(current)
     old = {key: value for key, value in old.items() if key in new} | flatten(stored)
     changed = [
-        key for key in sorted(old.keys() | new.keys())
-        if not any(is_under(key, free) for free in RESUMABLE_KEYS)
-        and old.get(key, _ABSENT) != new.get(key, _ABSENT)
+        key
+        for key in sorted(old.keys() | new.keys())
+        if not any(is_under(key, free) for free in RESUMABLE_KEYS) and old.get(key, _ABSENT) != new.get(key, _ABSENT)
     ]
     if new["iterations"] < old["iterations"]:
         changed.insert(0, "iterations")
     if changed:
         details = "; ".join(
-            f"{key}: {old.get(key, _ABSENT)!r} in the checkpoint, {new.get(key, _ABSENT)!r} now"
-            for key in changed
+            f"{key}: {old.get(key, _ABSENT)!r} in the checkpoint, {new.get(key, _ABSENT)!r} now" for key in changed
         )
         raise ValueError(
             f"cannot resume from {str(path)!r}: its run was configured differently "
@@ -200,9 +200,7 @@ class RunFolder:
             with tempfile.TemporaryFile(dir=self.path):
                 pass
         except OSError as err:
-            raise ValueError(
-                f"output_dir {str(self.path)!r} is not a writable folder ({err})."
-            ) from None
+            raise ValueError(f"output_dir {str(self.path)!r} is not a writable folder ({err}).") from None
         names = (CHECKPOINT_NAME, previous_path(self.checkpoint).name, RESULTS_NAME)
         remove_stale_temporaries(self.path, names)
         existing = self.files()

@@ -1,4 +1,5 @@
 """The ERMAS training loop (Planner-OPT around Agent-Adv-Search) and its baselines."""
+
 from __future__ import annotations
 
 import copy
@@ -199,8 +200,16 @@ class ErmasTrainer:
         self.history: dict[str, list] = {
             name: []
             for name in (
-                "iteration", "planner_reward", "agent_reward", *cfg.episode_metrics,
-                "lambda", "regret", "kl", "time_collect", "time_train", "time_regret",
+                "iteration",
+                "planner_reward",
+                "agent_reward",
+                *cfg.episode_metrics,
+                "lambda",
+                "regret",
+                "kl",
+                "time_collect",
+                "time_train",
+                "time_regret",
             )
         }
         self.start_iteration = 0
@@ -220,8 +229,7 @@ class ErmasTrainer:
             minibatches = getattr(self.cfg, group).minibatches
             if minibatches > frames:
                 raise ValueError(
-                    f"{group}.minibatches={minibatches} exceeds the {frames} transitions "
-                    "collected per iteration."
+                    f"{group}.minibatches={minibatches} exceeds the {frames} transitions collected per iteration."
                 )
             if frames // (frames // minibatches) != minibatches:
                 raise ValueError(
@@ -237,9 +245,7 @@ class ErmasTrainer:
         cfg = self.cfg
         if cfg.overwrite:
             self.folder.remove()
-        found = (
-            load_latest_checkpoint(self.folder.checkpoint, self.device) if cfg.resume else None
-        )
+        found = load_latest_checkpoint(self.folder.checkpoint, self.device) if cfg.resume else None
         if found is not None:
             self._restore(*found)
             if found[1] != self.folder.checkpoint and self.folder.checkpoint.exists():
@@ -262,19 +268,17 @@ class ErmasTrainer:
             outputs = [*env.full_observation_spec.keys(True, True), *env.reward_keys]
             if gap_key not in outputs:
                 raise ValueError(
-                    f"reward.gap_key {list(gap_key)} is not an output of the environment; "
-                    f"its outputs are {outputs}."
+                    f"reward.gap_key {list(gap_key)} is not an output of the environment; its outputs are {outputs}."
                 )
             transforms.append(PlannerRewardGap(reward.q, planner_reward_key=gap_key))
         if reward.dr_scale > 0:
-            transforms.append(
-                DomainRandomizedReward(reward.dr_scale, resample=reward.dr_resample)
-            )
+            transforms.append(DomainRandomizedReward(reward.dr_scale, resample=reward.dr_resample))
         return TransformedEnv(env, Compose(*transforms), auto_unwrap=True)
 
     def _check_episode_metrics(self) -> None:
         available = [
-            key for key, spec in self.env.full_observation_spec.items()
+            key
+            for key, spec in self.env.full_observation_spec.items()
             if not isinstance(key, tuple) and spec.shape == (*self.env.batch_size, 1)
         ]
         for key in self.cfg.episode_metrics:
@@ -287,8 +291,12 @@ class ErmasTrainer:
     def _ppo_loss(self, make: Callable[..., LossModule], actor, critic, ppo: PPOConfig, group: str):
         """``make(actor, critic, **PPO settings)``, keyed to ``group`` and with its GAE."""
         loss = make(
-            actor, critic, clip_epsilon=ppo.clip_epsilon, entropy_coeff=ppo.entropy_coeff,
-            critic_coeff=ppo.critic_coeff, loss_critic_type=ppo.loss_critic_type,
+            actor,
+            critic,
+            clip_epsilon=ppo.clip_epsilon,
+            entropy_coeff=ppo.entropy_coeff,
+            critic_coeff=ppo.critic_coeff,
+            loss_critic_type=ppo.loss_critic_type,
         )
         loss.set_keys(**_group_keys(group))
         loss.make_value_estimator(ValueEstimators.MAGAE, gamma=ppo.gamma, lmbda=ppo.lmbda)
@@ -305,7 +313,10 @@ class ErmasTrainer:
             self.lagrange = self.lagrange.to(self.device)
         loss = self._ppo_loss(
             partial(self.variant.make_agent_loss, lagrange=self.lagrange),
-            self.agent_policy, critic, cfg.agents, "agents",
+            self.agent_policy,
+            critic,
+            cfg.agents,
+            "agents",
         )
         self.agent_loss = loss
         self.modules["agent_policy"] = self.agent_policy
@@ -334,13 +345,13 @@ class ErmasTrainer:
             return
         self.planner_critic = make_critic(self.env, "planner", cfg.planner, self.device)
         self.planner_advantage = PlannerAdvantage(
-            self.planner_critic, gamma=cfg.planner.gamma, lmbda=cfg.planner.lmbda,
+            self.planner_critic,
+            gamma=cfg.planner.gamma,
+            lmbda=cfg.planner.lmbda,
             loss_critic_type=cfg.planner.loss_critic_type,
         )
         if self.planner_acts and cfg.train_planner:
-            loss = self._ppo_loss(
-                MAPPOLoss, self.planner_policy, self.planner_critic, cfg.planner, "planner"
-            )
+            loss = self._ppo_loss(MAPPOLoss, self.planner_policy, self.planner_critic, cfg.planner, "planner")
             self.planner_loss = loss
             params = self._trainable(loss)
         else:
@@ -356,18 +367,22 @@ class ErmasTrainer:
         # before each batch); a new batch each time, so no key of the previous iteration's
         # data (advantages, value targets) survives into the next
         self.collector = Collector(
-            self.env, self.collection_policy, frames_per_batch=frames, total_frames=-1,
-            reset_at_each_iter=True, exploration_type=ExplorationType.RANDOM,
-            device=self.device, use_buffers=False, auto_register_policy_transforms=False,
+            self.env,
+            self.collection_policy,
+            frames_per_batch=frames,
+            total_frames=-1,
+            reset_at_each_iter=True,
+            exploration_type=ExplorationType.RANDOM,
+            device=self.device,
+            use_buffers=False,
+            auto_register_policy_transforms=False,
         )
         if self.collector.policy is not self.collection_policy:  # a copy would not train
             raise RuntimeError(
                 f"the collector copied the policy (its parameters are not all on device "
                 f"{self.device}); build the networks on the run's device."
             )
-        self.buffers = {
-            group: self._make_buffer(frames, getattr(cfg, group)) for group in self.optimizers
-        }
+        self.buffers = {group: self._make_buffer(frames, getattr(cfg, group)) for group in self.optimizers}
 
     def _make_buffer(self, frames: int, ppo: PPOConfig) -> TensorDictReplayBuffer:
         """One iteration's transitions, ``ppo.minibatches`` minibatches per pass."""
@@ -379,9 +394,7 @@ class ErmasTrainer:
 
     @staticmethod
     def _trainable(loss) -> list[torch.Tensor]:
-        return list(loss.actor_network_params.values(True, True)) + list(
-            loss.critic_network_params.values(True, True)
-        )
+        return list(loss.actor_network_params.values(True, True)) + list(loss.critic_network_params.values(True, True))
 
     def _build_estimator(self) -> ReptileRegretEstimator | None:
         if not self.variant.estimates_regret:
@@ -407,8 +420,11 @@ class ErmasTrainer:
         cfg = self.cfg
         logger = self._logger()
         bar = tqdm(
-            range(self.start_iteration, cfg.iterations), initial=self.start_iteration,
-            total=cfg.iterations, disable=not cfg.progress, desc=cfg.variant,
+            range(self.start_iteration, cfg.iterations),
+            initial=self.start_iteration,
+            total=cfg.iterations,
+            disable=not cfg.progress,
+            desc=cfg.variant,
         )
         for iteration in bar:
             # parameters and optimizer states are live references: copy them; the history
@@ -433,9 +449,7 @@ class ErmasTrainer:
                 agents=f"{sum(row['agent_reward']):.2f}",
             )
             if (iteration + 1) % cfg.checkpoint_interval == 0 or iteration + 1 == cfg.iterations:
-                save_checkpoint(
-                    self.state(iteration + 1), self.folder.checkpoint, keep_previous=True
-                )
+                save_checkpoint(self.state(iteration + 1), self.folder.checkpoint, keep_previous=True)
         return self.write_results()
 
     def _iteration_seed(self, iteration: int) -> int:
@@ -469,9 +483,7 @@ class ErmasTrainer:
         planner = data.get(("next", "planner", "reward")).sum(1).mean()
         agents = data.get(("next", "agents", "reward")).sum(1).mean(0).flatten()
         lagrange = self.lagrange.value.tolist() if self.lagrange is not None else None
-        episode = {
-            key: data.get(("next", key))[:, -1].mean() for key in self.cfg.episode_metrics
-        }
+        episode = {key: data.get(("next", key))[:, -1].mean() for key in self.cfg.episode_metrics}
         for name, value in {"planner reward": planner, "agent rewards": agents, **episode}.items():
             if not torch.isfinite(value).all():
                 raise NonFiniteError(f"non-finite {name} {value.tolist()} in the collected episodes")
@@ -493,7 +505,8 @@ class ErmasTrainer:
             self.planner_advantage(data)
         loss = self.agent_loss
         loss.value_estimator(
-            data, params=loss.critic_network_params,
+            data,
+            params=loss.critic_network_params,
             target_params=loss.target_critic_network_params,
         )
 
@@ -605,10 +618,7 @@ class ErmasTrainer:
         _check_layout(state, Path(path))
         planner = component_state(state["modules"], "planner_policy")
         if self.planner_policy is None or (not planner and self.planner_policy.state_dict()):
-            raise ValueError(
-                f"planner_checkpoint {str(path)!r} and this environment must both have an "
-                f"acting planner."
-            )
+            raise ValueError(f"planner_checkpoint {str(path)!r} and this environment must both have an acting planner.")
         check_state_fits(self.planner_policy.state_dict(), planner, Path(path))
         self.planner_policy.load_state_dict(planner)
 
@@ -628,8 +638,10 @@ class ErmasTrainer:
             return None
         extra = {"project": self.cfg.logger.project} if backend == "wandb" else {}
         return get_logger(
-            backend, logger_name=str(self._log_dir()),
-            experiment_name=self._experiment_name(), **extra,
+            backend,
+            logger_name=str(self._log_dir()),
+            experiment_name=self._experiment_name(),
+            **extra,
         )
 
     @staticmethod
@@ -653,10 +665,7 @@ class ErmasTrainer:
         lambdas = [v for v in self.history["lambda"] if v is not None]
         return {
             "planner_reward": sum(planner) / len(planner),
-            **{
-                key: sum(self.history[key][-window:]) / len(planner)
-                for key in self.cfg.episode_metrics
-            },
+            **{key: sum(self.history[key][-window:]) / len(planner) for key in self.cfg.episode_metrics},
             "agent_reward": agents.tolist(),
             "combined_agent_reward": agents.sum().item(),
             "regret": torch.tensor(regrets).mean(0).tolist() if regrets else None,

@@ -6,6 +6,7 @@ has none (selfish agents, plain multi-agent PPO). Everything else the trainer bu
 same way for all three; the reward-side baselines (reality gap ``Q``, domain
 randomization, risk robustness) are reward transforms with a parameter, not variants.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -47,9 +48,7 @@ class Variant:
         """Whether the agents' loss mixes in the planner's advantage (any multipliers)."""
         return self.multipliers is not None
 
-    def make_multipliers(
-        self, n_agents: int, kwargs: dict, *, frozen_at_start: bool
-    ) -> LagrangeMultiplier | None:
+    def make_multipliers(self, n_agents: int, kwargs: dict, *, frozen_at_start: bool) -> LagrangeMultiplier | None:
         """The agents' multipliers from :class:`LagrangeMultiplier` ``kwargs``, or ``None``.
 
         ``frozen_at_start`` freezes learned multipliers until the first regret estimate

@@ -1,5 +1,6 @@
 """TorchRL transforms for ERMAS: reward baselines (reality gap, DR, RR), the KL trust region,
 the regulator planner and time limits as truncation."""
+
 from __future__ import annotations
 
 from .kl import KLToReference

@@ -1,4 +1,5 @@
 """Per-agent KL divergence of a frozen reference snapshot of a policy to the live policy."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -110,14 +111,12 @@ class KLToReference(Transform):
     ) -> None:
         if not callable(getattr(policy, "get_dist", None)):
             raise ValueError(
-                "policy must build its distribution with get_dist (a ProbabilisticActor), "
-                f"got {type(policy).__name__}."
+                f"policy must build its distribution with get_dist (a ProbabilisticActor), got {type(policy).__name__}."
             )
         out_key = unravel_key(out_key)
         if not isinstance(out_key, tuple):
             raise ValueError(
-                f"out_key must be nested in the policy's group, e.g. ('agents', 'kl_ref'), "
-                f"got {out_key!r}."
+                f"out_key must be nested in the policy's group, e.g. ('agents', 'kl_ref'), got {out_key!r}."
             )
         check_int("num_samples", num_samples, 1)
         if in_keys is None:
@@ -128,9 +127,7 @@ class KLToReference(Transform):
         self.__dict__["_policy"] = policy
         if reference_params is None:
             reference_params = TensorDict.from_module(policy)
-        self._reference = TensorDictParams(
-            self._check_params(reference_params).data.clone(), no_convert=True
-        )
+        self._reference = TensorDictParams(self._check_params(reference_params).data.clone(), no_convert=True)
 
     @property
     def policy(self) -> ProbabilisticTensorDictSequential:
@@ -158,8 +155,7 @@ class KLToReference(Transform):
             )
         if not ok:
             raise ValueError(
-                "reference_params must be a TensorDict with the keys and shapes of "
-                "TensorDict.from_module(policy)."
+                "reference_params must be a TensorDict with the keys and shapes of TensorDict.from_module(policy)."
             )
         return params
 
@@ -183,15 +179,11 @@ class KLToReference(Transform):
             live = self.policy.get_dist(tensordict.select(*self.in_keys))
             return self.divergence(self.reference_dist(tensordict), live).unsqueeze(-1)
 
-    def _step(
-        self, tensordict: TensorDictBase, next_tensordict: TensorDictBase
-    ) -> TensorDictBase:
+    def _step(self, tensordict: TensorDictBase, next_tensordict: TensorDictBase) -> TensorDictBase:
         next_tensordict.set(self.out_key, self.kl(tensordict))
         return next_tensordict
 
-    def _reset(
-        self, tensordict: TensorDictBase, tensordict_reset: TensorDictBase
-    ) -> TensorDictBase:
+    def _reset(self, tensordict: TensorDictBase, tensordict_reset: TensorDictBase) -> TensorDictBase:
         spec = self.parent.full_observation_spec[self.out_key[:-1]]
         zeros = torch.zeros((*spec.shape, 1), device=tensordict_reset.device)
         tensordict_reset.set(self.out_key, zeros)
@@ -204,9 +196,7 @@ class KLToReference(Transform):
 
     def transform_observation_spec(self, observation_spec: Composite) -> Composite:
         group = observation_spec[self.out_key[:-1]]
-        observation_spec[self.out_key] = Unbounded(
-            shape=(*group.shape, 1), device=observation_spec.device
-        )
+        observation_spec[self.out_key] = Unbounded(shape=(*group.shape, 1), device=observation_spec.device)
         return observation_spec
 
     def __repr__(self) -> str:

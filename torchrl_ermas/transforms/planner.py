@@ -7,6 +7,7 @@ torchrl-ermas contract: ``("planner", "observation")`` ``[*B, 1, N * F]`` and
 :class:`~torchrl.envs.libs.vmas.VmasEnv`) can be used for ERMAS' Agent-Adv-Search: the
 agents search for the epsilon-equilibrium that is worst for this planner.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -110,19 +111,14 @@ class PlannerFromAgents(Transform):
                 and 0 <= features[0] < features[1]
             )
             if not ok:
-                raise ValueError(
-                    f"features must be None or (start, stop) with 0 <= start < stop, "
-                    f"got {features!r}."
-                )
+                raise ValueError(f"features must be None or (start, stop) with 0 <= start < stop, got {features!r}.")
             features = (features[0], features[1])
         check_real("scale", scale)
         for name, group in (("agent_group", agent_group), ("planner_group", planner_group)):
             if not isinstance(group, str) or not group:
                 raise ValueError(f"{name} must be a non-empty string, got {group!r}.")
         if planner_group == agent_group:
-            raise ValueError(
-                f"planner_group must differ from agent_group, both are {planner_group!r}."
-            )
+            raise ValueError(f"planner_group must differ from agent_group, both are {planner_group!r}.")
         self.rule = rule
         self.features = features
         self.scale = float(scale)
@@ -145,7 +141,7 @@ class PlannerFromAgents(Transform):
         """``[*B, N, F]`` agent observations -> ``[*B, 1, 1]`` planner reward."""
         features = agent_observation
         if self.features is not None:
-            features = features[..., self.features[0]:self.features[1]]
+            features = features[..., self.features[0] : self.features[1]]
         if self.rule == "speed":
             reward = _speed(features)
         elif self.rule == "separation":
@@ -155,10 +151,7 @@ class PlannerFromAgents(Transform):
             batch = agent_observation.shape[:-2]
             if not isinstance(reward, torch.Tensor) or reward.numel() != batch.numel():
                 shape = tuple(reward.shape) if isinstance(reward, torch.Tensor) else reward
-                raise ValueError(
-                    f"rule must return one reward per environment (shape {tuple(batch)}), "
-                    f"got {shape!r}."
-                )
+                raise ValueError(f"rule must return one reward per environment (shape {tuple(batch)}), got {shape!r}.")
         return (self.scale * reward).reshape(*agent_observation.shape[:-2], 1, 1)
 
     def _group(self, tensordict: TensorDictBase) -> TensorDictBase:
@@ -180,9 +173,7 @@ class PlannerFromAgents(Transform):
     def _call(self, next_tensordict: TensorDictBase) -> TensorDictBase:
         return self._observe(next_tensordict, reward=True)
 
-    def _reset(
-        self, tensordict: TensorDictBase, tensordict_reset: TensorDictBase
-    ) -> TensorDictBase:
+    def _reset(self, tensordict: TensorDictBase, tensordict_reset: TensorDictBase) -> TensorDictBase:
         return self._observe(tensordict_reset, reward=False)
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
@@ -205,8 +196,7 @@ class PlannerFromAgents(Transform):
             )
         if self.agent_observation_key not in observation_spec.keys(True, True):
             raise ValueError(
-                f"agent_group={self.agent_group!r}: the environment has no "
-                f"{self.agent_observation_key} observation."
+                f"agent_group={self.agent_group!r}: the environment has no {self.agent_observation_key} observation."
             )
         agents = observation_spec[self.agent_observation_key]
         batch = observation_spec.shape
@@ -217,10 +207,7 @@ class PlannerFromAgents(Transform):
             )
         n_agents, n_features = agents.shape[-2:]
         if self.features is not None and self.features[1] > n_features:
-            raise ValueError(
-                f"features={self.features} is out of range for {n_features} observation "
-                f"features."
-            )
+            raise ValueError(f"features={self.features} is out of range for {n_features} observation features.")
         if self.rule == "separation" and n_agents < 2:
             raise ValueError(f"rule='separation' needs at least 2 agents, got {n_agents}.")
         like = {"device": agents.device, "dtype": agents.dtype}

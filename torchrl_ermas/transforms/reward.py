@@ -11,6 +11,7 @@ collected through the same transform applies it twice.
 Reference: "ERMAS: Learning Policies Robust to Reality Gaps in Multi-Agent Simulations",
 Zhao et al., https://arxiv.org/abs/2106.05492 (reality gap ``Q``, DR and RR baselines).
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -174,9 +175,7 @@ class ConcavePlannerReward(Transform):
         tensor([0.0000, 0.6931])
     """
 
-    def __init__(
-        self, eta: float, *, planner_reward_key: NestedKey = ("planner", "reward")
-    ) -> None:
+    def __init__(self, eta: float, *, planner_reward_key: NestedKey = ("planner", "reward")) -> None:
         self.eta = check_real("eta", eta, low=0)
         self.planner_reward_key = unravel_key(planner_reward_key)
         super().__init__(in_keys=[self.planner_reward_key], out_keys=[self.planner_reward_key])
@@ -196,16 +195,11 @@ class ConcavePlannerReward(Transform):
         return tensordict
 
     def transform_reward_spec(self, reward_spec: Composite) -> Composite:
-        reward_spec[self.planner_reward_key] = _unbounded(
-            reward_spec[self.planner_reward_key]
-        )
+        reward_spec[self.planner_reward_key] = _unbounded(reward_spec[self.planner_reward_key])
         return reward_spec
 
     def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(eta={self.eta}, "
-            f"planner_reward_key={self.planner_reward_key})"
-        )
+        return f"{type(self).__name__}(eta={self.eta}, planner_reward_key={self.planner_reward_key})"
 
 
 class DomainRandomizedReward(Transform):
@@ -281,9 +275,7 @@ class DomainRandomizedReward(Transform):
         self.noise_key = unravel_key(noise_key)
         self.reset_key = unravel_key(reset_key)
         self.done_key = unravel_key(done_key)
-        super().__init__(
-            in_keys=[self.agent_reward_key], out_keys=[self.agent_reward_key, self.noise_key]
-        )
+        super().__init__(in_keys=[self.agent_reward_key], out_keys=[self.agent_reward_key, self.noise_key])
         self.register_buffer("_noise", None, persistent=False)
         self._generator = torch.Generator()
         self.set_seed(seed)
@@ -306,9 +298,7 @@ class DomainRandomizedReward(Transform):
         return ((2 * unit - 1) * self.scale).to(device=like.device, dtype=like.dtype)
 
     # ------------------------------------------------------------------ online
-    def _reset(
-        self, tensordict: TensorDictBase, tensordict_reset: TensorDictBase
-    ) -> TensorDictBase:
+    def _reset(self, tensordict: TensorDictBase, tensordict_reset: TensorDictBase) -> TensorDictBase:
         zero = self.parent.full_reward_spec[self.agent_reward_key].zero()
         fresh = self._draw(zero.shape, zero) if self.resample == "episode" else zero
         old = self._noise
@@ -318,16 +308,12 @@ class DomainRandomizedReward(Transform):
             mask = tensordict.get(self.reset_key, None)
             if mask is not None:
                 batch = tensordict_reset.batch_size
-                fresh = torch.where(
-                    expand_as_right(mask.reshape(*batch, -1).any(-1), old), fresh, old
-                )
+                fresh = torch.where(expand_as_right(mask.reshape(*batch, -1).any(-1), old), fresh, old)
             self._noise = fresh
         tensordict_reset.set(self.noise_key, self._noise)
         return tensordict_reset
 
-    def _step(
-        self, tensordict: TensorDictBase, next_tensordict: TensorDictBase
-    ) -> TensorDictBase:
+    def _step(self, tensordict: TensorDictBase, next_tensordict: TensorDictBase) -> TensorDictBase:
         reward = next_tensordict.get(self.agent_reward_key)
         if self.resample == "step":
             self._noise = self._draw(reward.shape, reward)

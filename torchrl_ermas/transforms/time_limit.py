@@ -4,6 +4,7 @@ VMAS ends an episode at ``max_steps`` with ``terminated=True`` and has no ``trun
 entry, so value estimators (GAE) treat every time-out as a terminal state and do not
 bootstrap there. The torchrl-ermas contract reports time limits as ``truncated``.
 """
+
 from __future__ import annotations
 
 from tensordict import TensorDictBase
@@ -42,9 +43,7 @@ class TimeLimitAsTruncated(StepCounter):
         check_int("max_steps", max_steps, 1)
         super().__init__(max_steps=max_steps)
 
-    def _step(
-        self, tensordict: TensorDictBase, next_tensordict: TensorDictBase
-    ) -> TensorDictBase:
+    def _step(self, tensordict: TensorDictBase, next_tensordict: TensorDictBase) -> TensorDictBase:
         next_tensordict = super()._step(tensordict, next_tensordict)
         terminated = next_tensordict.get("terminated", None)
         if terminated is not None:
