@@ -21,21 +21,6 @@ from torchrl_ermas.validation import check_int
 MOVES = (0, 1, -1)
 
 
-def as_batch_size(batch_size: int | Sequence[int]) -> torch.Size:
-    """Validates a batch size given as an int or a sequence of positive ints."""
-    if isinstance(batch_size, int):
-        dims = (batch_size,)
-    elif isinstance(batch_size, Sequence):
-        dims = tuple(batch_size)
-    else:
-        dims = ()
-    if len(dims) == 0 or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in dims):
-        raise ValueError(
-            f"batch_size must be a positive int or a non-empty sequence of positive ints, got {batch_size!r}."
-        )
-    return torch.Size(dims)
-
-
 def one_hot(index: torch.Tensor, n: int) -> torch.Tensor:
     """Float one-hot encoding along a new last dim."""
     return torch.nn.functional.one_hot(index, n).float()

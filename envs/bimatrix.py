@@ -10,9 +10,9 @@ import torch
 from tensordict import TensorDictBase
 from torchrl.data import Bounded, Categorical, Composite, Unbounded
 
-from torchrl_ermas.validation import check_bool, check_choice, check_int, check_real
+from torchrl_ermas.validation import as_batch_size, check_bool, check_choice, check_int, check_real
 
-from ._grid_game import GridGameEnv, as_batch_size, one_hot
+from ._grid_game import GridGameEnv, one_hot
 
 PAYOFF_PRESETS = ("dilemma", "seed0")
 PLANNER_MODES = ("passive", "officers")

@@ -9,9 +9,9 @@ import torch
 from tensordict import TensorDictBase
 from torchrl.data import Bounded, Categorical, Composite
 
-from torchrl_ermas.validation import check_bool, check_int, check_seed
+from torchrl_ermas.validation import as_batch_size, check_bool, check_int, check_seed
 
-from ._grid_game import MOVES, GridGameEnv, as_batch_size, one_hot
+from ._grid_game import MOVES, GridGameEnv, one_hot
 
 
 def nmatrix_payoffs(n_agents: int = 3, grid_size: int = 7, seed: int = 0) -> torch.Tensor:

@@ -313,10 +313,15 @@ class TestBadInput:
         with pytest.raises(ValueError, match=match):
             SaezPlanner(**kwargs)
 
-    @pytest.mark.parametrize("batch_size", [2.5, 0, "2", True])
+    @pytest.mark.parametrize("batch_size", [2.5, 0, "2", True, (2, 3), (), [0]])
     def test_batch_size(self, batch_size):
-        with pytest.raises(ValueError, match=r"batch_size must be an int >= 1"):
+        with pytest.raises(ValueError, match=r"batch_size must be a positive int or a non-empty sequence of at most 1"):
             EconomyEnv(batch_size, episode_length=100, period=10)
+
+    @pytest.mark.parametrize("batch_size", [3, (3,), torch.Size([3])])
+    def test_batch_size_forms(self, batch_size):
+        env = EconomyEnv(batch_size, tier="labour", episode_length=20, period=10)
+        assert env.batch_size == torch.Size([3]) and env.rollout(2)["next", "agents", "reward"].shape == (3, 2, 4, 1)
 
     @pytest.mark.parametrize("rates,match", [([0.1] * 6, "one rate per bracket"), ([0.1] * 6 + [1.5], r"\[0, 1\]")])
     def test_planner_rates(self, rates, match):

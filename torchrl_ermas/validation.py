@@ -7,7 +7,10 @@ type of a value of the wrong type), so that callers catch one exception type.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from numbers import Real
+
+import torch
 
 #: seeds accepted everywhere: torch's generators take unsigned 64-bit seeds, kept signed-safe
 MAX_SEED = 2**63 - 1
@@ -138,3 +141,25 @@ def check_bool(name: str, value) -> None:
     """
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be a bool (True or False), got {value!r} ({type(value).__name__}).")
+
+
+def as_batch_size(value, *, max_dims: int | None = None, name: str = "batch_size") -> torch.Size:
+    """``value`` as a ``torch.Size``: a positive int or a non-empty sequence of positive ints
+    (a ``torch.Size`` too), with at most ``max_dims`` dims when given.
+
+    Examples:
+        >>> as_batch_size(8), as_batch_size(torch.Size([2, 3]))
+        (torch.Size([8]), torch.Size([2, 3]))
+        >>> as_batch_size((2, 3), max_dims=1)
+        Traceback (most recent call last):
+        ...
+        ValueError: batch_size must be a positive int or a non-empty sequence of at most 1 positive ints, got (2, 3).
+    """
+    dims = (value,) if _is_int(value) else tuple(value) if isinstance(value, Sequence) else ()
+    valid = len(dims) > 0 and all(_is_int(d) and d > 0 for d in dims)
+    if not valid or (max_dims is not None and len(dims) > max_dims):
+        most = "" if max_dims is None else f"at most {max_dims} "
+        raise ValueError(
+            f"{name} must be a positive int or a non-empty sequence of {most}positive ints, got {value!r}."
+        )
+    return torch.Size(dims)

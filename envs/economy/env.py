@@ -8,7 +8,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import EnvBase
 
-from torchrl_ermas.validation import check_int, check_seed
+from torchrl_ermas.validation import as_batch_size, check_seed
 
 from .actions import ActionLayout
 from .auction import DoubleAuction
@@ -83,8 +83,9 @@ class EconomyEnv(EnvBase):
     ``period`` and the other settings read as attributes of the environment too.
 
     Args:
-        batch_size: number of environments in the batch (the name every environment of the
-            project and the trainer use). Defaults to ``1``.
+        batch_size: number of environments in the batch, an int or a one-dim
+            ``torch.Size`` (the name every environment of the project and the trainer use).
+            Defaults to ``1``.
 
     Keyword Args:
         tier: ``"labour"``, ``"gather_build"`` or ``"gather_trade_build"`` (default).
@@ -114,7 +115,7 @@ class EconomyEnv(EnvBase):
 
     def __init__(
         self,
-        batch_size: int = 1,
+        batch_size: int | Sequence[int] = 1,
         *,
         tier: Tier = "gather_trade_build",
         n_agents: int = 4,
@@ -131,7 +132,7 @@ class EconomyEnv(EnvBase):
         device: torch.device | str | None = None,
         seed: int | None = None,
     ) -> None:
-        check_int("batch_size", batch_size, 1)
+        batch_size = as_batch_size(batch_size, max_dims=1)
         check_seed("seed", seed, optional=True)
         device = torch.device("cpu" if device is None else device)
         tax = BracketTax(bracket_cutoffs, device=device)
@@ -150,7 +151,7 @@ class EconomyEnv(EnvBase):
             map_name=map_name,
             **({} if layout is None else {"map_height": layout.height, "map_width": layout.width}),
         )
-        super().__init__(device=device, batch_size=torch.Size([batch_size]))
+        super().__init__(device=device, batch_size=batch_size)
         self.settings = settings
         self.actions = ActionLayout.from_settings(settings)
         self.tax = tax
