@@ -93,6 +93,23 @@ def test_critic_loss_is_the_weighted_distance_to_the_value_target(loss_critic_ty
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in critic.parameters())
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_critic_loss_reduction(reduction):
+    """``reduction`` reduces the per-sample distances as TorchRL's losses do; ErmasLoss passes
+    its own reduction to the planner side."""
+    planner = PlannerAdvantage(_critic(weight=0.1, bias=0.0), critic_coeff=0.5)
+    batch = planner(_trajectories()).reshape(-1)
+    per_sample = planner.loss(batch, "none")["loss_planner_critic"]
+    assert per_sample.shape == (batch.shape[0], 1, 1)
+    reduced = {"mean": per_sample.mean(), "sum": per_sample.sum(), "none": per_sample}[reduction]
+    torch.testing.assert_close(planner.loss(batch, reduction)["loss_planner_critic"], reduced)
+    owner = _agents_loss(planner, reduction=reduction)
+    data = _with_agents(owner.planner_advantage(_trajectories()), owner).reshape(-1)
+    torch.testing.assert_close(owner(data)["loss_planner_critic"], planner.loss(data, reduction)["loss_planner_critic"])
+    with pytest.raises(ValueError, match=r"reduction must be one of \('mean', 'sum', 'none'\), got 'max'"):
+        planner.loss(batch, "max")
+
+
 def test_critic_loss_needs_the_value_target_first():
     planner = PlannerAdvantage(_critic())
     with pytest.raises(KeyError, match=r"value target .* call the PlannerAdvantage"):
@@ -120,7 +137,7 @@ def test_a_critic_writing_another_key_is_refused_with_what_to_set():
         PlannerAdvantage(root_critic)
 
 
-def _agents_loss(planner_advantage: PlannerAdvantage | None) -> ErmasLoss:
+def _agents_loss(planner_advantage: PlannerAdvantage | None, **kwargs) -> ErmasLoss:
     torch.manual_seed(0)
     actor = ProbabilisticActor(
         TensorDictModule(
@@ -138,7 +155,7 @@ def _agents_loss(planner_advantage: PlannerAdvantage | None) -> ErmasLoss:
         [("agents", "observation")],
         [("agents", "state_value")],
     )
-    return ErmasLoss(actor, critic, LagrangeMultiplier(N_AGENTS), planner_advantage=planner_advantage)
+    return ErmasLoss(actor, critic, LagrangeMultiplier(N_AGENTS), planner_advantage=planner_advantage, **kwargs)
 
 
 def _with_agents(data: TensorDict, loss: ErmasLoss) -> TensorDict:

@@ -427,6 +427,6 @@ class ErmasLoss(MAPPOLoss):
             if value is not None:
                 td_out.set(key, value.mean())
         if self.planner_advantage is not None:
-            td_out.update(self.planner_advantage.loss(tensordict))
+            td_out.update(self.planner_advantage.loss(tensordict, self.reduction))
         td_out.set("lagrange_multiplier", self.lagrange.value)
         return td_out

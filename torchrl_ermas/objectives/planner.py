@@ -14,6 +14,8 @@ from torchrl_ermas.validation import check_choice, check_real
 
 #: the critic losses of TorchRL's ``distance_loss``
 CRITIC_LOSS_TYPES = ("l1", "l2", "smooth_l1")
+#: the reductions of TorchRL's losses
+REDUCTIONS = ("mean", "sum", "none")
 
 
 class PlannerAdvantage(nn.Module):
@@ -106,8 +108,11 @@ class PlannerAdvantage(nn.Module):
         """Writes the planner's advantage and value target into trajectories ``[*B, time]``."""
         return self.gae(tensordict)
 
-    def loss(self, tensordict: TensorDictBase) -> TensorDictBase:
-        """``loss_planner_critic`` on a batch that holds the value target (see :meth:`forward`)."""
+    def loss(self, tensordict: TensorDictBase, reduction: str = "mean") -> TensorDictBase:
+        """``loss_planner_critic`` on a batch that holds the value target (see :meth:`forward`),
+        reduced over the batch by ``reduction`` (``"mean"``, ``"sum"`` or ``"none"``, which
+        keeps the ``[*B, 1, 1]`` shape of the value)."""
+        check_choice("reduction", reduction, REDUCTIONS)
         target = tensordict.get(self.value_target_key, None)
         if target is None:
             raise KeyError(
@@ -116,4 +121,5 @@ class PlannerAdvantage(nn.Module):
             )
         value = self.critic(tensordict.select(*self.critic.in_keys).copy()).get(self.value_key)
         distance = distance_loss(value, target.detach(), loss_function=self.loss_critic_type)
-        return TensorDict({"loss_planner_critic": self.critic_coeff * distance.mean()}, [])
+        distance = {"mean": distance.mean, "sum": distance.sum, "none": lambda: distance}[reduction]()
+        return TensorDict({"loss_planner_critic": self.critic_coeff * distance}, [])
