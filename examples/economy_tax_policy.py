@@ -44,9 +44,6 @@ from torchrl_ermas.training import (  # noqa: E402
     validate_experiment,
     with_overrides,
 )
-from torchrl_ermas.training import (
-    validate as validate_run,
-)
 
 METRICS = ("planner_reward", "equality", "productivity")
 
@@ -118,20 +115,8 @@ def evaluation_configs(
 ) -> dict[tuple[str, int, float], TrainConfig]:
     """The evaluation runs (frozen planner, fresh MARL agents), keyed by (planner, seed, eta)."""
     base = with_overrides(cfg.train, cfg.transfer)
-    runs = transfer_grid(base, trained, "env.eta", cfg.eta_test, out / "evaluate", "eta")
-
-    def where(name: str, seed: int, eta: float) -> dict[str, Any]:
-        path = out / "evaluate" / name / f"eta{eta:g}" / f"seed{seed}"
-        return {"env.eta": eta, "seed": seed, "output_dir": str(path)}
-
-    fixed = {"variant": "marl", "train_planner": False, "env.planner_action": "rates"}
-    for name, planner in cfg.baselines.items():
-        for seed in cfg.seeds:
-            for eta in cfg.eta_test:
-                overrides = {**fixed, "fixed_planner": planner, **where(name, seed, eta)}
-                runs[name, seed, eta] = with_overrides(base, overrides)
-                validate_run(runs[name, seed, eta])
-    return runs
+    fixed = {name: {"fixed_planner": planner, "env.planner_action": "rates"} for name, planner in cfg.baselines.items()}
+    return transfer_grid(base, trained, "env.eta", cfg.eta_test, out / "evaluate", "eta", fixed_planners=fixed)
 
 
 def plot(cfg: TaxPolicyConfig, summary: dict, path: Path) -> None:

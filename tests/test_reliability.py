@@ -27,9 +27,11 @@ from torchrl_ermas.training import (
     component_state,
     load_checkpoint,
     mean_sem,
+    method_seed_configs,
     run_many,
     save_checkpoint,
     transfer_config,
+    transfer_grid,
     validate,
     validate_experiment,
     with_overrides,
@@ -551,6 +553,25 @@ def test_experiment_checks_only_what_the_runs_use():
     eps = with_overrides(TrainConfig(), {"ermas.epsilon": 3.0})
     with pytest.raises(ValueError, match=r"train.ermas.epsilon .*got train.ermas.epsilon=3.0"):
         validate_experiment(eps, sweeps={}, workers=1, owned=owned, overrides=["train.ermas={epsilon:3}"])
+
+
+def test_transfer_grid_adds_fixed_planners_on_the_trained_seeds(tmp_path):
+    """Baselines that are not trained run fresh MARL agents on the seeds of the trained runs,
+    in the same folder layout; a setting they cannot run is named with the baseline."""
+    trained = method_seed_configs(TrainConfig(), {"ermas": {"variant": "ermas"}}, [3, 5], tmp_path / "train")
+    fixed = {"free": {"fixed_planner": {"_target_": "torchrl_ermas.envs.economy.FreeMarketPlanner"}}}
+    runs = transfer_grid(TrainConfig(), trained, "reward.q", [0.25], tmp_path / "t", "q", fixed_planners=fixed)
+    assert sorted(runs) == [("ermas", 3, 0.25), ("ermas", 5, 0.25), ("free", 3, 0.25), ("free", 5, 0.25)]
+    free = runs["free", 5, 0.25]
+    assert (free.variant, free.train_planner, free.seed, free.reward.q) == ("marl", False, 5, 0.25)
+    assert free.fixed_planner["_target_"].endswith("FreeMarketPlanner") and free.planner_checkpoint is None
+    assert free.output_dir == str(tmp_path / "t" / "free" / "q0.25" / "seed5")
+    assert runs["ermas", 5, 0.25].planner_checkpoint == str(tmp_path / "train" / "ermas" / "seed5" / "checkpoint.pt")
+    bad = {"broken": {"fixed_planner": {}}}
+    with pytest.raises(ValueError, match=r"fixed planner 'broken' \(seed 3, reward.q=0.25\): fixed_planner must"):
+        transfer_grid(TrainConfig(), trained, "reward.q", [0.25], tmp_path / "t", "q", fixed_planners=bad)
+    with pytest.raises(ValueError, match=r"fixed_planners must not reuse the names of trained runs, got \['ermas'\]"):
+        transfer_grid(TrainConfig(), trained, "reward.q", [0.25], tmp_path / "t", "q", fixed_planners={"ermas": {}})
 
 
 def test_huge_ints_are_refused_as_numbers():

@@ -189,13 +189,17 @@ def transfer_grid(
     test_values: Sequence[float],
     root: str | Path,
     label: str,
+    *,
+    fixed_planners: dict[str, dict[str, Any]] | None = None,
 ) -> dict[tuple[str, int, float], TrainConfig]:
     """:func:`transfer_config` for each trained run and test value, keyed ``(name, seed, value)``.
 
     Each transfer run sets ``test_key`` (a dotted ``TrainConfig`` key, e.g. ``"reward.q"``)
     to the test value and the seed of its trained run, and writes to
     ``root/name/{label}{value}/seed{s}``; ``trained`` is keyed like
-    :func:`method_seed_configs`.
+    :func:`method_seed_configs`. ``fixed_planners`` adds planners that are not trained
+    (baselines): each name's overrides (e.g. a ``fixed_planner``) give runs with fresh MARL
+    agents on the seeds of ``trained``, in the same layout.
 
     Examples:
         >>> trained = method_seed_configs(TrainConfig(), {"marl": {"variant": "marl"}}, [0], "out/train")
@@ -204,15 +208,32 @@ def transfer_grid(
         (0.5, 'out/transfer/marl/q0.5/seed0')
     """
     root = Path(root)
-    return {
-        (name, seed, value): transfer_config(
-            cfg,
-            Path(run_cfg.output_dir) / "checkpoint.pt",
-            {test_key: value, "seed": seed, "output_dir": str(root / name / f"{label}{value:g}" / f"seed{seed}")},
-        )
+
+    def test(name: str, seed: int, value: float) -> dict[str, Any]:
+        return {test_key: value, "seed": seed, "output_dir": str(root / name / f"{label}{value:g}" / f"seed{seed}")}
+
+    runs = {
+        (name, seed, value): transfer_config(cfg, Path(run_cfg.output_dir) / "checkpoint.pt", test(name, seed, value))
         for (name, seed), run_cfg in trained.items()
         for value in test_values
     }
+    seeds = sorted({seed for _, seed in trained})
+    fixed_planners = fixed_planners or {}
+    clash = sorted(set(fixed_planners) & {name for name, _ in trained})
+    if clash:
+        raise ValueError(f"fixed_planners must not reuse the names of trained runs, got {clash}")
+    for name, overrides in fixed_planners.items():
+        for seed in seeds:
+            for value in test_values:
+                run = with_overrides(
+                    cfg, {"variant": "marl", "train_planner": False, **overrides, **test(name, seed, value)}
+                )
+                try:
+                    validate(run)
+                except ValueError as err:
+                    raise ValueError(f"fixed planner {name!r} (seed {seed}, {test_key}={value:g}): {err}") from None
+                runs[name, seed, value] = run
+    return runs
 
 
 def relative_summary(
