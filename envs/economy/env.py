@@ -13,7 +13,7 @@ from torchrl_ermas.validation import as_batch_size, check_seed
 from .actions import ActionLayout
 from .auction import DoubleAuction
 from .gather import GatherBuildWorld
-from .layout import FIXED_BUILD_PAYMENTS, FIXED_START_LOCATIONS, load_layout
+from .layout import FIXED_BUILD_PAYMENTS, FIXED_START_LOCATIONS, WorldLayout, load_layout
 from .observations import (
     Market,
     agent_observation_size,
@@ -158,10 +158,7 @@ class EconomyEnv(EnvBase):
         self._skills = ranked_skills(n_agents).to(device)
         self._eta = self._check_eta(eta)
         if layout is not None:
-            self.world = GatherBuildWorld(layout, view_radius=settings.view_radius)
-            start = torch.tensor([r * layout.width + c for r, c in FIXED_START_LOCATIONS], device=device)
-            self._start_pos = start
-            self._payments = torch.tensor(FIXED_BUILD_PAYMENTS, device=device)
+            self._init_world(layout)
         self.auction = (
             DoubleAuction(n_agents, n_resources=settings.n_resources, max_price=settings.n_prices - 1)
             if settings.trade
@@ -171,10 +168,21 @@ class EconomyEnv(EnvBase):
         if seed is not None:
             self._generator.manual_seed(seed)
         self._state: TensorDict = self._initial_state()
+        self._set_specs()
+
+    def _init_world(self, layout: WorldLayout) -> None:
+        """The map tiers' world on ``layout``, the fixed start locations and build payments."""
+        self.world = GatherBuildWorld(layout, view_radius=self.settings.view_radius)
+        self._start_pos = torch.tensor([r * layout.width + c for r, c in FIXED_START_LOCATIONS], device=self.device)
+        self._payments = torch.tensor(FIXED_BUILD_PAYMENTS, device=self.device)
+
+    def _set_specs(self) -> None:
+        """The env's specs, from the settings (sizes by arithmetic)."""
+        settings = self.settings
         specs = make_specs(
             settings,
             self.batch_size,
-            device,
+            self.device,
             n_actions=self.actions.n_actions,
             agent_obs=agent_observation_size(settings),
             planner_obs=planner_observation_size(settings),

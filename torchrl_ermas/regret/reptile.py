@@ -210,21 +210,11 @@ class ReptileRegretEstimator:
             raise ValueError(f"meta must be a ReptileStep or None, got {type(meta).__name__}.")
         horizon = getattr(env, "max_steps", None) if horizon is None else horizon
         check_int("horizon (or env.max_steps when horizon is None)", horizon, 1)
-        action_key = (group, "action")
         self.n_agents = _deviation_worlds(env, group)
-        self.actor = actor
-        self.env = env
-        self.planner_policy = planner_policy
-        self.value_network = value_network
-        self.horizon = horizon
-        self.trust_region = trust_region
-        self.deviation_steps = deviation_steps
-        self.exploration = exploration
-        self.gamma = gamma
-        self.meta = meta
-        self.group = group
-        self.reward_key = (group, "reward")
-        self.action_key = action_key
+        self.actor, self.env, self.planner_policy, self.value_network = actor, env, planner_policy, value_network
+        self.horizon, self.trust_region, self.deviation_steps = horizon, trust_region, deviation_steps
+        self.exploration, self.gamma, self.meta = exploration, gamma, meta
+        self.group, self.reward_key, self.action_key = group, (group, "reward"), (group, "action")
         self._seeds = torch.Generator().manual_seed(seed)
         dist_keys = list(actor.module[-1].in_keys)
         check_explorable(dist_keys)
@@ -241,7 +231,7 @@ class ReptileRegretEstimator:
         self.policy = DeviationPolicy(
             self.dists,
             n_agents=self.n_agents,
-            action_key=action_key,
+            action_key=self.action_key,
             behaviour_log_prob_key=(group, _BEHAVIOUR_LOG_PROB),
             planner_policy=planner_policy,
         )

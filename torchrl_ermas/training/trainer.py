@@ -197,21 +197,8 @@ class ErmasTrainer:
         )
         self._build_collection()
         self._check_episode_metrics()
-        self.history: dict[str, list] = {
-            name: []
-            for name in (
-                "iteration",
-                "planner_reward",
-                "agent_reward",
-                *cfg.episode_metrics,
-                "lambda",
-                "regret",
-                "kl",
-                "time_collect",
-                "time_train",
-                "time_regret",
-            )
-        }
+        columns = ("iteration", "planner_reward", "agent_reward", *cfg.episode_metrics, "lambda", "regret", "kl")
+        self.history: dict[str, list] = {name: [] for name in (*columns, "time_collect", "time_train", "time_regret")}
         self.start_iteration = 0
         self._config_json = json.dumps(self._config_dict())
         #: extra final metrics written to ``results.json`` (e.g. by an experiment hook)
