@@ -369,15 +369,15 @@ class ErmasTrainer:
                 f"the collector copied the policy (its parameters are not all on device "
                 f"{self.device}); build the networks on the run's device."
             )
-        self.buffers = {group: self._make_buffer(frames, getattr(cfg, group)) for group in self.optimizers}
-
-    def _make_buffer(self, frames: int, ppo: PPOConfig) -> TensorDictReplayBuffer:
-        """One iteration's transitions, ``ppo.minibatches`` minibatches per pass."""
-        return TensorDictReplayBuffer(
-            storage=LazyTensorStorage(frames, device=self.device),
-            sampler=PassSampler(),
-            batch_size=frames // ppo.minibatches,
-        )
+        # the groups sample the iteration's transitions from one storage, each with its own
+        # minibatch size and sampler
+        storage = LazyTensorStorage(frames, device=self.device)
+        self.buffers = {
+            group: TensorDictReplayBuffer(
+                storage=storage, sampler=PassSampler(), batch_size=frames // getattr(cfg, group).minibatches
+            )
+            for group in self.optimizers
+        }
 
     @staticmethod
     def _trainable(loss) -> list[torch.Tensor]:
@@ -503,10 +503,11 @@ class ErmasTrainer:
         steps = [("agents", self.agent_loss, self.cfg.agents)]
         if "planner" in self.optimizers:
             steps.append(("planner", self.planner_loss, self.cfg.planner))
+        for buffer in self.buffers.values():  # clears the shared storage and each sampler
+            buffer.empty()
+        self.buffers["agents"].extend(flat)
         for group, loss_module, ppo in steps:
             optimizer, params, buffer = self.optimizers[group], self._params(group), self.buffers[group]
-            buffer.empty()
-            buffer.extend(flat)
             for _ in range(ppo.epochs):
                 for batch in buffer:  # one pass without replacement
                     loss = self._loss(group, loss_module, batch)
