@@ -82,6 +82,19 @@ def _deviation_worlds(env: EnvBase, group: str) -> int:
     return n_agents
 
 
+def _check_settings(
+    trust_region: float, deviation_steps: int, exploration: float, gamma: float, meta: object, seed: int
+) -> None:
+    """The estimator's scalar settings, each named with its accepted range."""
+    check_number("trust_region", trust_region)
+    check_int("deviation_steps", deviation_steps, 1)
+    check_seed("seed", seed)
+    check_real("exploration", exploration, low=0, high=1, high_inclusive=False)
+    check_real("gamma", gamma, low=0, low_inclusive=False, high=1)
+    if meta is not None and not isinstance(meta, ReptileStep):
+        raise ValueError(f"meta must be a ReptileStep or None, got {type(meta).__name__}.")
+
+
 class ReptileRegretEstimator:
     """Estimates each agent's regret by a trust-region unilateral deviation (ERMAS).
 
@@ -201,20 +214,23 @@ class ReptileRegretEstimator:
         group: str = "agents",
         seed: int = 0,
     ) -> None:
-        check_number("trust_region", trust_region)
-        check_int("deviation_steps", deviation_steps, 1)
-        check_seed("seed", seed)
-        check_real("exploration", exploration, low=0, high=1, high_inclusive=False)
-        check_real("gamma", gamma, low=0, low_inclusive=False, high=1)
-        if meta is not None and not isinstance(meta, ReptileStep):
-            raise ValueError(f"meta must be a ReptileStep or None, got {type(meta).__name__}.")
+        _check_settings(trust_region, deviation_steps, exploration, gamma, meta, seed)
         horizon = getattr(env, "max_steps", None) if horizon is None else horizon
         check_int("horizon (or env.max_steps when horizon is None)", horizon, 1)
         self.n_agents = _deviation_worlds(env, group)
-        self.actor, self.env, self.planner_policy, self.value_network = actor, env, planner_policy, value_network
-        self.horizon, self.trust_region, self.deviation_steps = horizon, trust_region, deviation_steps
-        self.exploration, self.gamma, self.meta = exploration, gamma, meta
-        self.group, self.reward_key, self.action_key = group, (group, "reward"), (group, "action")
+        self.actor = actor
+        self.env = env
+        self.planner_policy = planner_policy
+        self.value_network = value_network
+        self.horizon = horizon
+        self.trust_region = trust_region
+        self.deviation_steps = deviation_steps
+        self.exploration = exploration
+        self.gamma = gamma
+        self.meta = meta
+        self.group = group
+        self.reward_key = (group, "reward")
+        self.action_key = (group, "action")
         self._seeds = torch.Generator().manual_seed(seed)
         dist_keys = list(actor.module[-1].in_keys)
         check_explorable(dist_keys)

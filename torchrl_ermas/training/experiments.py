@@ -164,6 +164,10 @@ TRANSFER_KEYS = {
 }
 
 
+#: the settings of a run that trains fresh agents by MARL under a planner it does not train
+_FRESH_AGENTS = {"variant": "marl", "train_planner": False}
+
+
 def transfer_config(
     cfg: TrainConfig, planner_checkpoint: str | Path, overrides: dict[str, Any] | None = None
 ) -> TrainConfig:
@@ -175,8 +179,7 @@ def transfer_config(
     (the folder of ``planner_checkpoint`` is refused). ``resume`` and ``overwrite`` are
     those of ``cfg``, so an experiment re-run with ``resume`` resumes its transfers too.
     """
-    settings = {"variant": "marl", "train_planner": False}
-    settings["planner_checkpoint"] = str(planner_checkpoint)
+    settings = {**_FRESH_AGENTS, "planner_checkpoint": str(planner_checkpoint)}
     transfer = with_overrides(cfg, {**settings, **(overrides or {})})
     validate(transfer)
     return transfer
@@ -225,9 +228,7 @@ def transfer_grid(
     for name, overrides in fixed_planners.items():
         for seed in seeds:
             for value in test_values:
-                run = with_overrides(
-                    cfg, {"variant": "marl", "train_planner": False, **overrides, **test(name, seed, value)}
-                )
+                run = with_overrides(cfg, {**_FRESH_AGENTS, **overrides, **test(name, seed, value)})
                 try:
                     validate(run)
                 except ValueError as err:
