@@ -12,8 +12,9 @@ from torchrl.modules import MaskedCategorical, MultiAgentMLP, ProbabilisticActor
 from torchrl_ermas.envs import SequentialBimatrixEnv
 from torchrl_ermas.envs.bimatrix_analysis import exact_regret, policy_table
 
-from torchrl_ermas.regret import ReptileRegretEstimator, ReptileStep
-from torchrl_ermas.regret.trust_region import _score
+from torchrl_ermas.regret import MetaGradient, ReptileRegretEstimator, own_policy_gradient
+from torchrl_ermas.regret.deviation import DeviationDistributions
+from torchrl_ermas.regret.trust_region import DeviationBatch, _score
 from torchrl_ermas.transforms import KLToReference
 
 STAY, UP, DOWN = 0, 1, 2  # UP cooperates (towards n-1), DOWN defects in "dilemma"
@@ -157,21 +158,18 @@ class TestMechanics:
                 assert value[1 - world] == 0
             assert sum(v[world] for v in changed.values(True, True)) > 0
 
-    def test_meta_params_are_a_short_adaptation(self):
-        """The Reptile input moves towards the deviation but stays much closer to theta."""
-        env = make_env(32)
-        actor = make_actor()
-        make_deterministic(actor, UP, confidence=3.0)
-        result = ReptileRegretEstimator(actor, env, meta=ReptileStep(0.2)).estimate()
-        theta = TensorDict.from_module(actor).data
-
-        def distance(params):  # per world
-            diff = params - theta.expand(2)
-            return torch.stack([x.flatten(1).square().sum(-1) for x in diff.values(True, True)]).sum(0).sqrt()
-
-        meta, deviation = distance(result["meta_params"]), distance(result["deviation_params"])
-        assert (meta > 0).all()
-        assert (meta < 0.25 * deviation).all(), (meta, deviation)
+    def test_meta_gradient_is_each_agents_own_gradient_at_its_deviation(self):
+        """With per-agent parameters, world i's meta gradient touches agent i's slice only."""
+        env = make_env(16)
+        actor = make_actor(share_params=False)
+        make_deterministic(actor, UP)
+        result = ReptileRegretEstimator(actor, env, deviation_steps=1, meta_gradient=True).estimate()
+        gradient = result["meta_gradient"]
+        assert gradient.batch_size == (2,)
+        for world in range(2):
+            size = gradient[world].abs().apply(lambda x: x.flatten(1).sum(-1))
+            assert all(value[1 - world] == 0 for value in size.values(True, True))
+            assert sum(value[world] for value in size.values(True, True)) > 0
 
     def test_with_planner_policy(self):
         env = SequentialBimatrixEnv(2 * 8, planner="officers", max_steps=10)
@@ -208,26 +206,65 @@ class TestMechanics:
         ReptileRegretEstimator(make_actor(), env, planner_policy=planner, deviation_steps=1).estimate()
         assert torch.cat(seen).unique().tolist() == [0, 1, 2, 3, 4]
 
-    def test_meta_step_matches_formula(self):
-        env = make_env(4)
-        actor = make_actor()
-        estimator = ReptileRegretEstimator(actor, env, meta=ReptileStep(scale=0.5, cap=2.0))
-        theta = TensorDict.from_module(actor).data.clone()
-        deviation = theta.expand(2).clone().apply(lambda x: x + torch.randn_like(x))
-        lagrange = torch.tensor([1.0, 10.0])  # scales 0.5 and min(5, 2) = 2
-        expected = theta - 0.5 * (deviation[0] - theta)
-        expected = expected - 2.0 * (deviation[1] - expected)
-        estimator.meta_step(deviation, lagrange)
-        result = TensorDict.from_module(actor).data
-        assert all(torch.allclose(result[k], expected[k], atol=1e-5) for k in expected.keys(True, True))
 
-    def test_meta_scale_zero_is_a_no_op(self):
-        env = make_env(4)
+
+def _random_batch(actor, n_samples: int = 6) -> DeviationBatch:
+    observation = TensorDict({("agents", "observation"): torch.randn(2, n_samples, 2, 18)}, [2, n_samples])
+    return DeviationBatch(
+        observation,
+        action=torch.randint(3, (2, n_samples, 2)),
+        behaviour_log_prob=torch.rand(2, n_samples).log(),
+        advantage=torch.randn(2, n_samples),
+    )
+
+
+class TestMetaGradient:
+    def test_own_policy_gradient_matches_each_world_alone(self):
+        """The vmapped gradient equals, world by world, autograd of the importance-weighted
+        surrogate of the deviating agent on the plain actor."""
         actor = make_actor()
-        estimator = ReptileRegretEstimator(actor, env, meta=ReptileStep(scale=0.0))
-        theta = TensorDict.from_module(actor).data.clone()
-        estimator.meta_step(theta.expand(2).clone().apply(torch.randn_like), torch.ones(2))
-        assert (TensorDict.from_module(actor).data == theta).all()
+        theta = TensorDict.from_module(actor).data
+        deviation = theta.expand(2).clone().apply(lambda x: x + 0.1 * torch.randn_like(x))
+        batch = _random_batch(actor)
+        gradient = own_policy_gradient(DeviationDistributions(actor, [("agents", "logits")]), deviation, batch)
+        for world in range(2):
+            reference = copy.deepcopy(actor)
+            params = deviation[world].clone().requires_grad_()
+            with params.to_module(reference):
+                dist = reference.get_dist(batch.observation[world].copy())
+                log_prob = dist.log_prob(batch.action[world])[:, world]
+            weight = (log_prob.detach() - batch.behaviour_log_prob[world]).exp() * batch.advantage[world]
+            (weight * log_prob).mean().backward()
+            for key, value in params.items(True, True):
+                torch.testing.assert_close(gradient[world][key], value.grad, rtol=1e-5, atol=1e-7)
+
+    def test_update_weights_each_agent_by_beta_lambda_over_one_plus_lambda(self):
+        actor = make_actor()
+        params = TensorDict.from_module(actor)
+        gradients = params.data.expand(2).clone().apply(torch.randn_like)
+        meta = MetaGradient(params, scale=0.6)
+        meta.update(gradients, torch.tensor([1.0, 9.0]))  # weights 0.3 and 0.54
+        expected = (gradients[0] * 0.3 + gradients[1] * 0.54) / 2
+        for key, value in expected.items(True, True):
+            torch.testing.assert_close(meta.gradient[key], value)
+        # the loss's gradient with respect to the parameters is the combined gradient
+        meta(params).backward()
+        for key, value in params.items(True, True):
+            torch.testing.assert_close(value.grad, expected[key])
+
+    def test_scale_zero_adds_nothing(self):
+        params = TensorDict.from_module(make_actor())
+        meta = MetaGradient(params, scale=0.0)
+        meta.update(params.data.expand(2).clone().apply(torch.randn_like), torch.ones(2))
+        assert not meta.enabled and meta(params).item() == 0.0
+
+    def test_gradient_travels_with_state_dict(self):
+        params = TensorDict.from_module(make_actor())
+        meta = MetaGradient(params, scale=1.0)
+        meta.update(params.data.expand(2).clone().apply(torch.randn_like), torch.ones(2))
+        restored = MetaGradient(params, scale=1.0)
+        restored.load_state_dict(meta.state_dict())
+        assert (restored.gradient == meta.gradient).all()
 
 
 class TestBadInput:
@@ -241,7 +278,7 @@ class TestBadInput:
             (dict(exploration=1.0), "exploration"),
             (dict(exploration=-0.1), "exploration"),
             (dict(gamma=0.0), "gamma"),
-            (dict(meta=0.2), "meta must be a ReptileStep"),
+            (dict(meta_gradient=0.2), "meta_gradient"),
             (dict(horizon=0), "horizon"),
             (dict(max_step_scale=0.0), "max_step_scale"),
             (dict(line_search_points=0), "line_search_points"),
@@ -254,29 +291,19 @@ class TestBadInput:
         with pytest.raises(ValueError, match=name):
             ReptileRegretEstimator(make_actor(), make_env(4), **kwargs)
 
-    @pytest.mark.parametrize(
-        "kwargs,name",
-        [(dict(scale=-0.2), "scale"), (dict(cap=float("nan")), "cap"), (dict(trust_region=0.0), "trust_region")],
-    )
-    def test_invalid_reptile_step(self, kwargs, name):
-        with pytest.raises(ValueError, match=name):
-            ReptileStep(**kwargs)
-
-    def test_meta_step_without_meta(self):
-        estimator = ReptileRegretEstimator(make_actor(), make_env(4))
-        theta = TensorDict.from_module(estimator.actor).data
-        with pytest.raises(RuntimeError, match="ReptileStep"):
-            estimator.meta_step(theta.expand(2).clone(), torch.ones(2))
+    @pytest.mark.parametrize("scale", [-0.2, 1.5, float("nan")])
+    def test_invalid_meta_scale(self, scale):
+        with pytest.raises(ValueError, match=r"scale must be a finite number >= 0 and <= 1"):
+            MetaGradient(TensorDict.from_module(make_actor()), scale=scale)
 
     def test_batch_not_divisible_into_worlds(self):
         with pytest.raises(ValueError, match="batch_size"):
             ReptileRegretEstimator(make_actor(), SequentialBimatrixEnv(5))
 
-    def test_meta_step_lagrange_size(self):
-        estimator = ReptileRegretEstimator(make_actor(), make_env(4), meta=ReptileStep(0.2))
-        theta = TensorDict.from_module(estimator.actor).data
-        with pytest.raises(ValueError, match="lagrange"):
-            estimator.meta_step(theta.expand(2).clone(), torch.ones(3))
+    def test_meta_gradient_lagrange_size(self):
+        params = TensorDict.from_module(make_actor())
+        with pytest.raises(ValueError, match="lagrange must hold n_agents=2"):
+            MetaGradient(params, scale=0.2).update(params.data.expand(2).clone(), torch.ones(3))
 
 
 @pytest.mark.parametrize("masked", [False, True])

@@ -26,7 +26,7 @@ from torchrl.envs import StepCounter, TransformedEnv
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl_ermas.envs import SequentialBimatrixEnv
 
-from torchrl_ermas.regret import ReptileRegretEstimator, seed_env
+from torchrl_ermas.regret import MetaGradient, seed_env
 from torchrl_ermas.training import (
     ErmasConfig,
     ErmasTrainer,
@@ -226,7 +226,8 @@ def test_marl_results_schema(marl_run):
 
 VARIANTS = {
     "ermas-passive": {"planner_mode": "passive"},
-    "ermas-meta": {"planner_mode": "passive", "ermas": {"meta_scale": 0.2}},
+    # epsilon < 0 keeps lambda > 0, so the meta term has a non-zero weight
+    "ermas-meta": {"planner_mode": "passive", "ermas": {"meta_scale": 0.2, "epsilon": -5.0}},
     "fixed_lambda": {"variant": "fixed_lambda", "ermas": {"lambda_init": 3.0}},
     # the baselines of examples/configs/bimatrix_robust_planner.yaml
     "domain-randomization": {"variant": "marl", "reward": {"dr_scale": 1.0}},
@@ -235,24 +236,23 @@ VARIANTS = {
 }
 
 
-def _spy_meta_steps(monkeypatch) -> list[bool]:
-    """Records, for each Reptile meta step, whether it moved the agent parameters."""
-    moved: list[bool] = []
-    original = ReptileRegretEstimator.meta_step
+def _spy_meta_updates(monkeypatch) -> list[bool]:
+    """Records, for each update of the meta-gradient term, whether it holds a non-zero gradient."""
+    nonzero: list[bool] = []
+    original = MetaGradient.update
 
-    def meta_step(self, deviation_params, lagrange):
-        before = self.params.data.clone()
-        original(self, deviation_params, lagrange)
-        moved.append(not bool((self.params.data == before).all()))
+    def update(self, gradients, lagrange):
+        original(self, gradients, lagrange)
+        nonzero.append(any(bool(v.abs().sum() > 0) for v in self.gradient.values(True, True)))
 
-    monkeypatch.setattr(ReptileRegretEstimator, "meta_step", meta_step)
-    return moved
+    monkeypatch.setattr(MetaGradient, "update", update)
+    return nonzero
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_variant_runs_and_writes_results(tmp_path, monkeypatch, name):
     cfg = make_cfg(tmp_path, **VARIANTS[name])
-    meta_steps = _spy_meta_steps(monkeypatch)
+    meta_updates = _spy_meta_updates(monkeypatch)
     results, ckpt = run(cfg)
     assert_results_schema(results, cfg, tmp_path)
     assert ckpt["iteration"] == cfg["iterations"]
@@ -262,9 +262,10 @@ def test_variant_runs_and_writes_results(tmp_path, monkeypatch, name):
         assert history["regret"][0] is None
         assert all(row is not None for row in history["regret"][1:])
         if cfg["ermas"].get("meta_scale", ErmasConfig().meta_scale) > 0:
-            assert len(meta_steps) == cfg["iterations"] - 1  # one per regret estimate
+            assert meta_updates == [True] * (cfg["iterations"] - 1)  # one per regret estimate
+            assert ckpt["modules"].keys() >= {"meta_gradient.gradient.module.0.module.params.0.weight"}
         else:
-            assert not any(meta_steps)  # meta_scale=0: no Reptile step moves the agents
+            assert meta_updates == []  # meta_scale=0: no meta-gradient term
     elif cfg["variant"] == "fixed_lambda":
         assert history["lambda"] == [[3.0] * N_AGENTS] * cfg["iterations"]
         assert history["regret"] == [None] * cfg["iterations"]
@@ -274,7 +275,7 @@ def test_variant_runs_and_writes_results(tmp_path, monkeypatch, name):
     else:
         assert history["lambda"] == [None] * cfg["iterations"]
     if cfg["variant"] != "ermas":
-        assert meta_steps == []
+        assert meta_updates == []
 
 
 def test_trainconfig_dataclass_is_accepted(tmp_path):
@@ -492,9 +493,11 @@ def test_trainer_crash_while_saving_keeps_previous_checkpoint(tmp_path, monkeypa
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def test_resume_after_stop_equals_uninterrupted(tmp_path):
-    """In-process: 2 iterations, then ``resume=True`` to 4, equals 4 uninterrupted."""
-    cfg = make_cfg(tmp_path / "a", iterations=4, ermas={"regret_interval": 2})
+@pytest.mark.parametrize("ermas", [{}, {"meta_scale": 0.5, "epsilon": -5.0}], ids=["ermas", "meta"])
+def test_resume_after_stop_equals_uninterrupted(tmp_path, ermas):
+    """In-process: 2 iterations, then ``resume=True`` to 4, equals 4 uninterrupted (with the
+    meta term, iteration 2 trains on the meta gradient of iteration 1's estimate)."""
+    cfg = make_cfg(tmp_path / "a", iterations=4, ermas={"regret_interval": 2, **ermas})
     full, full_ckpt = run(cfg)
     split = _merge(cfg, {"output_dir": str(tmp_path / "b")})
     run(_merge(split, {"iterations": 2}))
@@ -677,6 +680,7 @@ INVALID = [
     ("ermas.regret_envs", {"ermas": {"regret_envs": 0}}),
     ("ermas.deviation_steps", {"ermas": {"deviation_steps": 0}}),
     ("ermas.meta_scale", {"ermas": {"meta_scale": -0.2}}),
+    ("ermas.meta_scale", {"ermas": {"meta_scale": 1.5}}),
     ("ermas.regret_gamma", {"ermas": {"regret_gamma": 0.0}}),
     ("ermas.regret_gamma", {"ermas": {"regret_gamma": 1.5}}),
     ("ermas.regret_baseline", {"ermas": {"regret_baseline": "zero"}}),

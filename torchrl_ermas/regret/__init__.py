@@ -1,10 +1,17 @@
-"""Regret estimation by unilateral deviations, and the Reptile meta step."""
+"""Regret estimation by unilateral deviations, and the meta-gradient of the agents' regret."""
 
 from __future__ import annotations
 
 from .deviation import DeviationPolicy
-from .meta import ReptileStep
+from .meta import MetaGradient, own_policy_gradient
 from .reptile import ReptileRegretEstimator, seed_env
 from .trust_region import TrustRegionStep
 
-__all__ = ["DeviationPolicy", "ReptileRegretEstimator", "ReptileStep", "TrustRegionStep", "seed_env"]
+__all__ = [
+    "DeviationPolicy",
+    "MetaGradient",
+    "ReptileRegretEstimator",
+    "TrustRegionStep",
+    "own_policy_gradient",
+    "seed_env",
+]

@@ -14,9 +14,9 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.objectives.value.functional import reward2go
 
 from ..transforms.kl import KLToReference
-from ..validation import check_int, check_number, check_real, check_seed
+from ..validation import check_bool, check_int, check_number, check_real, check_seed
 from .deviation import DeviationDistributions, DeviationPolicy, check_explorable
-from .meta import ReptileStep
+from .meta import own_policy_gradient
 from .trust_region import DeviationBatch, TrustRegionStep, own, select_worlds
 
 _BEHAVIOUR_LOG_PROB = "behaviour_log_prob"
@@ -83,7 +83,7 @@ def _deviation_worlds(env: EnvBase, group: str) -> int:
 
 
 def _check_settings(
-    trust_region: float, deviation_steps: int, exploration: float, gamma: float, meta: object, seed: int
+    trust_region: float, deviation_steps: int, exploration: float, gamma: float, meta_gradient: object, seed: int
 ) -> None:
     """The estimator's scalar settings, each named with its accepted range."""
     check_number("trust_region", trust_region)
@@ -91,8 +91,7 @@ def _check_settings(
     check_seed("seed", seed)
     check_real("exploration", exploration, low=0, high=1, high_inclusive=False)
     check_real("gamma", gamma, low=0, low_inclusive=False, high=1)
-    if meta is not None and not isinstance(meta, ReptileStep):
-        raise ValueError(f"meta must be a ReptileStep or None, got {type(meta).__name__}.")
+    check_bool("meta_gradient", meta_gradient)
 
 
 class ReptileRegretEstimator:
@@ -136,7 +135,7 @@ class ReptileRegretEstimator:
             :class:`~torchrl.modules.ProbabilisticActor` over a categorical distribution with
             per-agent logits, or over a Normal / TanhNormal with per-agent ``loc`` and
             ``scale`` for continuous actions). Its own parameters are the current policy; they are only
-            changed by :meth:`meta_step`.
+            never changed by the estimator.
         env (EnvBase): a batched environment following the torchrl-ermas contract whose
             batch ``[n_agents * B]`` holds the deviation worlds. The estimator seeds and
             resets it; give it an environment of its own.
@@ -164,9 +163,9 @@ class ReptileRegretEstimator:
         max_step_scale, line_search_points, bisection_steps, line_search_samples: the
             line search of :class:`~torchrl_ermas.regret.trust_region.TrustRegionStep`
             (defaults ``2.0``, ``12``, ``6``, ``1024``).
-        meta (ReptileStep, optional): the Reptile step of :meth:`meta_step` (Eq. 13); when
-            it is enabled, :meth:`estimate` also returns its inner adaptation. Defaults to
-            ``None`` (no meta step).
+        meta_gradient (bool): whether :meth:`estimate` also returns each agent's policy
+            gradient at its deviation, the input of
+            :class:`~torchrl_ermas.regret.MetaGradient` (Eq. 13). Defaults to ``False``.
         group (str): the agents' group in the data. Defaults to ``"agents"``.
         seed (int): seed of the estimator's rollouts; each call uses fresh seeds drawn
             from it. Defaults to ``0``.
@@ -176,7 +175,7 @@ class ReptileRegretEstimator:
         >>> from tensordict.nn import TensorDictModule
         >>> from torchrl.modules import MultiAgentMLP, ProbabilisticActor
         >>> from torchrl_ermas.envs import SequentialBimatrixEnv
-        >>> from torchrl_ermas.regret import ReptileRegretEstimator, ReptileStep
+        >>> from torchrl_ermas.regret import MetaGradient, ReptileRegretEstimator
         >>> env = SequentialBimatrixEnv(2 * 16, max_steps=20)
         >>> net = MultiAgentMLP(18, 3, n_agents=2, centralized=False, share_params=True,
         ...                     depth=1, num_cells=16)
@@ -185,13 +184,14 @@ class ReptileRegretEstimator:
         ...     in_keys=[("agents", "logits")], out_keys=[("agents", "action")],
         ...     distribution_class=torch.distributions.Categorical, return_log_prob=True)
         >>> estimator = ReptileRegretEstimator(
-        ...     actor, env, deviation_steps=2, meta=ReptileStep(scale=0.2))
+        ...     actor, env, deviation_steps=2, meta_gradient=True)
         >>> result = estimator.estimate()
         >>> result["regret"].shape, result["kl"].shape
         (torch.Size([2]), torch.Size([2]))
         >>> bool((result["kl"] <= 3.0 + 1e-4).all())
         True
-        >>> estimator.meta_step(result["meta_params"], torch.tensor([8.0, 8.0]))
+        >>> meta = MetaGradient(estimator.params, scale=0.2)  # a term of the agents' loss
+        >>> meta.update(result["meta_gradient"], torch.tensor([8.0, 8.0]))
     """
 
     def __init__(
@@ -210,11 +210,11 @@ class ReptileRegretEstimator:
         line_search_points: int = 12,
         line_search_samples: int = 1024,
         bisection_steps: int = 6,
-        meta: ReptileStep | None = None,
+        meta_gradient: bool = False,
         group: str = "agents",
         seed: int = 0,
     ) -> None:
-        _check_settings(trust_region, deviation_steps, exploration, gamma, meta, seed)
+        _check_settings(trust_region, deviation_steps, exploration, gamma, meta_gradient, seed)
         horizon = getattr(env, "max_steps", None) if horizon is None else horizon
         check_int("horizon (or env.max_steps when horizon is None)", horizon, 1)
         self.n_agents = _deviation_worlds(env, group)
@@ -227,7 +227,7 @@ class ReptileRegretEstimator:
         self.deviation_steps = deviation_steps
         self.exploration = exploration
         self.gamma = gamma
-        self.meta = meta
+        self.meta_gradient = meta_gradient
         self.group = group
         self.reward_key = (group, "reward")
         self.action_key = (group, "action")
@@ -263,9 +263,9 @@ class ReptileRegretEstimator:
 
         Its entries are ``regret``, ``kl``, ``deviation_return``, ``current_return``,
         the stacked ``deviation_params`` (the deviations whose returns give the regret)
-        and, when :attr:`meta` is enabled, ``meta_params`` (the inner adaptation for
-        :meth:`meta_step`: the first deviation step from the current policy, restricted to
-        ``KL <= meta.trust_region``).
+        and, with ``meta_gradient``, ``meta_gradient``: agent ``i``'s policy gradient at
+        ``deviation_params[i]`` (:func:`~torchrl_ermas.regret.own_policy_gradient`) on the
+        deviation's own evaluation rollout.
 
         Args:
             seed (int, optional): re-seeds the estimator first, which makes this call
@@ -277,14 +277,10 @@ class ReptileRegretEstimator:
         current = self.params.data.expand(self.n_agents).clone()
         self.kl.update_reference(self.params.data)
         deviation = current
-        meta = None
         for k in range(self.deviation_steps):
             batch = self._batch(self._rollout(deviation, exploration=self.exploration))
-            subset = self.step.subset(batch)
-            if k == 0 and self.meta is not None and self.meta.enabled:
-                meta, _ = self.step(current, batch, self.meta.trust_region, subset)
             budget = self.trust_region * (k + 1) / self.deviation_steps
-            deviation, kl = self.step(deviation, batch, budget, subset)
+            deviation, kl = self.step(deviation, batch, budget)
         # keep a world's deviation only if it beats the current policy on a selection
         # rollout, then measure on an independent one: the choice among {current,
         # deviation} does not bias the reported regret, and a deviation made worse by a
@@ -297,7 +293,8 @@ class ReptileRegretEstimator:
         kl = torch.where(better, kl, torch.zeros_like(kl))
         eval_seed = self._next_seed()
         current_return = self._returns(self._rollout(None, seed=eval_seed))
-        deviation_return = self._returns(self._rollout(deviation, seed=eval_seed))
+        deviation_data = self._rollout(deviation, seed=eval_seed)
+        deviation_return = self._returns(deviation_data)
         result = TensorDict(
             {
                 "regret": deviation_return - current_return,
@@ -308,23 +305,9 @@ class ReptileRegretEstimator:
             },
             batch_size=[self.n_agents],
         )
-        if meta is not None:
-            result["meta_params"] = meta
+        if self.meta_gradient:
+            result["meta_gradient"] = own_policy_gradient(self.dists, deviation, self._batch(deviation_data))
         return result
-
-    def meta_step(self, adapted: TensorDictBase, lagrange: torch.Tensor) -> None:
-        """Applies :attr:`meta` (Eq. 13) to the actor's parameters in place.
-
-        Pass ``estimate()["meta_params"]``, the short inner adaptation, not the long
-        trust-region deviation ``deviation_params``, which can be far from ``theta``.
-
-        Args:
-            adapted (TensorDictBase): stacked ``[n_agents]`` adapted parameters.
-            lagrange (torch.Tensor): the multipliers ``lambda`` of shape ``[n_agents]``.
-        """
-        if self.meta is None:
-            raise RuntimeError("meta_step needs the estimator's meta (a ReptileStep).")
-        self.meta(self.params.data, adapted, lagrange)
 
     # ------------------------------------------------------------------ internals
     @property

@@ -177,26 +177,18 @@ class TrustRegionStep:
         return scale_worlds(grad, 1.0 / world_norm(grad).clamp_min(1e-12))
 
     def __call__(
-        self,
-        deviation: TensorDictBase,
-        batch: DeviationBatch,
-        budget: float,
-        subset: DeviationBatch | None = None,
+        self, deviation: TensorDictBase, batch: DeviationBatch, budget: float
     ) -> tuple[TensorDictBase, torch.Tensor]:
         """The step from ``deviation`` within ``budget``: new parameters and their KL ``[W]``.
 
-        The direction uses all of ``batch``, the line search ``subset`` (default: a random
-        subset of ``line_search_samples`` transitions of ``batch``, see :meth:`subset`).
+        The direction uses all of ``batch``, the line search a random subset of
+        ``line_search_samples`` transitions of it.
         """
         direction = self.direction(deviation, batch)
         unit = world_norm(deviation).clamp_min(1.0)
         grid = torch.cat([torch.zeros(1), self.step_scales.flip(0)]).to(unit.device)
-        subset = self.subset(batch) if subset is None else subset
+        subset = batch.subset(self.line_search_samples)
         return self.line_search(deviation, scale_worlds(direction, unit), grid, subset, budget)
-
-    def subset(self, batch: DeviationBatch) -> DeviationBatch:
-        """The line search's random subset of ``batch`` (``line_search_samples`` per world)."""
-        return batch.subset(self.line_search_samples)
 
     @torch.no_grad()
     def line_search(

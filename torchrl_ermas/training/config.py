@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..defaults import default_of
 from ..objectives.lagrange import LagrangeMultiplier
 from ..objectives.planner import CRITIC_LOSS_TYPES
-from ..regret import ReptileRegretEstimator, ReptileStep
+from ..regret import MetaGradient, ReptileRegretEstimator
 from ..validation import check_choice, check_int, check_number, check_real, check_seed
 from .variants import VARIANTS
 
@@ -113,9 +113,9 @@ class ErmasConfig:
     weight ``1 / (1 + lambda)``) or ``"gradient_ascent"`` (the authors' rule: ``lambda_lr``
     is in lambda per unit of regret). The deviations (``trust_region``,
     ``deviation_steps`` per estimate, ``exploration``) follow
-    :class:`~torchrl_ermas.regret.ReptileRegretEstimator`, and ``meta_*`` the Reptile step
-    :class:`~torchrl_ermas.regret.ReptileStep` (Eq. 13), whose defaults they read:
-    ``meta_scale`` (the paper's ``beta``) is ``0``, see that class for why.
+    :class:`~torchrl_ermas.regret.ReptileRegretEstimator`, and ``meta_scale`` (the paper's
+    ``beta``, in ``[0, 1]``; ``0`` is off) the meta-gradient term of the agents' loss,
+    :class:`~torchrl_ermas.regret.MetaGradient` (Eq. 13).
     """
 
     epsilon: float = 0.0
@@ -137,9 +137,7 @@ class ErmasConfig:
     trust_region: float = default_of(ReptileRegretEstimator, "trust_region")
     deviation_steps: int = default_of(ReptileRegretEstimator, "deviation_steps")
     exploration: float = default_of(ReptileRegretEstimator, "exploration")
-    meta_scale: float = default_of(ReptileStep, "scale")
-    meta_trust_region: float = default_of(ReptileStep, "trust_region")
-    meta_cap: float = default_of(ReptileStep, "cap")
+    meta_scale: float = default_of(MetaGradient, "scale")
 
 
 @dataclass
@@ -287,8 +285,6 @@ LAMBDA_FIELDS = {
     "noise_floor": "lambda_noise_floor",
     "max_violation": "lambda_max_violation",
 }
-#: ReptileStep argument -> its ErmasConfig field
-META_FIELDS = {"scale": "meta_scale", "cap": "meta_cap", "trust_region": "meta_trust_region"}
 
 
 def lagrange_kwargs(ermas: ErmasConfig) -> dict[str, Any]:
@@ -299,11 +295,6 @@ def lagrange_kwargs(ermas: ErmasConfig) -> dict[str, Any]:
         8.0
     """
     return {arg: getattr(ermas, field) for arg, field in LAMBDA_FIELDS.items()}
-
-
-def meta_kwargs(ermas: ErmasConfig) -> dict[str, Any]:
-    """The :class:`~torchrl_ermas.regret.ReptileStep` arguments of ``ermas``."""
-    return {arg: getattr(ermas, field) for arg, field in META_FIELDS.items()}
 
 
 def _check_as(group: str, fields: dict[str, str], build: Callable[[], object]) -> None:
@@ -377,7 +368,7 @@ def _validate_ermas(cfg: TrainConfig) -> None:
     e = cfg.ermas
     check_real("ermas.epsilon", e.epsilon)
     _check_as("ermas", LAMBDA_FIELDS, lambda: LagrangeMultiplier(1, **lagrange_kwargs(e)))
-    _check_as("ermas", META_FIELDS, lambda: ReptileStep(**meta_kwargs(e)))
+    check_real("ermas.meta_scale", e.meta_scale, low=0, high=1)
     check_int("ermas.warmup_iters", e.warmup_iters, 0)
     if VARIANTS[cfg.variant].estimates_regret and e.warmup_iters >= cfg.iterations:
         raise ValueError(

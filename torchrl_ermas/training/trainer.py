@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from tensordict import TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictSequential
 from torch import nn
 from torchrl.collectors import Collector
@@ -27,7 +27,7 @@ from torchrl.record.loggers import get_logger
 from tqdm.auto import tqdm
 
 from torchrl_ermas.objectives import PlannerAdvantage
-from torchrl_ermas.regret import ReptileRegretEstimator, ReptileStep, seed_env
+from torchrl_ermas.regret import MetaGradient, ReptileRegretEstimator, seed_env
 from torchrl_ermas.transforms import (
     ConcavePlannerReward,
     DomainRandomizedReward,
@@ -43,7 +43,7 @@ from .checkpoint import (
     previous_path,
     save_checkpoint,
 )
-from .config import PPOConfig, TrainConfig, as_config, lagrange_kwargs, meta_kwargs, validate
+from .config import PPOConfig, TrainConfig, as_config, lagrange_kwargs, validate
 from .models import has_action, make_critic, make_policy
 from .run_folder import RunFolder, check_resumable, check_state_fits, non_finite_entry
 from .variants import VARIANTS
@@ -119,10 +119,12 @@ class ErmasTrainer:
        transitions, one pass per epoch without replacement (:class:`PassSampler`);
     4. (``ermas``) every ``ermas.regret_interval`` iterations after the warm-up: estimates
        each agent's regret with :class:`~torchrl_ermas.regret.ReptileRegretEstimator`,
-       updates the multipliers ``lambda`` and takes the Reptile meta step.
+       updates the multipliers ``lambda`` and, with ``ermas.meta_scale > 0``, the
+       meta-gradient term of the agents' loss (:class:`~torchrl_ermas.regret.MetaGradient`)
+       for the updates until the next estimate.
 
     Variants (``cfg.variant``, a :class:`~torchrl_ermas.training.variants.Variant`):
-    ``ermas`` (learned lambda; the meta step is on when ``ermas.meta_scale > 0``);
+    ``ermas`` (learned lambda; the meta-gradient term is on when ``ermas.meta_scale > 0``);
     ``fixed_lambda`` (lambda frozen at ``ermas.lambda_init``, no regret estimate); ``marl``
     (no lambda: selfish agents). Domain randomization and risk robustness are the reward
     transforms of ``cfg.reward``.
@@ -310,6 +312,10 @@ class ErmasTrainer:
         self.modules["agent_critic"] = critic
         if self.lagrange is not None:
             self.modules["lagrange"] = self.lagrange
+        self.meta = None
+        if self.variant.estimates_regret and cfg.ermas.meta_scale > 0:
+            self.meta = MetaGradient(TensorDict.from_module(self.agent_policy), scale=cfg.ermas.meta_scale)
+            self.modules["meta_gradient"] = self.meta
         self.optimizers["agents"] = torch.optim.Adam(self._trainable(loss), lr=cfg.agents.lr)
 
     def _build_planner(self) -> None:
@@ -397,7 +403,7 @@ class ErmasTrainer:
             trust_region=e.trust_region,
             deviation_steps=e.deviation_steps,
             exploration=e.exploration,
-            meta=ReptileStep(**meta_kwargs(e)),
+            meta_gradient=self.meta is not None,
             seed=self.cfg.seed,
         )
 
@@ -526,6 +532,8 @@ class ErmasTrainer:
         else:
             out = loss_module(batch)
             losses = {k: v for k, v in out.items() if k.startswith("loss_")}
+            if group == "agents" and self.meta is not None:
+                losses["loss_meta"] = self.meta(loss_module.actor_network_params)
         for name, value in losses.items():
             if not torch.isfinite(value):
                 raise NonFiniteError(f"non-finite {group} {name} ({value.item()})")
@@ -553,9 +561,8 @@ class ErmasTrainer:
             if not torch.isfinite(result[name]).all():
                 raise NonFiniteError(f"non-finite {name} estimate {result[name].tolist()}")
         self.lagrange.update(regret, e.epsilon, reference=result["current_return"])
-        if self.estimator.meta.enabled:
-            self.estimator.meta_step(result["meta_params"], self.lagrange.value)
-            self._check_finite_params("agents")
+        if self.meta is not None:
+            self.meta.update(result["meta_gradient"], self.lagrange.value)
         return {
             "regret": regret.tolist(),
             "kl": result["kl"].tolist(),
@@ -568,8 +575,9 @@ class ErmasTrainer:
 
         ``modules`` holds one entry per component, under the same name whatever the
         configuration: ``agent_policy``, ``agent_critic``, ``lagrange`` (variants with
-        multipliers), ``planner_policy`` (an acting planner) and ``planner_critic`` (when
-        the planner advantage or the planner's training needs it), e.g.
+        multipliers), ``meta_gradient`` (``ermas.meta_scale > 0``), ``planner_policy`` (an
+        acting planner) and ``planner_critic`` (when the planner advantage or the planner's
+        training needs it), e.g.
         ``modules["lagrange.multiplier"]``.
         """
         return {
