@@ -4,7 +4,7 @@ Both trainers use the same environment, batch, networks and PPO settings (those 
 ``examples/configs/bimatrix_adversarial_search.yaml`` unless overridden). MAPPO is the
 ``marl`` variant; ERMAS adds the planner critic (for the planner advantage), the ERMAS
 loss, and every ``regret_interval`` iterations the regret estimate, the multiplier update
-and the Reptile meta step. The ERMAS cost per iteration is averaged over whole regret
+and the meta-gradient term (when ``meta_scale > 0``). The ERMAS cost per iteration is averaged over whole regret
 intervals, after one warm-up interval for both.
 
     python benchmarks/ermas_overhead.py --threads 1

@@ -1,7 +1,8 @@
 """Meta-step ablation in the sequential bimatrix game (the ERMAS paper's Figure 3).
 
-ERMAS runs with the Reptile meta scale ``beta`` in ``{0, 0.2, 1}`` (``beta = 0`` disables
-the meta step) at a fixed ``epsilon``; the script draws the learning curves of the planner
+ERMAS runs with the meta scale ``beta`` in ``{0, 0.2, 1}`` of the meta-gradient term
+(:class:`~torchrl_ermas.regret.MetaGradient`, Eq. 13; ``beta = 0`` disables it) at a fixed
+``epsilon``; the script draws the learning curves of the planner
 reward and of the combined agent reward per iteration, mean and standard-error band over
 seeds, and prints the rewards at a few checkpoints of training.
 

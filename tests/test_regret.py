@@ -207,7 +207,6 @@ class TestMechanics:
         assert torch.cat(seen).unique().tolist() == [0, 1, 2, 3, 4]
 
 
-
 def _random_batch(actor, n_samples: int = 6) -> DeviationBatch:
     observation = TensorDict({("agents", "observation"): torch.randn(2, n_samples, 2, 18)}, [2, n_samples])
     return DeviationBatch(

@@ -795,7 +795,7 @@ def test_nan_reward_raises_and_keeps_last_good_state(tmp_path):
 
 
 def test_nan_regret_raises_and_keeps_lambda(tmp_path, monkeypatch):
-    """A NaN regret estimate stops the run before lambda or the meta step use it."""
+    """A NaN regret estimate stops the run before lambda or the meta term use it."""
     cfg = make_cfg(tmp_path, planner_mode="passive", iterations=3)
     trainer = ErmasTrainer(cfg)
     nan = torch.full((N_AGENTS,), float("nan"))

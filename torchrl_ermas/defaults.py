@@ -1,7 +1,7 @@
 """Defaults are written once, in the signature of the class they configure.
 
 The dataclass config :class:`~torchrl_ermas.training.ErmasConfig` reads its defaults from
-the constructors it feeds (the multipliers, the regret estimator, the Reptile step), so a
+the constructors it feeds (the multipliers, the regret estimator, the meta-gradient), so a
 default changes in one place.
 """
 

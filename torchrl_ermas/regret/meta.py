@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from tensordict import TensorDict, TensorDictBase, TensorDictParams
+from tensordict import TensorDictBase, TensorDictParams
 from torch import nn
 
 from ..validation import check_real
@@ -11,9 +11,7 @@ from .deviation import DeviationDistributions
 from .trust_region import DeviationBatch, own
 
 
-def own_policy_gradient(
-    dists: DeviationDistributions, params: TensorDictBase, batch: DeviationBatch
-) -> TensorDictBase:
+def own_policy_gradient(dists: DeviationDistributions, params: TensorDictBase, batch: DeviationBatch) -> TensorDictBase:
     """Agent ``i``'s policy gradient at its deviation ``params[i]`` in world ``i``, ``[W]``.
 
     The importance-weighted mean ``E[(pi' / behaviour) A_i grad log pi'(a_i | s)]`` over
