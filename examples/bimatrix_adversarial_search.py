@@ -76,6 +76,8 @@ class AdversarialSearchConfig:
         marl: add plain MARL runs.
         seeds: seeds of every configuration.
         workers: runs in parallel (processes).
+        ray_address: run the grid on Ray instead (``local``, or a cluster's address:
+            see :func:`~torchrl_ermas.training.run_many`).
     """
 
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -84,6 +86,7 @@ class AdversarialSearchConfig:
     marl: bool = True
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     workers: int = 2
+    ray_address: str | None = None
 
 
 ConfigStore.instance().store(name="adversarial_search_schema", node=AdversarialSearchConfig)
@@ -99,6 +102,7 @@ def validate(cfg: AdversarialSearchConfig, overrides: list[str] | tuple[str, ...
         cfg.train,
         sweeps={"epsilons": cfg.epsilons, "seeds": cfg.seeds},
         workers=cfg.workers,
+        ray_address=cfg.ray_address,
         overrides=overrides,
         owned={
             "variant": "the experiment runs ermas per epsilon, fixed_lambda per fixed_lambdas and marl when marl=true",
@@ -312,7 +316,16 @@ def main(cfg: AdversarialSearchConfig) -> None:
     out = Path(HydraConfig.get().runtime.output_dir)
     configs = run_configs(cfg, out)
     results = dict(
-        zip(configs, run_many(list(configs.values()), workers=cfg.workers, post=exact_regret_hook, desc="runs"))
+        zip(
+            configs,
+            run_many(
+                list(configs.values()),
+                workers=cfg.workers,
+                ray_address=cfg.ray_address,
+                post=exact_regret_hook,
+                desc="runs",
+            ),
+        )
     )
     rows = summarize(results) + frontier_rows(cfg)
     (out / "summary.json").write_text(json.dumps(rows, indent=1))

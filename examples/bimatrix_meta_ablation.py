@@ -33,7 +33,7 @@ from torchrl_ermas.training import (  # noqa: E402
     run_many,
     validate_experiment,
 )
-from torchrl_ermas.validation import check_number  # noqa: E402
+from torchrl_ermas.validation import check_real  # noqa: E402
 
 
 @dataclass
@@ -43,6 +43,8 @@ class MetaAblationConfig:
     Attributes:
         agent_target: the combined agent reward whose first crossing (per seed) measures
             how soon the agents leave the Nash equilibrium for the adversarial one.
+        ray_address: run the grid on Ray instead (``local``, or a cluster's address:
+            see :func:`~torchrl_ermas.training.run_many`).
     """
 
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -50,6 +52,7 @@ class MetaAblationConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     agent_target: float = 80.0
     workers: int = 2
+    ray_address: str | None = None
 
 
 ConfigStore.instance().store(name="meta_ablation_schema", node=MetaAblationConfig)
@@ -65,6 +68,7 @@ def validate(cfg: MetaAblationConfig, overrides: list[str] | tuple[str, ...] = (
         cfg.train,
         sweeps={"meta_scales": cfg.meta_scales, "seeds": cfg.seeds},
         workers=cfg.workers,
+        ray_address=cfg.ray_address,
         overrides=overrides,
         owned={
             "variant": "every run of this experiment is variant=ermas",
@@ -72,7 +76,7 @@ def validate(cfg: MetaAblationConfig, overrides: list[str] | tuple[str, ...] = (
         },
     )
     for beta in cfg.meta_scales:
-        check_number("meta_scales", beta, strict=False)
+        check_real("meta_scales", beta, low=0, high=1)
 
 
 def run_configs(cfg: MetaAblationConfig, out: Path) -> dict[tuple[float, int], TrainConfig]:
@@ -105,7 +109,9 @@ def main(cfg: MetaAblationConfig) -> None:
     validate(cfg, HydraConfig.get().overrides.task)
     out = Path(HydraConfig.get().runtime.output_dir)
     configs = run_configs(cfg, out)
-    results = dict(zip(configs, run_many(list(configs.values()), workers=cfg.workers, desc="runs")))
+    results = dict(
+        zip(configs, run_many(list(configs.values()), workers=cfg.workers, ray_address=cfg.ray_address, desc="runs"))
+    )
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     summary = {}

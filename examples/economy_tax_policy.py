@@ -62,6 +62,8 @@ class TaxPolicyConfig:
         eta_test: the agents' risk aversion in the evaluation runs.
         seeds: seeds; each learned planner is evaluated with the seed it was trained with.
         workers: runs in parallel (processes, one torch thread each).
+        ray_address: run the grid on Ray instead (``local``, or a cluster's address:
+            see :func:`~torchrl_ermas.training.run_many`).
     """
 
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -72,6 +74,7 @@ class TaxPolicyConfig:
     eta_test: list[float] = field(default_factory=lambda: [0.11, 0.19, 0.23, 0.27, 0.35])
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     workers: int = 2
+    ray_address: str | None = None
 
 
 ConfigStore.instance().store(name="tax_policy_schema", node=TaxPolicyConfig)
@@ -87,6 +90,7 @@ def validate(cfg: TaxPolicyConfig, overrides: list[str] | tuple[str, ...] = ()) 
         cfg.train,
         sweeps={"seeds": cfg.seeds, "eta_test": cfg.eta_test},
         workers=cfg.workers,
+        ray_address=cfg.ray_address,
         methods=cfg.methods,
         overrides=overrides,
         transfer=cfg.transfer,
@@ -169,9 +173,11 @@ def main(cfg: TaxPolicyConfig) -> None:
     validate(cfg, HydraConfig.get().overrides.task)
     out = Path(HydraConfig.get().runtime.output_dir)
     trained = train_configs(cfg, out)
-    run_many(list(trained.values()), workers=cfg.workers, desc="train planners")
+    run_many(list(trained.values()), workers=cfg.workers, ray_address=cfg.ray_address, desc="train planners")
     runs = evaluation_configs(cfg, trained, out)
-    results = dict(zip(runs, run_many(list(runs.values()), workers=cfg.workers, desc="evaluate")))
+    results = dict(
+        zip(runs, run_many(list(runs.values()), workers=cfg.workers, ray_address=cfg.ray_address, desc="evaluate"))
+    )
     summary = relative_summary(results, METRICS, cfg.reference)
     (out / "summary.json").write_text(json.dumps({"eta_test": cfg.eta_test, "planners": summary}, indent=1))
     plot(cfg, summary, out / "economy_tax_policy.png")

@@ -78,6 +78,8 @@ class VmasSearchConfig:
         marl: also run plain MARL (selfish agents), the reference.
         seeds: seeds of every point.
         workers: runs in parallel (processes, one torch thread each).
+        ray_address: run the grid on Ray instead (``local``, or a cluster's address:
+            see :func:`~torchrl_ermas.training.run_many`).
     """
 
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -86,6 +88,7 @@ class VmasSearchConfig:
     marl: bool = True
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     workers: int = 2
+    ray_address: str | None = None
 
 
 ConfigStore.instance().store(name="vmas_search_schema", node=VmasSearchConfig)
@@ -116,7 +119,12 @@ def run_configs(cfg: VmasSearchConfig, out: Path) -> dict[tuple[str, int], Train
 
 def run_all(cfg: VmasSearchConfig, runs: dict[tuple[str, int], TrainConfig]) -> dict:
     """Runs every configuration, ``cfg.workers`` at a time; results keyed like ``runs``."""
-    results = run_many(list(runs.values()), workers=cfg.workers, env_factory=partial(make_env, cfg.regulator))
+    results = run_many(
+        list(runs.values()),
+        workers=cfg.workers,
+        ray_address=cfg.ray_address,
+        env_factory=partial(make_env, cfg.regulator),
+    )
     return dict(zip(runs, results))
 
 
@@ -182,6 +190,7 @@ def validate(cfg: VmasSearchConfig, overrides: list[str] | tuple[str, ...] = ())
         cfg.train,
         sweeps={"seeds": cfg.seeds},
         workers=cfg.workers,
+        ray_address=cfg.ray_address,
         overrides=overrides,
         owned={
             "variant": "the experiment runs ermas per epsilon and marl when marl=true",

@@ -42,7 +42,13 @@ def test_example_configs_type_check(example, config, import_example):
 REFUSED = [
     ("bimatrix_meta_ablation", "train.variant=ermass", r"train.variant is set per run .*variant=ermas"),
     ("bimatrix_meta_ablation", "train.ermas.meta_scale=-5", r"train.ermas.meta_scale .*set meta_scales instead"),
-    ("bimatrix_meta_ablation", "meta_scales=[0.0,-5.0]", r"meta_scales must be a finite number >= 0, got -5.0"),
+    (
+        "bimatrix_meta_ablation",
+        "meta_scales=[0.0,-5.0]",
+        r"meta_scales must be a finite number >= 0 and <= 1, got -5.0",
+    ),
+    ("bimatrix_meta_ablation", "meta_scales=[1.5]", r"meta_scales must be a finite number >= 0 and <= 1, got 1.5"),
+    ("bimatrix_meta_ablation", "ray_address=' '", r"ray_address must be None \(local processes\), 'local' or"),
     ("bimatrix_meta_ablation", "meta_scales=[]", r"meta_scales must list at least one value"),
     ("bimatrix_adversarial_search", "train.ermas.epsilon=3", r"train.ermas.epsilon .*set epsilons instead"),
     ("bimatrix_adversarial_search", "train.variant=marl", r"train.variant is set per run"),

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ..validation import check_int
 from .config import TrainConfig, as_config, validate
+from .ray_backend import check_ray_address, ray_results
 from .run_folder import flatten, is_under
 from .trainer import ErmasTrainer
 
@@ -56,6 +57,7 @@ def validate_experiment(
     *,
     sweeps: dict[str, Sequence],
     workers: int,
+    ray_address: str | None = None,
     owned: dict[str, str] | None = None,
     methods: dict[str, dict[str, Any]] | None = None,
     transfer: dict[str, Any] | None = None,
@@ -79,6 +81,8 @@ def validate_experiment(
         sweeps: name -> values of each list the experiment sweeps (``{"seeds": [0, 1]}``);
             none may be empty.
         workers: processes of :func:`run_many`, an int ``>= 1``.
+        ray_address: :func:`run_many`'s Ray backend (``None``: local processes); a Ray
+            address needs Ray installed.
         owned: further dotted keys of ``train`` the experiment sets per run, each mapped
             to what to do instead (``{"ermas.epsilon": "set epsilons instead"}``).
         methods: name -> overrides of ``train`` per method (see :func:`method_seed_configs`).
@@ -95,6 +99,7 @@ def validate_experiment(
         ValueError: train.seed is set per run by this experiment: set seeds instead (got train.seed=3).
     """
     check_int("workers", workers, 1)
+    check_ray_address(ray_address)
     for name, values in sweeps.items():
         if not values:
             raise ValueError(f"{name} must list at least one value, got {list(values)}.")
@@ -298,20 +303,33 @@ def run_many(
     configs: Sequence[TrainConfig],
     *,
     workers: int = 1,
+    ray_address: str | None = None,
     post: PostHook | None = None,
     env_factory: EnvFactory | None = None,
     desc: str = "runs",
 ) -> list[dict[str, Any]]:
-    """Runs ``configs`` together on ``workers`` processes; results in input order.
+    """Runs ``configs`` together; results in input order.
 
-    Each run is single-threaded, so ``workers`` equal to the number of cores uses the
-    machine fully. ``post`` and ``env_factory`` (see :func:`run`) must be picklable, e.g.
-    module-level functions or partials of them (they cross processes).
+    Without ``ray_address`` the runs share ``workers`` processes of this machine. Each run
+    is single-threaded, so ``workers`` equal to the number of cores uses the machine
+    fully. With ``ray_address`` each run is a Ray task of one CPU
+    (:func:`~torchrl_ermas.training.ray_backend.ray_results`): ``"local"`` starts a Ray of
+    ``workers`` CPUs here, any other value is the address of a Ray cluster for
+    ``ray.init`` (``"auto"``, ``"ray://head:10001"``); its nodes must see the runs'
+    ``output_dir`` (a shared file system) for the logs, checkpoints and resumes. ``post``
+    and ``env_factory`` (see :func:`run`) must be picklable, e.g. module-level functions
+    or partials of them (they cross processes).
     """
     check_int("workers", workers, 1)
+    check_ray_address(ray_address)
     results: list[dict[str, Any] | None] = [None] * len(configs)
     bar = tqdm(total=len(configs), desc=desc)
-    if workers == 1:
+    if ray_address is not None:
+        args = [(cfg, post, env_factory) for cfg in configs]
+        for i, result in ray_results(run, args, ray_address=ray_address, workers=workers):
+            results[i] = result
+            bar.update()
+    elif workers == 1:
         for i, cfg in enumerate(configs):
             results[i] = run(cfg, post, env_factory)
             bar.update()
