@@ -248,18 +248,21 @@ class ErmasTrainer:
             env_cfg = asdict(env_cfg)
         return instantiate(env_cfg, batch_size=batch_size, device=device)
 
-    def _make_env(self, batch_size: int) -> TransformedEnv:
+    def _make_env(self, batch_size: int, q: float | torch.Tensor | None = None) -> TransformedEnv:
+        """``batch_size`` environments with the reward transforms of ``cfg.reward``; ``q``
+        (a number, or one value per environment) replaces ``reward.q``."""
         reward = self.cfg.reward
+        q = reward.q if q is None else q
         env = self._env_fn(batch_size, self.device)
         transforms = []
-        if reward.q != 0:
+        if bool((torch.as_tensor(q) != 0).any()):
             gap_key = tuple(reward.gap_key)
             outputs = [*env.full_observation_spec.keys(True, True), *env.reward_keys]
             if gap_key not in outputs:
                 raise ValueError(
                     f"reward.gap_key {list(gap_key)} is not an output of the environment; its outputs are {outputs}."
                 )
-            transforms.append(PlannerRewardGap(reward.q, planner_reward_key=gap_key))
+            transforms.append(PlannerRewardGap(q, planner_reward_key=gap_key))
         if reward.dr_scale > 0:
             transforms.append(DomainRandomizedReward(reward.dr_scale, resample=reward.dr_resample))
         return TransformedEnv(env, Compose(*transforms), auto_unwrap=True)
@@ -420,30 +423,46 @@ class ErmasTrainer:
             desc=cfg.variant,
         )
         for iteration in bar:
-            # parameters and optimizer states are live references: copy them; the history
-            # is only appended to once the iteration succeeds, so it needs no copy
-            good_state = self.state(iteration)
-            for key in ("modules", "optimizers"):
-                good_state[key] = copy.deepcopy(good_state[key])
+            good_state = self._good_state(iteration)
             try:
                 row = self._iteration(iteration)
             except NonFiniteError as err:
-                path = save_checkpoint(good_state, self.folder.checkpoint, keep_previous=True)
-                raise NonFiniteError(
-                    f"{err} at iteration {iteration}; the last good state "
-                    f"(before iteration {iteration}) is saved in {path}."
-                ) from None
-            for name, value in row.items():
-                self.history[name].append(value)
-            if logger is not None:
-                self._log(logger, row)
+                raise self._failed(err, good_state, iteration) from None
+            self._record(row, logger)
             bar.set_postfix(
                 planner=f"{row['planner_reward']:.2f}",
                 agents=f"{sum(row['agent_reward']):.2f}",
             )
-            if (iteration + 1) % cfg.checkpoint_interval == 0 or iteration + 1 == cfg.iterations:
-                save_checkpoint(self.state(iteration + 1), self.folder.checkpoint, keep_previous=True)
+            self._checkpoint_after(iteration)
         return self.write_results()
+
+    def _good_state(self, iteration: int) -> dict[str, Any]:
+        """:meth:`state` before ``iteration``, its parameters and optimizer states copied (they
+        are live references; the history is only appended to once an iteration succeeds)."""
+        good_state = self.state(iteration)
+        for key in ("modules", "optimizers"):
+            good_state[key] = copy.deepcopy(good_state[key])
+        return good_state
+
+    def _failed(self, err: NonFiniteError, good_state: dict[str, Any], iteration: int) -> NonFiniteError:
+        """Saves ``good_state`` and returns the error to raise, naming where it lies."""
+        path = save_checkpoint(good_state, self.folder.checkpoint, keep_previous=True)
+        return NonFiniteError(
+            f"{err} at iteration {iteration}; the last good state (before iteration {iteration}) is saved in {path}."
+        )
+
+    def _record(self, row: dict[str, Any], logger) -> None:
+        """Appends an iteration's ``row`` to the history and logs it (``logger`` may be ``None``)."""
+        for name, value in row.items():
+            self.history[name].append(value)
+        if logger is not None:
+            self._log(logger, row)
+
+    def _checkpoint_after(self, iteration: int) -> None:
+        """Saves the checkpoint when ``iteration`` ends a checkpoint interval or the run."""
+        cfg = self.cfg
+        if (iteration + 1) % cfg.checkpoint_interval == 0 or iteration + 1 == cfg.iterations:
+            save_checkpoint(self.state(iteration + 1), self.folder.checkpoint, keep_previous=True)
 
     def _iteration_seed(self, iteration: int) -> int:
         return (self.cfg.seed * 1_000_003 + iteration * 7919) % (2**31 - 1)

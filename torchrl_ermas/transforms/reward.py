@@ -54,7 +54,9 @@ class PlannerRewardGap(Transform):
     transform reads whatever the environment writes under ``planner_reward_key``.
 
     Args:
-        q (float): the gap coefficient ``Q``, finite.
+        q (float or torch.Tensor): the gap coefficient ``Q``, finite; or one per environment, a
+            tensor shaped like the leading batch dims of the data (e.g. ``[num_envs]``), so that
+            environments of one batch can have different gaps.
 
     Keyword Args:
         agent_reward_key (NestedKey): the per-agent reward, transformed in place.
@@ -75,27 +77,38 @@ class PlannerRewardGap(Transform):
         >>> gap = raw["next", "agents", "reward"] - 0.5 * raw["next", "planner", "reward"]
         >>> torch.allclose(data["next", "agents", "reward"], gap)
         True
+        >>> per_env = TransformedEnv(base, PlannerRewardGap(torch.tensor([0.0, 0.0, 0.5, 0.5])))
+        >>> _ = torch.manual_seed(0); _ = per_env.set_seed(0)
+        >>> mixed = per_env.rollout(5)["next", "agents", "reward"]
+        >>> torch.equal(mixed[:2], raw["next", "agents", "reward"][:2]), torch.allclose(mixed[2:], gap[2:])
+        (True, True)
     """
 
     def __init__(
         self,
-        q: float,
+        q: float | torch.Tensor,
         *,
         agent_reward_key: NestedKey = ("agents", "reward"),
         planner_reward_key: NestedKey = ("planner", "reward"),
     ) -> None:
-        self.q = check_real("q", q)
         self.agent_reward_key = unravel_key(agent_reward_key)
         self.planner_reward_key = unravel_key(planner_reward_key)
         super().__init__(
             in_keys=[self.agent_reward_key, self.planner_reward_key],
             out_keys=[self.agent_reward_key],
         )
+        if isinstance(q, torch.Tensor):
+            if not (q.is_floating_point() and q.ndim >= 1 and bool(q.isfinite().all())):
+                raise ValueError(f"q must be a finite number or a 1-d or larger finite float tensor, got {q!r}.")
+            self.register_buffer("q", q.clone())  # moves with the transform (.to(device))
+        else:
+            self.q = check_real("q", q)
 
     def _call(self, next_tensordict: TensorDictBase) -> TensorDictBase:
         reward = next_tensordict.get(self.agent_reward_key)
         planner = next_tensordict.get(self.planner_reward_key)
-        next_tensordict.set(self.agent_reward_key, reward - self.q * planner)
+        q = expand_as_right(self.q, planner) if isinstance(self.q, torch.Tensor) else self.q
+        next_tensordict.set(self.agent_reward_key, reward - q * planner)
         return next_tensordict
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
