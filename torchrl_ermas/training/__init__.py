@@ -25,18 +25,23 @@ from .experiments import (
     validate_experiment,
     with_overrides,
 )
+from .population import PER_RUN_KEYS, PopulationPolicy, PopulationTrainer, check_population
 from .trainer import ErmasTrainer, NonFiniteError
 from .variants import VARIANTS, Variant
 
 __all__ = [
+    "PER_RUN_KEYS",
     "VARIANTS",
     "Variant",
     "as_config",
+    "check_population",
     "component_state",
     "ErmasConfig",
     "ErmasTrainer",
     "LoggerConfig",
     "NonFiniteError",
+    "PopulationPolicy",
+    "PopulationTrainer",
     "PPOConfig",
     "RewardConfig",
     "TrainConfig",

@@ -1,0 +1,130 @@
+"""Tests of the population trainer: runs as a batch dimension.
+
+Populations are tiny (4 environments per run, 10 steps, hidden 16), as in test_training.py,
+whose config helper and results-schema check they reuse.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from test_training import assert_results_schema, make_cfg, without_times
+
+from torchrl_ermas.training import ErmasTrainer, PopulationTrainer, check_population, load_checkpoint
+from torchrl_ermas.training.config import as_config
+
+
+def population_cfgs(root: Path, **per_run: dict) -> list[dict]:
+    """Three runs (marl, fixed_lambda, marl with another agents' lr), ``per_run[f"run{r}"]``
+    overriding run ``r``'s settings."""
+    runs = [
+        {"variant": "marl", "seed": 0},
+        {"variant": "fixed_lambda", "seed": 1, "ermas": {"lambda_init": 2.0}, "reward": {"q": 0.5}},
+        {"variant": "marl", "seed": 2, "agents": {"lr": 1e-2}, "planner": {"lr": 3e-3}},
+    ]
+    return [
+        make_cfg(root / f"run{r}", **{**overrides, **per_run.get(f"run{r}", {})}) for r, overrides in enumerate(runs)
+    ]
+
+
+def final_states(population: PopulationTrainer) -> list[dict[str, torch.Tensor]]:
+    return [run.modules.state_dict() for run in population.runs]
+
+
+def states_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    ("variant", "q"),
+    [("marl", 0.0), ("fixed_lambda", 0.0), ("fixed_lambda", 0.5), ("marl", -0.3)],
+)
+def test_population_of_one_replays_the_trainer(tmp_path, variant, q):
+    overrides = {"variant": variant, "reward": {"q": q}, "agents": {"epochs": 2}}
+    alone = ErmasTrainer(make_cfg(tmp_path / "alone", **overrides))
+    results = alone.train()
+    population = PopulationTrainer([make_cfg(tmp_path / "population", **overrides)])
+    (pop_results,) = population.train()
+    assert without_times(pop_results["history"]) == without_times(results["history"])
+    assert pop_results["final"] == results["final"]
+    assert states_equal(population.runs[0].modules.state_dict(), alone.modules.state_dict())
+    mine, theirs = (load_checkpoint(tmp_path / name / "checkpoint.pt") for name in ("population", "alone"))
+    for group in theirs["optimizers"]:
+        for index, state in theirs["optimizers"][group]["state"].items():
+            assert states_equal(mine["optimizers"][group]["state"][index], state)
+
+
+def test_runs_do_not_talk_to_each_other(tmp_path):
+    reference = PopulationTrainer(population_cfgs(tmp_path / "a"))
+    reference.train()
+    perturbed = PopulationTrainer(population_cfgs(tmp_path / "b", run1={"seed": 7, "reward": {"q": -1.0}}))
+    perturbed.train()
+    (a0, a1, a2), (b0, b1, b2) = final_states(reference), final_states(perturbed)
+    assert states_equal(a0, b0) and states_equal(a2, b2)
+    assert not states_equal(a1, b1)
+    assert reference.runs[0].history["planner_reward"] == perturbed.runs[0].history["planner_reward"]
+
+
+def test_each_run_writes_the_layout_of_a_run_alone(tmp_path):
+    cfgs = population_cfgs(tmp_path)
+    results = PopulationTrainer(cfgs).train()
+    for cfg, run_results in zip(cfgs, results):
+        out = Path(cfg["output_dir"])
+        assert_results_schema(run_results, cfg, out)
+        resumed = ErmasTrainer({**cfg, "resume": True})  # the single-run trainer loads it
+        assert resumed.start_iteration == cfg["iterations"]
+        assert resumed.history == run_results["history"]
+        assert json.loads((out / "results.json").read_text())["config"]["output_dir"] == cfg["output_dir"]
+    lambdas = [r["final"]["lambda"] for r in results]
+    assert lambdas == [None, [2.0, 2.0], None]
+
+
+def test_resume_reproduces_the_uninterrupted_population(tmp_path):
+    whole = PopulationTrainer(population_cfgs(tmp_path / "whole"))
+    whole.train()
+    cut = population_cfgs(tmp_path / "cut", **{f"run{r}": {"iterations": 2} for r in range(3)})
+    PopulationTrainer(cut).train()  # stops after iteration 1 with every run's checkpoint
+    resumed = PopulationTrainer([{**cfg, "resume": True} for cfg in population_cfgs(tmp_path / "cut")])
+    assert resumed.start_iteration == 2
+    resumed.train()
+    for run, other in zip(whole.runs, resumed.runs):
+        assert without_times(run.history) == without_times(other.history)
+        assert states_equal(run.modules.state_dict(), other.modules.state_dict())
+
+
+def test_resume_refuses_runs_at_different_iterations(tmp_path):
+    cfgs = population_cfgs(tmp_path)
+    PopulationTrainer(cfgs).train()
+    folder = Path(cfgs[1]["output_dir"])
+    shutil.copy(folder / "checkpoint.prev.pt", folder / "checkpoint.pt")
+    with pytest.raises(ValueError, match="different iterations"):
+        PopulationTrainer([{**cfg, "resume": True} for cfg in cfgs])
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ({"num_envs": 8}, "num_envs"),
+        ({"agents": {"epochs": 3}}, "agents.epochs"),
+        ({"reward": {"dr_scale": 0.5}}, "reward.dr_scale"),
+        ({"env": {"max_steps": 20}}, "env.max_steps"),
+    ],
+)
+def test_refuses_runs_that_differ_elsewhere(tmp_path, override, key):
+    cfgs = population_cfgs(tmp_path, run2=override)
+    with pytest.raises(ValueError, match=rf"{key} is .* in run 0 and .* in run 2"):
+        PopulationTrainer(cfgs)
+    assert not (tmp_path / "run0").exists()  # refused before any run's folder is touched
+
+
+def test_refuses_ermas_and_empty_populations(tmp_path):
+    cfgs = population_cfgs(tmp_path, run1={"variant": "ermas"})
+    with pytest.raises(ValueError, match="variant of run 1 is 'ermas'.*train alone"):
+        PopulationTrainer(cfgs)
+    with pytest.raises(ValueError, match="at least one run"):
+        check_population([])
+    check_population([as_config(cfg) for cfg in population_cfgs(tmp_path)])  # per-run keys only

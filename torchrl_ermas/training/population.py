@@ -1,0 +1,497 @@
+"""Many training runs as one batched computation: runs as a batch dimension.
+
+A population is ``R`` runs that share the environment, the network shapes and the PPO
+settings and differ only in the per-run values of :data:`PER_RUN_KEYS`. They collect their
+episodes in one environment batch of ``R x num_envs`` environments and compute their
+policies, critics, advantages and losses under :func:`torch.vmap` over the run dim, while
+every run keeps its own parameters, optimizer, gradient clipping, logs, checkpoints and
+``results.json``, in the layout of a run trained alone by
+:class:`~torchrl_ermas.training.ErmasTrainer`.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import TensorDictModuleBase
+from torch import distributions as D
+from torch import nn
+from torchrl.collectors import Collector
+from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+from torchrl.envs import EnvBase
+from torchrl.envs.utils import ExplorationType
+from torchrl.objectives import LossModule
+from torchrl.objectives.multiagent import MAPPOLoss
+from torchrl.objectives.utils import _vmap_func
+from torchrl.objectives.value import MultiAgentGAE
+from tqdm.auto import tqdm
+
+from torchrl_ermas.objectives import ErmasLoss, PlannerAdvantage
+from torchrl_ermas.regret import seed_env
+
+from .config import TrainConfig, as_config
+from .run_folder import flatten
+from .trainer import ErmasTrainer, NonFiniteError, PassSampler, _group_keys
+
+#: the settings in which the runs of one population may differ
+PER_RUN_KEYS = (
+    "seed",
+    "output_dir",
+    "logger.exp_name",
+    "variant",
+    "ermas.lambda_init",
+    "reward.q",
+    "agents.lr",
+    "planner.lr",
+    "planner_checkpoint",
+)
+#: the variants a population trains (runs with a regret estimate train alone for now)
+POPULATION_VARIANTS = ("marl", "fixed_lambda")
+
+
+def check_population(cfgs: Sequence[TrainConfig]) -> None:
+    """Refuses runs that cannot train as one population, naming the setting.
+
+    The runs must agree on every setting but those of :data:`PER_RUN_KEYS`, and their
+    variants must be among :data:`POPULATION_VARIANTS`.
+
+    Examples:
+        >>> check_population([TrainConfig(variant="marl"), TrainConfig(variant="marl", num_envs=8)])
+        Traceback (most recent call last):
+        ...
+        ValueError: the runs of a population may differ only in seed, ..., but num_envs is 64 in run 0 and 8 in run 1.
+    """
+    if not cfgs:
+        raise ValueError("a population needs at least one run configuration, got none.")
+    for index, cfg in enumerate(cfgs):
+        if cfg.variant not in POPULATION_VARIANTS:
+            raise ValueError(
+                f"variant of run {index} is {cfg.variant!r}, but a population trains the variants "
+                f"{list(POPULATION_VARIANTS)}: runs with a regret estimate (variant='ermas') train "
+                "alone for now (ErmasTrainer)."
+            )
+    flat = [flatten(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)) for cfg in cfgs]
+    for index, other in enumerate(flat[1:], start=1):
+        for key in sorted(flat[0].keys() | other.keys()):
+            if key in PER_RUN_KEYS:
+                continue
+            first, value = flat[0].get(key), other.get(key)
+            if first != value:
+                raise ValueError(
+                    f"the runs of a population may differ only in {', '.join(PER_RUN_KEYS)}, but "
+                    f"{key} is {first!r} in run 0 and {value!r} in run {index}."
+                )
+
+
+class _VmapEntropy:
+    """The analytic entropy without the stock losses' data-dependent finiteness check,
+    which :func:`torch.vmap` cannot trace (an infinite entropy is not replaced)."""
+
+    def _get_entropy(self, dist: D.Distribution, adv_shape: torch.Size) -> torch.Tensor:
+        return dist.entropy().unsqueeze(-1)
+
+
+class _RunPPOLoss(_VmapEntropy, MAPPOLoss):
+    """:class:`~torchrl.objectives.multiagent.MAPPOLoss` of one run, traceable by vmap."""
+
+
+class _RunErmasLoss(_VmapEntropy, ErmasLoss):
+    """:class:`~torchrl_ermas.objectives.ErmasLoss` of one run, traceable by vmap."""
+
+
+def stack_runs(modules: Sequence[nn.Module]) -> TensorDictBase:
+    """The parameters and buffers of ``modules`` (one per run, same structure), stacked on a
+    leading run dim.
+
+    The stack is differentiable: each run's gradient flows back to its own module, whose
+    parameters stay the leaves that its optimizer updates.
+
+    Examples:
+        >>> runs = [nn.Linear(3, 2) for _ in range(4)]
+        >>> params = stack_runs(runs)
+        >>> params["weight"].shape
+        torch.Size([4, 2, 3])
+        >>> params["weight"].sum().backward()
+        >>> runs[2].weight.grad.unique()
+        tensor([1.])
+    """
+    return TensorDict.stack([TensorDict.from_module(module) for module in modules])
+
+
+def vmap_runs(template: nn.Module, func: Callable[..., Any], params: TensorDictBase, *args: Any) -> Any:
+    """``func(*args)`` once per run under :func:`torch.vmap`, ``template`` holding that run's
+    ``params`` (leading run dim, e.g. from :func:`stack_runs`); ``args`` have the run dim too.
+
+    Examples:
+        >>> runs = [nn.Linear(3, 1) for _ in range(2)]
+        >>> template = copy.deepcopy(runs[0])
+        >>> x = torch.randn(2, 5, 3)
+        >>> out = vmap_runs(template, template, stack_runs(runs), x)
+        >>> torch.allclose(out[1], runs[1](x[1]))
+        True
+    """
+
+    def call(run_params: TensorDictBase, *run_args: Any) -> Any:
+        with run_params.to_module(template):
+            return func(*run_args)
+
+    if params.shape[0] == 1:  # broadcast, not batched: see the note of PopulationTrainer
+        return torch.vmap(call, in_dims=(None, *[0] * len(args)), randomness="different")(params[0], *args)
+    return torch.vmap(call, randomness="different")(params, *args)
+
+
+class PopulationPolicy(TensorDictModuleBase):
+    """The policies of ``R`` runs acting in one batch of ``R x E`` environments.
+
+    Environment ``r * E + e`` belongs to run ``r``: the input ``[R * E]`` is viewed as
+    ``[R, E]`` and each run's policy acts on its own environments (vmapped over the runs,
+    with independent random draws).
+
+    Args:
+        policies (sequence of TensorDictModuleBase): one policy per run, all of the same
+            structure; they keep their own parameters.
+
+    Examples:
+        >>> from tensordict.nn import TensorDictModule
+        >>> policies = [TensorDictModule(nn.Linear(3, 2), ["obs"], ["action"]) for _ in range(2)]
+        >>> policy = PopulationPolicy(policies)
+        >>> data = policy(TensorDict({"obs": torch.randn(6, 3)}, [6]))  # 2 runs x 3 envs
+        >>> torch.allclose(data["action"][3:], policies[1].module(data["obs"][3:]))
+        True
+    """
+
+    def __init__(self, policies: Sequence[TensorDictModuleBase]) -> None:
+        super().__init__()
+        self.policies = nn.ModuleList(policies)
+        self.template = copy.deepcopy(policies[0]).requires_grad_(False)
+        self.in_keys = list(self.template.in_keys)
+        self.out_keys = list(self.template.out_keys)
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        runs = len(self.policies)
+        inputs = tensordict.select(*self.in_keys).reshape(runs, -1)
+        out = vmap_runs(self.template, self.template, stack_runs(self.policies), inputs)
+        tensordict.update(out.select(*self.out_keys).reshape(tensordict.batch_size))
+        return tensordict
+
+
+def _critic_values(
+    critic: TensorDictModuleBase,
+    value_key: tuple[str, str],
+    params: TensorDictBase,
+    data: TensorDictBase,
+    *,
+    stacked: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each run's critic values at the root and ``"next"`` of ``data`` ``[R, E, T]``.
+
+    The values are computed as :class:`~torchrl.objectives.value.MultiAgentGAE` computes
+    them for a run alone (one vmapped call over the root and ``"next"`` inputs), so that
+    a population of one reproduces a run alone exactly: with the parameters stacked for
+    the two inputs (``stacked``, the agents' loss passes its parameters to its estimator)
+    or not (the planner's :class:`~torchrl_ermas.objectives.PlannerAdvantage`).
+    """
+
+    def values(run_data: TensorDictBase) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs = torch.stack([run_data.select(*critic.in_keys), run_data.get("next").select(*critic.in_keys)])
+        if stacked:
+            run_params = TensorDict.from_module(critic)
+            out = _vmap_func(critic, (0, 0), randomness="error")(inputs, torch.stack([run_params, run_params]))
+        else:
+            out = torch.vmap(critic, (0,), randomness="error")(inputs)
+        value = out.get(value_key)
+        return value[0], value[1]
+
+    with torch.no_grad():
+        return vmap_runs(critic, values, params.detach(), data)
+
+
+def _gae(value_key: tuple[str, str], group: str, gamma: float, lmbda: float) -> MultiAgentGAE:
+    """The multi-agent GAE of ``group``, reading the values from the data."""
+    gae = MultiAgentGAE(gamma=gamma, lmbda=lmbda, value_network=None)
+    gae.set_keys(
+        advantage=(group, "advantage"),
+        value_target=(group, "value_target"),
+        value=value_key,
+        reward=(group, "reward"),
+    )
+    return gae
+
+
+class _RunGroup:
+    """Runs of a population whose modules have one structure (one variant): they share
+    vmapped losses, advantages and minibatches.
+
+    ``template`` is a copy of the first run's modules that holds each run's parameters in
+    turn under vmap; the losses are built on it as :class:`ErmasTrainer` builds them.
+    """
+
+    def __init__(self, runs: Sequence[ErmasTrainer], indices: list[int]) -> None:
+        self.runs = list(runs)
+        self.indices = indices
+        lead = self.runs[0]
+        self.cfg = cfg = lead.cfg
+        self.template = copy.deepcopy(lead.modules).requires_grad_(False)
+        self.rr = lead.rr
+        modules = self.template
+        self.losses: dict[str, LossModule | PlannerAdvantage] = {}
+        make = _RunErmasLoss if lead.variant.uses_planner_advantage else _RunPPOLoss
+        extra = {"lagrange": modules["lagrange"]} if "lagrange" in modules else {}
+        self.losses["agents"] = self._loss(make, modules["agent_policy"], modules["agent_critic"], "agents", extra)
+        self.planner_advantage = None
+        if lead.planner_advantage is not None:
+            self.planner_advantage = PlannerAdvantage(
+                modules["planner_critic"],
+                gamma=cfg.planner.gamma,
+                lmbda=cfg.planner.lmbda,
+                loss_critic_type=cfg.planner.loss_critic_type,
+            )
+            self.planner_gae = _gae(self.planner_advantage.value_key, "planner", cfg.planner.gamma, cfg.planner.lmbda)
+        if "planner" in lead.optimizers:
+            self.losses["planner"] = (
+                self._loss(_RunPPOLoss, modules["planner_policy"], modules["planner_critic"], "planner", {})
+                if lead.planner_loss is not None
+                else self.planner_advantage
+            )
+        self.agent_gae = _gae(("agents", "state_value"), "agents", cfg.agents.gamma, cfg.agents.lmbda)
+        frames = cfg.num_envs * lead.horizon
+        storage = LazyTensorStorage(frames, device=lead.device)
+        self.buffers = {
+            group: TensorDictReplayBuffer(
+                storage=storage, sampler=PassSampler(), batch_size=frames // getattr(cfg, group).minibatches
+            )
+            for group in self.losses
+        }
+
+    def _loss(self, make, actor, critic, group: str, extra: dict[str, nn.Module]) -> LossModule:
+        ppo = getattr(self.cfg, group)
+        loss = make(
+            actor,
+            critic,
+            **extra,
+            clip_epsilon=ppo.clip_epsilon,
+            entropy_coeff=ppo.entropy_coeff,
+            critic_coeff=ppo.critic_coeff,
+            loss_critic_type=ppo.loss_critic_type,
+            functional=False,  # the networks run with the parameters vmap puts in the template
+            reduction="none",  # reduced per run below (vmap cannot squeeze a reduced loss)
+        )
+        loss.set_keys(**_group_keys(group))
+        return loss
+
+    def advantages(self, data: TensorDictBase) -> None:
+        """Writes each run's planner and agent advantages into ``data`` ``[G, E, T]``."""
+        params = stack_runs([run.modules for run in self.runs])
+        if self.planner_advantage is not None:
+            if self.rr is not None:
+                self.rr(data)
+            self._values(data, params["planner_critic"], self.planner_advantage.value_key, stacked=False)
+            self.planner_gae(data)
+        self._values(data, params["agent_critic"], ("agents", "state_value"), stacked=True)
+        self.agent_gae(data)
+
+    def _values(self, data: TensorDictBase, params: TensorDictBase, key: tuple[str, str], *, stacked: bool) -> None:
+        critic = self.template["agent_critic" if key[0] == "agents" else "planner_critic"]
+        value, next_value = _critic_values(critic, key, params, data, stacked=stacked)
+        data.set(key, value)
+        data.set(("next", key), next_value)
+
+    def update(self, data: TensorDictBase) -> None:
+        """PPO epochs on each run's transitions (agents, then planner), minibatches of the
+        same indices for every run, each run stepping its own optimizer on its own clipped
+        gradient."""
+        flat = data.reshape(len(self.runs), -1).transpose(0, 1)  # [transitions, runs]
+        for buffer in self.buffers.values():  # clears the shared storage and each sampler
+            buffer.empty()
+        self.buffers["agents"].extend(flat)
+        for group, buffer in self.buffers.items():
+            ppo = getattr(self.cfg, group)
+            for _ in range(ppo.epochs):
+                for batch in buffer:  # one pass without replacement
+                    self._step(group, batch.transpose(0, 1), ppo.max_grad_norm)
+            for run in self.runs:
+                run._check_finite_params(group)
+
+    def _step(self, group: str, batch: TensorDictBase, max_grad_norm: float) -> None:
+        total, losses = vmap_runs(
+            self.template, _run_loss(self.losses[group]), stack_runs([run.modules for run in self.runs]), batch
+        )
+        for name, value in losses.items():
+            bad = (~torch.isfinite(value)).nonzero().flatten().tolist()
+            if bad:
+                run = self.runs[bad[0]]
+                raise NonFiniteError(
+                    f"non-finite {group} {name} ({value[bad[0]].item()}) of the run in {run.cfg.output_dir}"
+                )
+        optimizers = [run.optimizers[group] for run in self.runs]
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        total.sum().backward()  # a sum: each run's gradient is that of its own loss
+        for run, optimizer in zip(self.runs, optimizers):
+            torch.nn.utils.clip_grad_norm_(run._params(group), max_grad_norm)
+            optimizer.step()
+
+
+def _run_loss(loss: LossModule | PlannerAdvantage) -> Callable[[TensorDictBase], tuple[torch.Tensor, dict]]:
+    """One run's total loss and its terms (means over the minibatch), as
+    :class:`ErmasTrainer` sums them; ``loss`` returns unreduced terms."""
+
+    def run_loss(batch: TensorDictBase) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if isinstance(loss, PlannerAdvantage):  # the planner critic alone
+            out = loss.loss(batch, "none")
+        else:
+            out = loss(batch)
+        losses = {key: value.mean() for key, value in out.items() if key.startswith("loss_")}
+        return sum(losses.values()), losses
+
+    return run_loss
+
+
+class PopulationTrainer:
+    """Trains ``R`` runs as one batched computation (runs as a batch dimension).
+
+    The runs share the environment class, the network shapes and the PPO settings; they
+    may differ in :data:`PER_RUN_KEYS` only (e.g. seeds, ``reward.q``, learning rates, the
+    variant among ``marl`` and ``fixed_lambda``, a frozen planner per run), and any other
+    difference raises a ``ValueError`` naming the setting. Each run is an
+    :class:`~torchrl_ermas.training.ErmasTrainer` that owns its networks (built from its
+    own seed, exactly as when it trains alone), optimizers, folder, history, logs,
+    checkpoints and ``results.json``, so every run's outputs have the layout of a run
+    trained alone, and its checkpoint resumes in a single-run trainer and vice versa. The
+    population only batches the computation:
+
+    1. one :class:`~torchrl.collectors.Collector` steps ``R x num_envs`` environments
+       (environment ``r * num_envs + e`` is run ``r``'s, its ``reward.q`` applied per
+       environment) with a :class:`PopulationPolicy`;
+    2. critics, advantages (multi-agent GAE on ``[R, num_envs, T]``) and the PPO losses
+       are vmapped over the runs; runs of one variant share one vmapped loss;
+    3. each run's loss is backpropagated to its own parameters (the runs' losses are
+       summed), its gradient clipped to its own norm and its own Adam stepped.
+
+    The random stream (iteration seeds, environment seeds, minibatch permutations, one per
+    epoch and shared by the runs) follows the first run's seed. A population of one
+    therefore replays :class:`ErmasTrainer` bit for bit; in a larger population a run's
+    values never depend on another run's, but its random draws differ from its solo run's
+    (the runs are equivalent to solo runs in distribution).
+
+    A killed population resumes (``resume=True`` in every run) from its runs' checkpoints,
+    which must all be at the same iteration.
+
+    Args:
+        cfgs (sequence of TrainConfig, DictConfig or dict): one configuration per run.
+        env_fn (callable, optional): ``env_fn(batch_size, device) -> EnvBase``, as for
+            :class:`ErmasTrainer`.
+
+    Examples:
+        >>> import tempfile
+        >>> base = dict(iterations=2, num_envs=4, progress=False, logger={"backend": ""},
+        ...             env={"_target_": "torchrl_ermas.envs.SequentialBimatrixEnv", "max_steps": 10})
+        >>> cfgs = [dict(base, variant=variant, seed=seed, output_dir=tempfile.mkdtemp())
+        ...         for variant, seed in (("marl", 0), ("fixed_lambda", 1))]
+        >>> population = PopulationTrainer(cfgs)
+        >>> [sorted(results["final"]) for results in population.train()][1]
+        ['agent_reward', 'combined_agent_reward', 'lambda', 'planner_reward', 'regret']
+    """
+
+    def __init__(
+        self,
+        cfgs: Sequence[TrainConfig | DictConfig | dict],
+        env_fn: Callable[[int, torch.device], EnvBase] | None = None,
+    ) -> None:
+        cfgs = [as_config(cfg) for cfg in cfgs]
+        check_population(cfgs)
+        self.runs = [ErmasTrainer(cfg, env_fn) for cfg in cfgs]
+        starts = [run.start_iteration for run in self.runs]
+        if len(set(starts)) > 1:
+            found = ", ".join(f"{run.cfg.output_dir}: {start}" for run, start in zip(self.runs, starts))
+            raise ValueError(
+                f"the runs of a population resume together, but their checkpoints are at different "
+                f"iterations ({found}); resume them alone (ErmasTrainer) or set overwrite=true."
+            )
+        self.start_iteration = starts[0]
+        lead = self.runs[0]
+        self.cfg = lead.cfg
+        self.device = lead.device
+        self.horizon = lead.horizon
+        self.groups = self._groups()
+        torch.manual_seed(self.cfg.seed)  # the environment's own draws, as for a run alone
+        self.env = lead._make_env(len(self.runs) * self.cfg.num_envs, q=self._env_q())
+        self.policy = PopulationPolicy([run.collection_policy for run in self.runs])
+        self.collector = Collector(
+            self.env,
+            self.policy,
+            frames_per_batch=len(self.runs) * self.cfg.num_envs * self.horizon,
+            total_frames=-1,
+            reset_at_each_iter=True,
+            exploration_type=ExplorationType.RANDOM,
+            device=self.device,
+            use_buffers=False,
+            auto_register_policy_transforms=False,
+        )
+
+    def _groups(self) -> list[_RunGroup]:
+        by_variant: dict[str, list[int]] = {}
+        for index, run in enumerate(self.runs):
+            by_variant.setdefault(run.cfg.variant, []).append(index)
+        return [_RunGroup([self.runs[i] for i in indices], indices) for indices in by_variant.values()]
+
+    def _env_q(self) -> torch.Tensor:
+        """``reward.q`` of each environment ``[R * num_envs]``, run-major."""
+        q = torch.tensor([run.cfg.reward.q for run in self.runs], device=self.device)
+        return q.repeat_interleave(self.cfg.num_envs)
+
+    def train(self) -> list[dict[str, Any]]:
+        """Runs the remaining iterations and returns each run's ``results.json`` content."""
+        cfg = self.cfg
+        loggers = [run._logger() for run in self.runs]
+        bar = tqdm(
+            range(self.start_iteration, cfg.iterations),
+            initial=self.start_iteration,
+            total=cfg.iterations,
+            disable=not cfg.progress,
+            desc=f"population of {len(self.runs)}",
+        )
+        for iteration in bar:
+            good_states = [run._good_state(iteration) for run in self.runs]
+            try:
+                rows = self._iteration(iteration)
+            except NonFiniteError as err:
+                for run, good_state in zip(self.runs[1:], good_states[1:]):
+                    run._failed(err, good_state, iteration)
+                raise self.runs[0]._failed(err, good_states[0], iteration) from None
+            for run, row, logger in zip(self.runs, rows, loggers):
+                run._record(row, logger)
+                run._checkpoint_after(iteration)
+        return [run.write_results() for run in self.runs]
+
+    def _iteration(self, iteration: int) -> list[dict[str, Any]]:
+        seed = self.runs[0]._iteration_seed(iteration)
+        torch.manual_seed(seed)
+        start = time.perf_counter()
+        data = self._collect(seed)
+        rows = [run._metrics(data[index], iteration) for index, run in enumerate(self.runs)]
+        time_collect = time.perf_counter() - start
+
+        start = time.perf_counter()
+        for group in self.groups:
+            group_data = data[group.indices]
+            group.advantages(group_data)
+            group.update(group_data)
+        time_train = time.perf_counter() - start
+        for row in rows:
+            row.update(time_collect=time_collect, time_train=time_train, time_regret=0.0)
+        return rows
+
+    @torch.no_grad()
+    def _collect(self, seed: int) -> TensorDictBase:
+        """Every run's ``num_envs`` episodes of ``horizon`` steps, ``[R, num_envs, horizon]``."""
+        seed_env(self.env, seed)
+        data = self.collector.rollout().reshape(len(self.runs), self.cfg.num_envs, self.horizon)
+        data.names = [None, None, "time"]
+        return data
