@@ -128,3 +128,37 @@ def test_refuses_ermas_and_empty_populations(tmp_path):
     with pytest.raises(ValueError, match="at least one run"):
         check_population([])
     check_population([as_config(cfg) for cfg in population_cfgs(tmp_path)])  # per-run keys only
+
+
+@pytest.mark.parametrize("variant", ["marl", "fixed_lambda"])
+def test_population_of_one_replays_a_frozen_planner_run(tmp_path, variant):
+    # train_planner=False: fixed_lambda fits the planner critic alone, marl has none
+    overrides = {"variant": variant, "train_planner": False, "reward": {"q": 0.5}}
+    alone = ErmasTrainer(make_cfg(tmp_path / "alone", **overrides))
+    results = alone.train()
+    (pop_results,) = PopulationTrainer([make_cfg(tmp_path / "population", **overrides)]).train()
+    assert without_times(pop_results["history"]) == without_times(results["history"])
+    assert states_equal(
+        load_checkpoint(tmp_path / "population" / "checkpoint.pt")["modules"], alone.modules.state_dict()
+    )
+
+
+def test_each_run_plays_its_own_frozen_planner(tmp_path):
+    sources = population_cfgs(tmp_path / "sources")[:2]
+    PopulationTrainer(sources).train()
+    transfer = [
+        make_cfg(
+            tmp_path / f"transfer{r}",
+            variant=variant,
+            seed=10 + r,
+            train_planner=False,
+            planner_checkpoint=str(Path(source["output_dir"]) / "checkpoint.pt"),
+        )
+        for r, (variant, source) in enumerate(zip(("fixed_lambda", "marl"), sources))
+    ]
+    population = PopulationTrainer(transfer)
+    population.train()
+    for run, source in zip(population.runs, sources):
+        stored = load_checkpoint(Path(source["output_dir"]) / "checkpoint.pt")["modules"]
+        planner = {k.removeprefix("planner_policy."): v for k, v in stored.items() if k.startswith("planner_policy.")}
+        assert states_equal(run.planner_policy.state_dict(), planner)

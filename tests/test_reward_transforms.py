@@ -131,6 +131,24 @@ def test_gap_hand_computed():
     torch.testing.assert_close(out[PLANNER_R], torch.tensor([[[4.0]], [[-2.0]]]))
 
 
+def test_gap_per_environment_equals_scalar_gaps():
+    """One q per environment (a population's runs) applies each environment's own q, bit
+    for bit the scalar transform's result (offline on [envs, time] data here; online in the
+    docstring example)."""
+    q = torch.tensor([0.0, 0.5, -0.3])
+    data = TensorDict({AGENT_R: torch.randn(3, 4, 2, 1), PLANNER_R: torch.randn(3, 4, 1, 1)}, [3, 4])
+    out = PlannerRewardGap(q)(data.clone())
+    for env, value in enumerate(q.tolist()):
+        expected = PlannerRewardGap(value)(data[env].clone()) if value else data[env]
+        assert torch.equal(out[env][AGENT_R], expected[AGENT_R])
+
+
+@pytest.mark.parametrize("q", [torch.tensor([0.5, float("nan")]), torch.tensor(0.5), torch.tensor([1, 2])])
+def test_gap_rejects_bad_per_environment_q(q):
+    with pytest.raises(ValueError, match="q must be"):
+        PlannerRewardGap(q)
+
+
 @pytest.mark.parametrize("q", [float("nan"), float("inf"), "0.5", True, None])
 def test_gap_rejects_bad_q(q):
     with pytest.raises(ValueError, match="q must be"):
