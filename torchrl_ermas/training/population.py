@@ -28,13 +28,13 @@ from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType
 from torchrl.objectives import LossModule
 from torchrl.objectives.multiagent import MAPPOLoss
-from torchrl.objectives.utils import _vmap_func
 from torchrl.objectives.value import MultiAgentGAE
 from tqdm.auto import tqdm
 
 from torchrl_ermas.objectives import ErmasLoss, PlannerAdvantage
 from torchrl_ermas.regret import seed_env
 
+from .checkpoint import save_checkpoint
 from .config import TrainConfig, as_config
 from .run_folder import flatten
 from .trainer import ErmasTrainer, NonFiniteError, PassSampler, _group_keys
@@ -202,7 +202,7 @@ def _critic_values(
         inputs = torch.stack([run_data.select(*critic.in_keys), run_data.get("next").select(*critic.in_keys)])
         if stacked:
             run_params = TensorDict.from_module(critic)
-            out = _vmap_func(critic, (0, 0), randomness="error")(inputs, torch.stack([run_params, run_params]))
+            out = vmap_runs(critic, critic, torch.stack([run_params, run_params]), inputs)
         else:
             out = torch.vmap(critic, (0,), randomness="error")(inputs)
         value = out.get(value_key)
@@ -314,7 +314,7 @@ class _RunGroup:
             ppo = getattr(self.cfg, group)
             for _ in range(ppo.epochs):
                 for batch in buffer:  # one pass without replacement
-                    self._step(group, batch.transpose(0, 1), ppo.max_grad_norm)
+                    self._step(group, batch.transpose(0, 1).contiguous(), ppo.max_grad_norm)
             for run in self.runs:
                 run._check_finite_params(group)
 
@@ -382,6 +382,15 @@ class PopulationTrainer:
 
     A killed population resumes (``resume=True`` in every run) from its runs' checkpoints,
     which must all be at the same iteration.
+
+    .. note::
+        A population of one broadcasts its parameters under vmap instead of batching
+        them on a run dim of size one. With batched weights a linear layer becomes a
+        batched matrix product (``bmm``), and PyTorch's CPU ``bmm`` computes products of
+        fewer than 400 multiply-adds (e.g. a 16-unit layer to 3 actions for 8 rows) with a
+        naive loop of its own, which rounds differently from the BLAS matrix product of a
+        run alone; larger products go through the same ``mm`` per run and agree. The
+        broadcast runs the same vmapped code with the kernels of a run alone.
 
     Args:
         cfgs (sequence of TrainConfig, DictConfig or dict): one configuration per run.
@@ -462,9 +471,12 @@ class PopulationTrainer:
             try:
                 rows = self._iteration(iteration)
             except NonFiniteError as err:
-                for run, good_state in zip(self.runs[1:], good_states[1:]):
-                    run._failed(err, good_state, iteration)
-                raise self.runs[0]._failed(err, good_states[0], iteration) from None
+                for run, good_state in zip(self.runs, good_states):
+                    save_checkpoint(good_state, run.folder.checkpoint, keep_previous=True)
+                raise NonFiniteError(
+                    f"{err} at iteration {iteration}; every run's last good state (before "
+                    f"iteration {iteration}) is saved in its output_dir's checkpoint.pt."
+                ) from None
             for run, row, logger in zip(self.runs, rows, loggers):
                 run._record(row, logger)
                 run._checkpoint_after(iteration)

@@ -427,7 +427,11 @@ class ErmasTrainer:
             try:
                 row = self._iteration(iteration)
             except NonFiniteError as err:
-                raise self._failed(err, good_state, iteration) from None
+                path = save_checkpoint(good_state, self.folder.checkpoint, keep_previous=True)
+                raise NonFiniteError(
+                    f"{err} at iteration {iteration}; the last good state "
+                    f"(before iteration {iteration}) is saved in {path}."
+                ) from None
             self._record(row, logger)
             bar.set_postfix(
                 planner=f"{row['planner_reward']:.2f}",
@@ -443,13 +447,6 @@ class ErmasTrainer:
         for key in ("modules", "optimizers"):
             good_state[key] = copy.deepcopy(good_state[key])
         return good_state
-
-    def _failed(self, err: NonFiniteError, good_state: dict[str, Any], iteration: int) -> NonFiniteError:
-        """Saves ``good_state`` and returns the error to raise, naming where it lies."""
-        path = save_checkpoint(good_state, self.folder.checkpoint, keep_previous=True)
-        return NonFiniteError(
-            f"{err} at iteration {iteration}; the last good state (before iteration {iteration}) is saved in {path}."
-        )
 
     def _record(self, row: dict[str, Any], logger) -> None:
         """Appends an iteration's ``row`` to the history and logs it (``logger`` may be ``None``)."""
