@@ -88,7 +88,12 @@ class LagrangeMultiplier(nn.Module):
         nu (float, optional): EMA coefficient of the proportional term, in
             ``[0, 1)``. Defaults to ``0.5``.
         scale_decay (float, optional): EMA coefficient ``beta`` of the violation's
-            spread, in ``[0, 1)``. Defaults to ``0.99``.
+            spread, in ``[0, 1)``. Defaults to ``0.9``: the spread remembers about ten
+            updates, so it forgets the approach (the violations start at ``-epsilon``
+            with the agents at the Nash equilibrium) within the first third of a run of
+            30 estimates; a longer memory keeps the approach in the spread for the whole
+            run, and a lasting violation then moves ``lambda`` a fraction of ``lr`` per
+            update.
         max_violation (float, optional): the largest normalised violation ``|u_t|`` of
             ``"nupi"``, ``> 0``. Defaults to ``3.0``.
         noise_floor (float, optional): the spread's floor relative to ``reference`` (or,
@@ -133,7 +138,7 @@ class LagrangeMultiplier(nn.Module):
         rule: str = "nupi",
         kp: float = 6.0,
         nu: float = 0.5,
-        scale_decay: float = 0.99,
+        scale_decay: float = 0.9,
         noise_floor: float = 0.05,
         max_violation: float = 3.0,
     ) -> None:
