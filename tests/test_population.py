@@ -14,7 +14,7 @@ import pytest
 import torch
 from test_training import assert_results_schema, make_cfg, without_times
 
-from torchrl_ermas.training import ErmasTrainer, PopulationTrainer, check_population, load_checkpoint
+from torchrl_ermas.training import ErmasTrainer, PopulationTrainer, check_population, load_checkpoint, run_many
 from torchrl_ermas.training.config import as_config
 
 
@@ -162,3 +162,30 @@ def test_each_run_plays_its_own_frozen_planner(tmp_path):
         stored = load_checkpoint(Path(source["output_dir"]) / "checkpoint.pt")["modules"]
         planner = {k.removeprefix("planner_policy."): v for k, v in stored.items() if k.startswith("planner_policy.")}
         assert states_equal(run.planner_policy.state_dict(), planner)
+
+
+def trained_steps(trainer: ErmasTrainer) -> dict:
+    """A post hook: the number of iterations the run trained."""
+    return {"trained_iterations": len(trainer.history["planner_reward"])}
+
+
+def test_run_many_trains_compatible_runs_as_populations(tmp_path):
+    """marl and fixed_lambda runs that differ in per-run values batch, in chunks of
+    population_size; an ermas run trains alone; results come back in input order."""
+    cfgs = [*population_cfgs(tmp_path / "many"), make_cfg(tmp_path / "many" / "ermas")]
+    results = run_many(cfgs, workers=1, population_size=2, post=trained_steps)
+    assert [r["config"]["output_dir"] for r in results] == [cfg["output_dir"] for cfg in cfgs]
+    assert all(r["final"]["trained_iterations"] == 3 for r in results)
+    alone = [{**cfg, "output_dir": str(tmp_path / "alone" / str(i))} for i, cfg in enumerate(cfgs)]
+    expected = [
+        *PopulationTrainer(alone[:2]).train(),  # the first chunk: runs 0 and 1
+        *(ErmasTrainer(cfg).train() for cfg in alone[2:]),  # a chunk of one, and the ermas run
+    ]
+    for result, reference in zip(results, expected):
+        assert without_times(result["history"]) == without_times(reference["history"])
+        assert {k: v for k, v in result["final"].items() if k != "trained_iterations"} == reference["final"]
+
+
+def test_run_many_population_size_must_be_a_positive_int(tmp_path):
+    with pytest.raises(ValueError, match="population_size must be an int >= 1"):
+        run_many([make_cfg(tmp_path)], population_size=0)

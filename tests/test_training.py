@@ -861,9 +861,13 @@ def test_run_many_builds_envs_with_the_env_factory(tmp_path):
 
     base = TrainConfig(**_as_dataclass_kwargs(make_cfg(tmp_path, variant="marl", iterations=1)))
     configs = [with_overrides(base, {"seed": s, "output_dir": str(tmp_path / str(s))}) for s in (0, 1)]
-    results = run_many(configs, workers=1, env_factory=factory)
+    results = run_many(configs, workers=1, population_size=1, env_factory=factory)
     assert [r["seed"] for r in results] == [0, 1]
     assert calls == [(0, 4), (1, 4)]
+    calls.clear()
+    configs = [with_overrides(cfg, {"output_dir": cfg.output_dir + "-population"}) for cfg in configs]
+    run_many(configs, workers=1, env_factory=factory)  # one population: the first run's factory call
+    assert calls == [(0, 4), (0, 4), (0, 8)]  # each run's own environment, then the batch of both
 
 
 def test_gap_on_the_raw_payoff_excludes_the_officer_terms(tmp_path):

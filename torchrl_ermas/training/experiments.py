@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ..validation import check_int
 from .config import TrainConfig, as_config, validate
+from .population import PopulationTrainer, populations
 from .ray_backend import check_ray_address, ray_results
 from .run_folder import flatten, is_under
 from .trainer import ErmasTrainer
@@ -299,10 +300,31 @@ def run(cfg: TrainConfig, post: PostHook | None = None, env_factory: EnvFactory 
     return results
 
 
+def run_population(
+    cfgs: Sequence[TrainConfig], post: PostHook | None = None, env_factory: EnvFactory | None = None
+) -> list[dict[str, Any]]:
+    """Trains ``cfgs`` as one :class:`~torchrl_ermas.training.PopulationTrainer` (one torch
+    thread) and returns each run's results; ``post`` is applied to each run's trainer and
+    ``env_factory`` receives the first run's configuration (the runs share one batched
+    environment; see :func:`run`). A population of one is :func:`run`."""
+    if len(cfgs) == 1:
+        return [run(cfgs[0], post, env_factory)]
+    torch.set_num_threads(1)
+    env_fn = None if env_factory is None else partial(env_factory, cfgs[0])
+    population = PopulationTrainer(cfgs, env_fn=env_fn)
+    results = population.train()
+    if post is None:
+        return results
+    for trainer in population.runs:
+        trainer.extra_final.update(post(trainer))
+    return [trainer.write_results() for trainer in population.runs]
+
+
 def run_many(
-    configs: Sequence[TrainConfig],
+    configs: Sequence[TrainConfig | dict],
     *,
     workers: int = 1,
+    population_size: int = 32,
     ray_address: str | None = None,
     post: PostHook | None = None,
     env_factory: EnvFactory | None = None,
@@ -310,35 +332,45 @@ def run_many(
 ) -> list[dict[str, Any]]:
     """Runs ``configs`` together; results in input order.
 
-    Without ``ray_address`` the runs share ``workers`` processes of this machine. Each run
-    is single-threaded, so ``workers`` equal to the number of cores uses the machine
-    fully. With ``ray_address`` each run is a Ray task of one CPU
+    Runs that can batch train as populations of at most ``population_size`` runs
+    (:func:`~torchrl_ermas.training.population.populations`: the ``marl`` and
+    ``fixed_lambda`` runs that differ only in per-run values such as seeds, ``reward.q``
+    or a frozen planner); every other run, and every run with ``population_size=1``,
+    trains alone. Without ``ray_address`` the populations share ``workers`` processes of
+    this machine, each single-threaded, so ``workers`` equal to the number of cores uses
+    the machine fully. With ``ray_address`` each population is a Ray task of one CPU
     (:func:`~torchrl_ermas.training.ray_backend.ray_results`): ``"local"`` starts a Ray of
     ``workers`` CPUs here, any other value is the address of a Ray cluster for
     ``ray.init`` (``"auto"``, ``"ray://head:10001"``); its nodes must see the runs'
     ``output_dir`` (a shared file system) for the logs, checkpoints and resumes. ``post``
-    and ``env_factory`` (see :func:`run`) must be picklable, e.g. module-level functions
-    or partials of them (they cross processes).
+    and ``env_factory`` (see :func:`run_population`) must be picklable, e.g. module-level
+    functions or partials of them (they cross processes).
     """
     check_int("workers", workers, 1)
+    check_int("population_size", population_size, 1)
     check_ray_address(ray_address)
+    configs = [as_config(cfg) for cfg in configs]
+    chunks = populations(configs, size=population_size, workers=workers)
+    args = [([configs[i] for i in chunk], post, env_factory) for chunk in chunks]
     results: list[dict[str, Any] | None] = [None] * len(configs)
     bar = tqdm(total=len(configs), desc=desc)
+
+    def record(task: int, chunk_results: list[dict[str, Any]]) -> None:
+        for index, result in zip(chunks[task], chunk_results):
+            results[index] = result
+        bar.update(len(chunk_results))
+
     if ray_address is not None:
-        args = [(cfg, post, env_factory) for cfg in configs]
-        for i, result in ray_results(run, args, ray_address=ray_address, workers=workers):
-            results[i] = result
-            bar.update()
+        for task, chunk_results in ray_results(run_population, args, ray_address=ray_address, workers=workers):
+            record(task, chunk_results)
     elif workers == 1:
-        for i, cfg in enumerate(configs):
-            results[i] = run(cfg, post, env_factory)
-            bar.update()
+        for task, arguments in enumerate(args):
+            record(task, run_population(*arguments))
     else:
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(run, cfg, post, env_factory): i for i, cfg in enumerate(configs)}
+            futures = {pool.submit(run_population, *arguments): task for task, arguments in enumerate(args)}
             for future in as_completed(futures):
-                results[futures[future]] = future.result()
-                bar.update()
+                record(futures[future], future.result())
     bar.close()
     return results
 

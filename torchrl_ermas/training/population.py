@@ -12,6 +12,8 @@ every run keeps its own parameters, optimizer, gradient clipping, logs, checkpoi
 from __future__ import annotations
 
 import copy
+import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -34,6 +36,7 @@ from tqdm.auto import tqdm
 from torchrl_ermas.objectives import ErmasLoss, PlannerAdvantage
 from torchrl_ermas.regret import seed_env
 
+from ..validation import check_int
 from .checkpoint import save_checkpoint
 from .config import TrainConfig, as_config
 from .run_folder import flatten
@@ -53,6 +56,12 @@ PER_RUN_KEYS = (
 )
 #: the variants a population trains (runs with a regret estimate train alone for now)
 POPULATION_VARIANTS = ("marl", "fixed_lambda")
+
+
+def _shared_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """The settings that every run of a population shares (all but :data:`PER_RUN_KEYS`)."""
+    flat = flatten(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True))
+    return {key: value for key, value in flat.items() if key not in PER_RUN_KEYS}
 
 
 def check_population(cfgs: Sequence[TrainConfig]) -> None:
@@ -76,17 +85,47 @@ def check_population(cfgs: Sequence[TrainConfig]) -> None:
                 f"{list(POPULATION_VARIANTS)}: runs with a regret estimate (variant='ermas') train "
                 "alone for now (ErmasTrainer)."
             )
-    flat = [flatten(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)) for cfg in cfgs]
+    flat = [_shared_settings(cfg) for cfg in cfgs]
     for index, other in enumerate(flat[1:], start=1):
         for key in sorted(flat[0].keys() | other.keys()):
-            if key in PER_RUN_KEYS:
-                continue
             first, value = flat[0].get(key), other.get(key)
             if first != value:
                 raise ValueError(
                     f"the runs of a population may differ only in {', '.join(PER_RUN_KEYS)}, but "
                     f"{key} is {first!r} in run 0 and {value!r} in run {index}."
                 )
+
+
+def populations(cfgs: Sequence[TrainConfig], *, size: int, workers: int = 1) -> list[list[int]]:
+    """Splits runs into populations: the indices of ``cfgs`` that train together.
+
+    Runs that can batch (:func:`check_population`) are grouped by their shared settings;
+    each group is cut into chunks of at most ``size`` runs, and into at least ``workers``
+    chunks when it has as many runs, so that the chunks keep ``workers`` processes busy.
+    Every other run is a population of its own. Larger populations come first.
+
+    Examples:
+        >>> cfgs = [TrainConfig(variant="marl", seed=s) for s in range(5)] + [TrainConfig(variant="ermas")]
+        >>> populations(cfgs, size=2)
+        [[0, 1], [2, 3], [4], [5]]
+        >>> populations(cfgs, size=32, workers=2)
+        [[0, 1, 2], [3, 4], [5]]
+    """
+    check_int("size", size, 1)
+    check_int("workers", workers, 1)
+    groups: dict[str, list[int]] = {}
+    alone: list[list[int]] = []
+    for index, cfg in enumerate(cfgs):
+        if cfg.variant in POPULATION_VARIANTS:
+            groups.setdefault(json.dumps(_shared_settings(cfg), sort_keys=True), []).append(index)
+        else:
+            alone.append([index])
+    chunks = []
+    for indices in groups.values():
+        count = max(math.ceil(len(indices) / size), min(workers, len(indices)))
+        bounds = [-(-i * len(indices) // count) for i in range(count + 1)]
+        chunks.extend(indices[start:end] for start, end in zip(bounds, bounds[1:]))
+    return sorted(chunks + alone, key=len, reverse=True)
 
 
 class _VmapEntropy:
