@@ -189,3 +189,27 @@ def test_run_many_trains_compatible_runs_as_populations(tmp_path):
 def test_run_many_population_size_must_be_a_positive_int(tmp_path):
     with pytest.raises(ValueError, match="population_size must be an int >= 1"):
         run_many([make_cfg(tmp_path)], population_size=0)
+
+
+def _tail_means(histories: list[dict], key: str, window: int) -> torch.Tensor:
+    """Per run, the mean of the last ``window`` iterations of ``key`` (agents: combined)."""
+    return torch.tensor([torch.tensor(h[key][-window:], dtype=torch.float64).sum(-1).mean() for h in histories])
+
+
+def test_a_run_in_a_population_learns_as_it_does_alone(tmp_path):
+    """Statistically indistinguishable from the same runs trained alone (16 seeds): the final
+    planner and agent rewards agree within 3 standard errors of their difference, and both
+    moved away from their start by more than that (they learn the same thing)."""
+    settings = {"variant": "marl", "iterations": 12, "num_envs": 8, "planner_mode": "passive"}
+    settings["agents"] = {"lr": 1e-2, "epochs": 2, "minibatches": 2, "hidden": 16}
+    cfgs = [make_cfg(tmp_path / "population" / str(s), seed=s, **settings) for s in range(16)]
+    together = [r["history"] for r in PopulationTrainer(cfgs).train()]
+    alone = [ErmasTrainer({**c, "output_dir": c["output_dir"] + "-alone"}).train()["history"] for c in cfgs]
+    for key in ("planner_reward", "agent_reward"):
+        start = _tail_means([{key: h[key][:3]} for h in alone], key, 3)
+        final_together, final_alone = _tail_means(together, key, 3), _tail_means(alone, key, 3)
+        se = (final_together.var() / 16 + final_alone.var() / 16).sqrt()
+        assert (final_together.mean() - final_alone.mean()).abs() <= 3 * se, (key, final_together, final_alone)
+        for final in (final_together, final_alone):
+            moved = final - start
+            assert moved.mean().abs() > 3 * moved.std() / 16**0.5, (key, final, start)
