@@ -76,6 +76,8 @@ class AdversarialSearchConfig:
         marl: add plain MARL runs.
         seeds: seeds of every configuration.
         workers: runs in parallel (processes).
+        population_size: the largest population of runs trained as one batched computation
+            (``1``: every run alone; see :func:`~torchrl_ermas.training.run_many`).
         ray_address: run the grid on Ray instead (``local``, or a cluster's address:
             see :func:`~torchrl_ermas.training.run_many`).
     """
@@ -86,6 +88,7 @@ class AdversarialSearchConfig:
     marl: bool = True
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     workers: int = 2
+    population_size: int = 32
     ray_address: str | None = None
 
 
@@ -102,6 +105,7 @@ def validate(cfg: AdversarialSearchConfig, overrides: list[str] | tuple[str, ...
         cfg.train,
         sweeps={"epsilons": cfg.epsilons, "seeds": cfg.seeds},
         workers=cfg.workers,
+        population_size=cfg.population_size,
         ray_address=cfg.ray_address,
         overrides=overrides,
         owned={
@@ -321,6 +325,7 @@ def main(cfg: AdversarialSearchConfig) -> None:
             run_many(
                 list(configs.values()),
                 workers=cfg.workers,
+                population_size=cfg.population_size,
                 ray_address=cfg.ray_address,
                 post=exact_regret_hook,
                 desc="runs",

@@ -50,6 +50,8 @@ class RobustPlannerConfig:
         q_test: the test reality gaps.
         seeds: training seeds; each seed's planner is transferred with the same seed.
         workers: runs in parallel (processes).
+        population_size: the largest population of runs trained as one batched computation
+            (``1``: every run alone; see :func:`~torchrl_ermas.training.run_many`).
         ray_address: run the grid on Ray instead (``local``, or a cluster's address:
             see :func:`~torchrl_ermas.training.run_many`).
     """
@@ -61,6 +63,7 @@ class RobustPlannerConfig:
     q_test: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     workers: int = 2
+    population_size: int = 32
     ray_address: str | None = None
 
 
@@ -77,6 +80,7 @@ def validate(cfg: RobustPlannerConfig, overrides: list[str] | tuple[str, ...] = 
         cfg.train,
         sweeps={"methods": cfg.methods, "q_test": cfg.q_test, "seeds": cfg.seeds},
         workers=cfg.workers,
+        population_size=cfg.population_size,
         ray_address=cfg.ray_address,
         methods=cfg.methods,
         overrides=overrides,
@@ -129,10 +133,25 @@ def main(cfg: RobustPlannerConfig) -> None:
     validate(cfg, HydraConfig.get().overrides.task)
     out = Path(HydraConfig.get().runtime.output_dir)
     trained = train_configs(cfg, out)
-    run_many(list(trained.values()), workers=cfg.workers, ray_address=cfg.ray_address, desc="train planners")
+    run_many(
+        list(trained.values()),
+        workers=cfg.workers,
+        population_size=cfg.population_size,
+        ray_address=cfg.ray_address,
+        desc="train planners",
+    )
     tests = transfer_configs(cfg, trained, out)
     results = dict(
-        zip(tests, run_many(list(tests.values()), workers=cfg.workers, ray_address=cfg.ray_address, desc="transfer"))
+        zip(
+            tests,
+            run_many(
+                list(tests.values()),
+                workers=cfg.workers,
+                population_size=cfg.population_size,
+                ray_address=cfg.ray_address,
+                desc="transfer",
+            ),
+        )
     )
     summary = relative_summary(results, ["planner_reward"], cfg.reference)
     (out / "summary.json").write_text(json.dumps({"q_test": cfg.q_test, "methods": summary}, indent=1))

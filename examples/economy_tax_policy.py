@@ -62,6 +62,8 @@ class TaxPolicyConfig:
         eta_test: the agents' risk aversion in the evaluation runs.
         seeds: seeds; each learned planner is evaluated with the seed it was trained with.
         workers: runs in parallel (processes, one torch thread each).
+        population_size: the largest population of runs trained as one batched computation
+            (``1``: every run alone; see :func:`~torchrl_ermas.training.run_many`).
         ray_address: run the grid on Ray instead (``local``, or a cluster's address:
             see :func:`~torchrl_ermas.training.run_many`).
     """
@@ -74,6 +76,7 @@ class TaxPolicyConfig:
     eta_test: list[float] = field(default_factory=lambda: [0.11, 0.19, 0.23, 0.27, 0.35])
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     workers: int = 2
+    population_size: int = 32
     ray_address: str | None = None
 
 
@@ -90,6 +93,7 @@ def validate(cfg: TaxPolicyConfig, overrides: list[str] | tuple[str, ...] = ()) 
         cfg.train,
         sweeps={"seeds": cfg.seeds, "eta_test": cfg.eta_test},
         workers=cfg.workers,
+        population_size=cfg.population_size,
         ray_address=cfg.ray_address,
         methods=cfg.methods,
         overrides=overrides,
@@ -173,10 +177,25 @@ def main(cfg: TaxPolicyConfig) -> None:
     validate(cfg, HydraConfig.get().overrides.task)
     out = Path(HydraConfig.get().runtime.output_dir)
     trained = train_configs(cfg, out)
-    run_many(list(trained.values()), workers=cfg.workers, ray_address=cfg.ray_address, desc="train planners")
+    run_many(
+        list(trained.values()),
+        workers=cfg.workers,
+        population_size=cfg.population_size,
+        ray_address=cfg.ray_address,
+        desc="train planners",
+    )
     runs = evaluation_configs(cfg, trained, out)
     results = dict(
-        zip(runs, run_many(list(runs.values()), workers=cfg.workers, ray_address=cfg.ray_address, desc="evaluate"))
+        zip(
+            runs,
+            run_many(
+                list(runs.values()),
+                workers=cfg.workers,
+                population_size=cfg.population_size,
+                ray_address=cfg.ray_address,
+                desc="evaluate",
+            ),
+        )
     )
     summary = relative_summary(results, METRICS, cfg.reference)
     (out / "summary.json").write_text(json.dumps({"eta_test": cfg.eta_test, "planners": summary}, indent=1))

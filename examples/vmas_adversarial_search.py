@@ -78,6 +78,8 @@ class VmasSearchConfig:
         marl: also run plain MARL (selfish agents), the reference.
         seeds: seeds of every point.
         workers: runs in parallel (processes, one torch thread each).
+        population_size: the largest population of runs trained as one batched computation
+            (``1``: every run alone; see :func:`~torchrl_ermas.training.run_many`).
         ray_address: run the grid on Ray instead (``local``, or a cluster's address:
             see :func:`~torchrl_ermas.training.run_many`).
     """
@@ -88,6 +90,7 @@ class VmasSearchConfig:
     marl: bool = True
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     workers: int = 2
+    population_size: int = 32
     ray_address: str | None = None
 
 
@@ -122,6 +125,7 @@ def run_all(cfg: VmasSearchConfig, runs: dict[tuple[str, int], TrainConfig]) -> 
     results = run_many(
         list(runs.values()),
         workers=cfg.workers,
+        population_size=cfg.population_size,
         ray_address=cfg.ray_address,
         env_factory=partial(make_env, cfg.regulator),
     )
@@ -190,6 +194,7 @@ def validate(cfg: VmasSearchConfig, overrides: list[str] | tuple[str, ...] = ())
         cfg.train,
         sweeps={"seeds": cfg.seeds},
         workers=cfg.workers,
+        population_size=cfg.population_size,
         ray_address=cfg.ray_address,
         overrides=overrides,
         owned={

@@ -58,6 +58,7 @@ def validate_experiment(
     *,
     sweeps: dict[str, Sequence],
     workers: int,
+    population_size: int = 32,
     ray_address: str | None = None,
     owned: dict[str, str] | None = None,
     methods: dict[str, dict[str, Any]] | None = None,
@@ -82,6 +83,7 @@ def validate_experiment(
         sweeps: name -> values of each list the experiment sweeps (``{"seeds": [0, 1]}``);
             none may be empty.
         workers: processes of :func:`run_many`, an int ``>= 1``.
+        population_size: the largest population of :func:`run_many`, an int ``>= 1``.
         ray_address: :func:`run_many`'s Ray backend (``None``: local processes); a Ray
             address needs Ray installed.
         owned: further dotted keys of ``train`` the experiment sets per run, each mapped
@@ -100,6 +102,7 @@ def validate_experiment(
         ValueError: train.seed is set per run by this experiment: set seeds instead (got train.seed=3).
     """
     check_int("workers", workers, 1)
+    check_int("population_size", population_size, 1)
     check_ray_address(ray_address)
     for name, values in sweeps.items():
         if not values:
