@@ -4,7 +4,10 @@ ERMAS runs with the meta scale ``beta`` in ``{0, 0.2, 1}`` of the meta-gradient 
 (:class:`~torchrl_ermas.regret.MetaGradient`, Eq. 13; ``beta = 0`` disables it) at a fixed
 ``epsilon``; the script draws the learning curves of the planner
 reward and of the combined agent reward per iteration, mean and standard-error band over
-seeds, and prints the rewards at a few checkpoints of training.
+seeds, with the exact epsilon-frontier of the game
+(:func:`~torchrl_ermas.envs.bimatrix_frontier.epsilon_frontier`) as the target; it prints
+the rewards at a few checkpoints of training and, per seed, the first iteration at which
+the planner reward (a trailing mean over ``smoothing`` iterations) reaches the frontier.
 
     python examples/bimatrix_meta_ablation.py
     python examples/bimatrix_meta_ablation.py --config-name bimatrix_meta_ablation_paper
@@ -24,7 +27,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from hydra.core.config_store import ConfigStore  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
+from torchrl_ermas.envs.bimatrix_frontier import epsilon_frontier  # noqa: E402
 
 from torchrl_ermas.training import (  # noqa: E402
     TrainConfig,
@@ -41,8 +46,11 @@ class MetaAblationConfig:
     """Schema of the experiment: the base ERMAS run, the meta scales and the seeds.
 
     Attributes:
-        agent_target: the combined agent reward whose first crossing (per seed) measures
-            how soon the agents leave the Nash equilibrium for the adversarial one.
+        smoothing: the window (iterations) of the trailing mean of the planner reward
+            whose first fall to the exact frontier (per seed) measures how soon the agents
+            reach the worst epsilon-equilibrium.
+        population_size: the largest population of runs trained as one batched computation
+            (``1``: every run alone; see :func:`~torchrl_ermas.training.run_many`).
         ray_address: run the grid on Ray instead (``local``, or a cluster's address:
             see :func:`~torchrl_ermas.training.run_many`).
     """
@@ -50,8 +58,9 @@ class MetaAblationConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     meta_scales: list[float] = field(default_factory=lambda: [0.0, 0.2, 1.0])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
-    agent_target: float = 80.0
+    smoothing: int = 5
     workers: int = 2
+    population_size: int = 32
     ray_address: str | None = None
 
 
@@ -68,6 +77,7 @@ def validate(cfg: MetaAblationConfig, overrides: list[str] | tuple[str, ...] = (
         cfg.train,
         sweeps={"meta_scales": cfg.meta_scales, "seeds": cfg.seeds},
         workers=cfg.workers,
+        population_size=cfg.population_size,
         ray_address=cfg.ray_address,
         overrides=overrides,
         owned={
@@ -77,6 +87,10 @@ def validate(cfg: MetaAblationConfig, overrides: list[str] | tuple[str, ...] = (
     )
     for beta in cfg.meta_scales:
         check_real("meta_scales", beta, low=0, high=1)
+    if not 1 <= cfg.smoothing <= cfg.train.iterations:
+        raise ValueError(
+            f"smoothing must be an integer in [1, train.iterations={cfg.train.iterations}], got {cfg.smoothing}."
+        )
 
 
 def run_configs(cfg: MetaAblationConfig, out: Path) -> dict[tuple[float, int], TrainConfig]:
@@ -95,12 +109,24 @@ def curves(results: list[dict], key: str) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(mean), torch.tensor(sem)
 
 
-def first_crossing(result: dict, target: float) -> int | None:
-    """The first iteration whose combined agent reward reaches ``target`` (None: never)."""
-    for iteration, rewards in enumerate(result["history"]["agent_reward"]):
-        if sum(rewards) >= target:
-            return iteration
-    return None
+def frontier(cfg: MetaAblationConfig) -> float:
+    """The exact worst planner return of the training game at the runs' epsilon."""
+    torch.set_num_threads(1)
+    env = instantiate(cfg.train.env, batch_size=1, device=cfg.train.device)
+    return epsilon_frontier(env, [cfg.train.ermas.epsilon])[0].planner_return
+
+
+def iterations_to(result: dict, target: float, window: int) -> int | None:
+    """The first iteration at which the mean planner reward of the last ``window``
+    iterations is at most ``target`` (None: never).
+
+    Examples:
+        >>> iterations_to({"history": {"planner_reward": [9.0, 7.0, 5.0, 3.0]}}, 5.0, 2)
+        2
+    """
+    rewards = torch.tensor(result["history"]["planner_reward"], dtype=torch.float64)
+    reached = (rewards.unfold(0, window, 1).mean(-1) <= target).nonzero()
+    return int(reached[0]) + window - 1 if len(reached) else None
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="bimatrix_meta_ablation")
@@ -108,9 +134,19 @@ def main(cfg: MetaAblationConfig) -> None:
     cfg = OmegaConf.to_object(cfg)
     validate(cfg, HydraConfig.get().overrides.task)
     out = Path(HydraConfig.get().runtime.output_dir)
+    target = frontier(cfg)
     configs = run_configs(cfg, out)
     results = dict(
-        zip(configs, run_many(list(configs.values()), workers=cfg.workers, ray_address=cfg.ray_address, desc="runs"))
+        zip(
+            configs,
+            run_many(
+                list(configs.values()),
+                workers=cfg.workers,
+                population_size=cfg.population_size,
+                ray_address=cfg.ray_address,
+                desc="runs",
+            ),
+        )
     )
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -125,14 +161,18 @@ def main(cfg: MetaAblationConfig) -> None:
             steps = range(len(mean))
             axis.plot(steps, mean, label=f"beta={beta:g}")
             axis.fill_between(steps, mean - sem, mean + sem, alpha=0.25)
+            if label == "planner":
+                axis.axhline(target, color="black", linestyle="--", linewidth=1)
             summary[beta][label] = {"mean": mean.tolist(), "sem": sem.tolist()}
             cells = "".join(f"{mean[i]:>9.1f} ± {sem[i]:<4.1f}" for i in checkpoints)
             print(f"{beta:>5g} {label:>9} {cells}")
-        crossings = [first_crossing(r, cfg.agent_target) for r in group]
-        summary[beta]["first_crossing"] = crossings
+        reached = [iterations_to(r, target, cfg.smoothing) for r in group]
+        final, final_sem = mean_sem([r["final"]["planner_reward"] for r in group])
+        summary[beta].update(iterations_to_frontier=reached, final_planner_reward=final)
         print(
-            f"{beta:>5g} agents first reach {cfg.agent_target:g} at iterations "
-            + " / ".join("never" if c is None else str(c) for c in crossings)
+            f"{beta:>5g} planner reaches the frontier {target:.1f} at iterations "
+            + " / ".join("never" if c is None else str(c) for c in reached)
+            + f"; final planner reward {final:.1f} ± {final_sem:.1f}"
         )
     axes[0].set(xlabel="iteration", ylabel="planner episode reward", title="Planner reward")
     axes[1].set(xlabel="iteration", ylabel="combined agent episode reward", title="Agent reward")
@@ -140,7 +180,8 @@ def main(cfg: MetaAblationConfig) -> None:
         axis.legend()
     fig.tight_layout()
     fig.savefig(out / "meta_ablation.png", dpi=120)
-    (out / "summary.json").write_text(json.dumps({str(k): v for k, v in summary.items()}))
+    summary = {"frontier": target, **{str(k): v for k, v in summary.items()}}
+    (out / "summary.json").write_text(json.dumps(summary))
     print(f"results in {out}")
 
 

@@ -50,6 +50,7 @@ REFUSED = [
     ("bimatrix_meta_ablation", "meta_scales=[1.5]", r"meta_scales must be a finite number >= 0 and <= 1, got 1.5"),
     ("bimatrix_meta_ablation", "ray_address=' '", r"ray_address must be None \(local processes\), 'local' or"),
     ("bimatrix_meta_ablation", "meta_scales=[]", r"meta_scales must list at least one value"),
+    ("bimatrix_meta_ablation", "smoothing=0", r"smoothing must be an integer in \[1, train.iterations=100\], got 0"),
     ("bimatrix_adversarial_search", "train.ermas.epsilon=3", r"train.ermas.epsilon .*set epsilons instead"),
     ("bimatrix_adversarial_search", "train.variant=marl", r"train.variant is set per run"),
     ("bimatrix_adversarial_search", "epsilons=[]", r"epsilons must list at least one value"),
@@ -68,6 +69,7 @@ REFUSED = [
     ("bimatrix_robust_planner", "train.output_dir=/proc/x", r"train.output_dir .*hydra.run.dir"),
     ("bimatrix_meta_ablation", "seeds=[]", r"seeds must list at least one value"),
     ("bimatrix_robust_planner", "workers=0", r"workers must be an int >= 1"),
+    ("economy_tax_policy", "population_size=0", r"population_size must be an int >= 1"),
 ]
 
 
@@ -178,12 +180,17 @@ def test_adversarial_search_example_smoke(tmp_path):
 
 @pytest.mark.slow
 def test_meta_ablation_example_smoke(tmp_path):
-    """Fig. 3: learning curves per beta, mean and standard error over seeds."""
-    _run("bimatrix_meta_ablation", tmp_path, "meta_scales=[0.0,1.0]")
+    """Fig. 3: learning curves per beta, mean and standard error over seeds, against the
+    exact frontier at the runs' epsilon (10 steps per episode here)."""
+    proc = _run("bimatrix_meta_ablation", tmp_path, "meta_scales=[0.0,1.0]", "smoothing=1")
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert set(summary) == {"0.0", "1.0"}
-    for curves in summary.values():
+    assert set(summary) == {"frontier", "0.0", "1.0"}
+    assert 0 < summary["frontier"] <= 0.9 * 10  # the planner earns at most 0.9 per step
+    for beta in ("0.0", "1.0"):
+        curves = summary[beta]
         assert len(curves["planner"]["mean"]) == 2 and len(curves["agents"]["sem"]) == 2
+        assert len(curves["iterations_to_frontier"]) == 1
+    assert "planner reaches the frontier" in proc.stdout
     assert (tmp_path / "meta_ablation.png").stat().st_size > 0
 
 
