@@ -40,7 +40,7 @@ from ..validation import check_int
 from .checkpoint import save_checkpoint
 from .config import TrainConfig, as_config
 from .run_folder import flatten
-from .trainer import ErmasTrainer, NonFiniteError, PassSampler, _group_keys
+from .trainer import ErmasTrainer, NonFiniteError, PassSampler, _group_keys, ppo_loss_settings
 
 #: the settings in which the runs of one population may differ
 PER_RUN_KEYS = (
@@ -314,10 +314,7 @@ class _RunGroup:
             actor,
             critic,
             **extra,
-            clip_epsilon=ppo.clip_epsilon,
-            entropy_coeff=ppo.entropy_coeff,
-            critic_coeff=ppo.critic_coeff,
-            loss_critic_type=ppo.loss_critic_type,
+            **ppo_loss_settings(ppo),
             functional=False,  # the networks run with the parameters vmap puts in the template
             reduction="none",  # reduced per run below (vmap cannot squeeze a reduced loss)
         )

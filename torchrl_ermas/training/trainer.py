@@ -60,6 +60,21 @@ def _group_keys(group: str) -> dict[str, tuple[str, str]]:
     return keys
 
 
+def ppo_loss_settings(ppo: PPOConfig) -> dict[str, Any]:
+    """The keyword arguments of a group's PPO loss from its settings.
+
+    Examples:
+        >>> sorted(ppo_loss_settings(PPOConfig()))
+        ['clip_epsilon', 'critic_coeff', 'entropy_coeff', 'loss_critic_type']
+    """
+    return {
+        "clip_epsilon": ppo.clip_epsilon,
+        "entropy_coeff": ppo.entropy_coeff,
+        "critic_coeff": ppo.critic_coeff,
+        "loss_critic_type": ppo.loss_critic_type,
+    }
+
+
 class PassSampler(SamplerWithoutReplacement):
     """:class:`~torchrl.data.SamplerWithoutReplacement` (``drop_last``) that draws each pass's
     permutation when the pass starts.
@@ -282,14 +297,7 @@ class ErmasTrainer:
 
     def _ppo_loss(self, make: Callable[..., LossModule], actor, critic, ppo: PPOConfig, group: str):
         """``make(actor, critic, **PPO settings)``, keyed to ``group`` and with its GAE."""
-        loss = make(
-            actor,
-            critic,
-            clip_epsilon=ppo.clip_epsilon,
-            entropy_coeff=ppo.entropy_coeff,
-            critic_coeff=ppo.critic_coeff,
-            loss_critic_type=ppo.loss_critic_type,
-        )
+        loss = make(actor, critic, **ppo_loss_settings(ppo))
         loss.set_keys(**_group_keys(group))
         loss.make_value_estimator(ValueEstimators.MAGAE, gamma=ppo.gamma, lmbda=ppo.lmbda)
         return loss
