@@ -105,6 +105,20 @@ def test_resume_refuses_runs_at_different_iterations(tmp_path):
         PopulationTrainer([{**cfg, "resume": True} for cfg in cfgs])
 
 
+def test_run_many_resumes_runs_at_different_iterations_alone(tmp_path):
+    """A kill between the runs' checkpoint writes: run_many resumes each run from its own
+    checkpoint instead of refusing the grid."""
+    cfgs = population_cfgs(tmp_path)
+    finished = PopulationTrainer(cfgs).train()
+    folder = Path(cfgs[1]["output_dir"])
+    shutil.copy(folder / "checkpoint.prev.pt", folder / "checkpoint.pt")  # run 1 one iteration behind
+    results = run_many([{**cfg, "resume": True} for cfg in cfgs], population_size=3)
+    assert [len(r["history"]["planner_reward"]) for r in results] == [3, 3, 3]
+    for index in (0, 2):  # already finished: nothing retrained
+        assert results[index]["history"] == finished[index]["history"]
+    assert results[1]["history"]["planner_reward"][:2] == finished[1]["history"]["planner_reward"][:2]
+
+
 @pytest.mark.parametrize(
     ("override", "key"),
     [

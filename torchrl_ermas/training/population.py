@@ -128,6 +128,11 @@ def populations(cfgs: Sequence[TrainConfig], *, size: int, workers: int = 1) -> 
     return sorted(chunks + alone, key=len, reverse=True)
 
 
+class ResumeMismatchError(ValueError):
+    """The runs of a population to resume have checkpoints at different iterations (e.g. a
+    kill between the runs' checkpoint writes); each can resume alone."""
+
+
 class _VmapEntropy:
     """The analytic entropy without the stock losses' data-dependent finiteness check,
     which :func:`torch.vmap` cannot trace (an infinite entropy is not replaced)."""
@@ -455,7 +460,7 @@ class PopulationTrainer:
         starts = [run.start_iteration for run in self.runs]
         if len(set(starts)) > 1:
             found = ", ".join(f"{run.cfg.output_dir}: {start}" for run, start in zip(self.runs, starts))
-            raise ValueError(
+            raise ResumeMismatchError(
                 f"the runs of a population resume together, but their checkpoints are at different "
                 f"iterations ({found}); resume them alone (ErmasTrainer) or set overwrite=true."
             )
