@@ -77,7 +77,7 @@ class AdversarialSearchConfig:
         seeds: seeds of every configuration.
         workers: runs in parallel (processes).
         population_size: the largest population of runs trained as one batched computation
-            (``1``: every run alone; see :func:`~torchrl_ermas.training.run_many`).
+            (``1``, the default: every run alone; see :func:`~torchrl_ermas.training.run_many`).
         ray_address: run the grid on Ray instead (``local``, or a cluster's address:
             see :func:`~torchrl_ermas.training.run_many`).
     """
@@ -88,7 +88,7 @@ class AdversarialSearchConfig:
     marl: bool = True
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     workers: int = 2
-    population_size: int = 32
+    population_size: int = 1
     ray_address: str | None = None
 
 

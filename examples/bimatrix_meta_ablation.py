@@ -50,7 +50,7 @@ class MetaAblationConfig:
             whose first fall to the exact frontier (per seed) measures how soon the agents
             reach the worst epsilon-equilibrium.
         population_size: the largest population of runs trained as one batched computation
-            (``1``: every run alone; see :func:`~torchrl_ermas.training.run_many`).
+            (``1``, the default: every run alone; see :func:`~torchrl_ermas.training.run_many`).
         ray_address: run the grid on Ray instead (``local``, or a cluster's address:
             see :func:`~torchrl_ermas.training.run_many`).
     """
@@ -60,7 +60,7 @@ class MetaAblationConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     smoothing: int = 5
     workers: int = 2
-    population_size: int = 32
+    population_size: int = 1
     ray_address: str | None = None
 
 

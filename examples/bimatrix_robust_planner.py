@@ -51,7 +51,7 @@ class RobustPlannerConfig:
         seeds: training seeds; each seed's planner is transferred with the same seed.
         workers: runs in parallel (processes).
         population_size: the largest population of runs trained as one batched computation
-            (``1``: every run alone; see :func:`~torchrl_ermas.training.run_many`).
+            (``1``, the default: every run alone; see :func:`~torchrl_ermas.training.run_many`).
         ray_address: run the grid on Ray instead (``local``, or a cluster's address:
             see :func:`~torchrl_ermas.training.run_many`).
     """
@@ -63,7 +63,7 @@ class RobustPlannerConfig:
     q_test: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     workers: int = 2
-    population_size: int = 32
+    population_size: int = 1
     ray_address: str | None = None
 
 

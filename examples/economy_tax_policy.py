@@ -63,7 +63,7 @@ class TaxPolicyConfig:
         seeds: seeds; each learned planner is evaluated with the seed it was trained with.
         workers: runs in parallel (processes, one torch thread each).
         population_size: the largest population of runs trained as one batched computation
-            (``1``: every run alone; see :func:`~torchrl_ermas.training.run_many`).
+            (``1``, the default: every run alone; see :func:`~torchrl_ermas.training.run_many`).
         ray_address: run the grid on Ray instead (``local``, or a cluster's address:
             see :func:`~torchrl_ermas.training.run_many`).
     """
@@ -76,7 +76,7 @@ class TaxPolicyConfig:
     eta_test: list[float] = field(default_factory=lambda: [0.11, 0.19, 0.23, 0.27, 0.35])
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     workers: int = 2
-    population_size: int = 32
+    population_size: int = 1
     ray_address: str | None = None
 
 

@@ -866,7 +866,7 @@ def test_run_many_builds_envs_with_the_env_factory(tmp_path):
     assert calls == [(0, 4), (1, 4)]
     calls.clear()
     configs = [with_overrides(cfg, {"output_dir": cfg.output_dir + "-population"}) for cfg in configs]
-    run_many(configs, workers=1, env_factory=factory)  # one population: the first run's factory call
+    run_many(configs, workers=1, population_size=2, env_factory=factory)  # one population: the first run's config
     assert calls == [(0, 4), (0, 4), (0, 8)]  # each run's own environment, then the batch of both
 
 

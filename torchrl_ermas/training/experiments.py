@@ -58,7 +58,7 @@ def validate_experiment(
     *,
     sweeps: dict[str, Sequence],
     workers: int,
-    population_size: int = 32,
+    population_size: int = 1,
     ray_address: str | None = None,
     owned: dict[str, str] | None = None,
     methods: dict[str, dict[str, Any]] | None = None,
@@ -332,7 +332,7 @@ def run_many(
     configs: Sequence[TrainConfig | dict],
     *,
     workers: int = 1,
-    population_size: int = 32,
+    population_size: int = 1,
     ray_address: str | None = None,
     post: PostHook | None = None,
     env_factory: EnvFactory | None = None,
@@ -340,12 +340,15 @@ def run_many(
 ) -> list[dict[str, Any]]:
     """Runs ``configs`` together; results in input order.
 
-    Runs that can batch train as populations of at most ``population_size`` runs
-    (:func:`~torchrl_ermas.training.population.populations`: the ``marl`` and
-    ``fixed_lambda`` runs that differ only in per-run values such as seeds, ``reward.q``
-    or a frozen planner); every other run, and every run with ``population_size=1``,
-    trains alone. Without ``ray_address`` the populations share ``workers`` processes of
-    this machine, each single-threaded, so ``workers`` equal to the number of cores uses
+    With ``population_size > 1`` the runs that can batch train as populations of at most
+    ``population_size`` runs (:func:`~torchrl_ermas.training.population.populations`: the
+    ``marl`` and ``fixed_lambda`` runs that differ only in per-run values such as seeds,
+    ``reward.q`` or a frozen planner); every other run trains alone. The default ``1``
+    trains every run alone: populations are opt-in until a run in a population is shown to
+    learn as it does alone in every experiment (see the README).
+
+    Without ``ray_address`` the populations share ``workers`` processes of this machine,
+    each single-threaded, so ``workers`` equal to the number of cores uses
     the machine fully. With ``ray_address`` each population is a Ray task of one CPU
     (:func:`~torchrl_ermas.training.ray_backend.ray_results`): ``"local"`` starts a Ray of
     ``workers`` CPUs here, any other value is the address of a Ray cluster for
