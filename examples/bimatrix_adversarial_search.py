@@ -54,6 +54,7 @@ from torchrl_ermas.envs.bimatrix_frontier import epsilon_frontier  # noqa: E402
 
 from torchrl_ermas.training import (  # noqa: E402
     TrainConfig,
+    launch_settings,
     mean_sem,
     method_seed_configs,
     multiplier_settling,
@@ -104,9 +105,7 @@ def validate(cfg: AdversarialSearchConfig, overrides: list[str] | tuple[str, ...
     validate_experiment(
         cfg.train,
         sweeps={"epsilons": cfg.epsilons, "seeds": cfg.seeds},
-        workers=cfg.workers,
-        population_size=cfg.population_size,
-        ray_address=cfg.ray_address,
+        **launch_settings(cfg),
         overrides=overrides,
         owned={
             "variant": "the experiment runs ermas per epsilon, fixed_lambda per fixed_lambdas and marl when marl=true",
@@ -324,9 +323,7 @@ def main(cfg: AdversarialSearchConfig) -> None:
             configs,
             run_many(
                 list(configs.values()),
-                workers=cfg.workers,
-                population_size=cfg.population_size,
-                ray_address=cfg.ray_address,
+                **launch_settings(cfg),
                 post=exact_regret_hook,
                 desc="runs",
             ),

@@ -33,6 +33,7 @@ from torchrl_ermas.envs.bimatrix_frontier import epsilon_frontier  # noqa: E402
 
 from torchrl_ermas.training import (  # noqa: E402
     TrainConfig,
+    launch_settings,
     mean_sem,
     method_seed_configs,
     run_many,
@@ -76,9 +77,7 @@ def validate(cfg: MetaAblationConfig, overrides: list[str] | tuple[str, ...] = (
     validate_experiment(
         cfg.train,
         sweeps={"meta_scales": cfg.meta_scales, "seeds": cfg.seeds},
-        workers=cfg.workers,
-        population_size=cfg.population_size,
-        ray_address=cfg.ray_address,
+        **launch_settings(cfg),
         overrides=overrides,
         owned={
             "variant": "every run of this experiment is variant=ermas",
@@ -141,9 +140,7 @@ def main(cfg: MetaAblationConfig) -> None:
             configs,
             run_many(
                 list(configs.values()),
-                workers=cfg.workers,
-                population_size=cfg.population_size,
-                ray_address=cfg.ray_address,
+                **launch_settings(cfg),
                 desc="runs",
             ),
         )

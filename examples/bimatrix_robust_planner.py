@@ -28,6 +28,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from torchrl_ermas.training import (  # noqa: E402
     TrainConfig,
+    launch_settings,
     method_seed_configs,
     relative_summary,
     run_many,
@@ -79,9 +80,7 @@ def validate(cfg: RobustPlannerConfig, overrides: list[str] | tuple[str, ...] = 
     validate_experiment(
         cfg.train,
         sweeps={"methods": cfg.methods, "q_test": cfg.q_test, "seeds": cfg.seeds},
-        workers=cfg.workers,
-        population_size=cfg.population_size,
-        ray_address=cfg.ray_address,
+        **launch_settings(cfg),
         methods=cfg.methods,
         overrides=overrides,
         owned={"reward.q": "the transfer runs set it from q_test; methods set their own"},
@@ -135,9 +134,7 @@ def main(cfg: RobustPlannerConfig) -> None:
     trained = train_configs(cfg, out)
     run_many(
         list(trained.values()),
-        workers=cfg.workers,
-        population_size=cfg.population_size,
-        ray_address=cfg.ray_address,
+        **launch_settings(cfg),
         desc="train planners",
     )
     tests = transfer_configs(cfg, trained, out)
@@ -146,9 +143,7 @@ def main(cfg: RobustPlannerConfig) -> None:
             tests,
             run_many(
                 list(tests.values()),
-                workers=cfg.workers,
-                population_size=cfg.population_size,
-                ray_address=cfg.ray_address,
+                **launch_settings(cfg),
                 desc="transfer",
             ),
         )

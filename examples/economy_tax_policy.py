@@ -37,6 +37,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from torchrl_ermas.training import (  # noqa: E402
     TrainConfig,
+    launch_settings,
     method_seed_configs,
     relative_summary,
     run_many,
@@ -92,9 +93,7 @@ def validate(cfg: TaxPolicyConfig, overrides: list[str] | tuple[str, ...] = ()) 
     validate_experiment(
         cfg.train,
         sweeps={"seeds": cfg.seeds, "eta_test": cfg.eta_test},
-        workers=cfg.workers,
-        population_size=cfg.population_size,
-        ray_address=cfg.ray_address,
+        **launch_settings(cfg),
         methods=cfg.methods,
         overrides=overrides,
         transfer=cfg.transfer,
@@ -179,9 +178,7 @@ def main(cfg: TaxPolicyConfig) -> None:
     trained = train_configs(cfg, out)
     run_many(
         list(trained.values()),
-        workers=cfg.workers,
-        population_size=cfg.population_size,
-        ray_address=cfg.ray_address,
+        **launch_settings(cfg),
         desc="train planners",
     )
     runs = evaluation_configs(cfg, trained, out)
@@ -190,9 +187,7 @@ def main(cfg: TaxPolicyConfig) -> None:
             runs,
             run_many(
                 list(runs.values()),
-                workers=cfg.workers,
-                population_size=cfg.population_size,
-                ray_address=cfg.ray_address,
+                **launch_settings(cfg),
                 desc="evaluate",
             ),
         )

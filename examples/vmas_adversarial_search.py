@@ -34,6 +34,7 @@ from torchrl.envs import Compose, EnvBase, TransformedEnv
 
 from torchrl_ermas.training import (
     TrainConfig,
+    launch_settings,
     mean_sem,
     method_seed_configs,
     run_many,
@@ -124,9 +125,7 @@ def run_all(cfg: VmasSearchConfig, runs: dict[tuple[str, int], TrainConfig]) -> 
     """Runs every configuration, ``cfg.workers`` at a time; results keyed like ``runs``."""
     results = run_many(
         list(runs.values()),
-        workers=cfg.workers,
-        population_size=cfg.population_size,
-        ray_address=cfg.ray_address,
+        **launch_settings(cfg),
         env_factory=partial(make_env, cfg.regulator),
     )
     return dict(zip(runs, results))
@@ -193,9 +192,7 @@ def validate(cfg: VmasSearchConfig, overrides: list[str] | tuple[str, ...] = ())
     validate_experiment(
         cfg.train,
         sweeps={"seeds": cfg.seeds},
-        workers=cfg.workers,
-        population_size=cfg.population_size,
-        ray_address=cfg.ray_address,
+        **launch_settings(cfg),
         overrides=overrides,
         owned={
             "variant": "the experiment runs ermas per epsilon and marl when marl=true",

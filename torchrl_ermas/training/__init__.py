@@ -14,6 +14,7 @@ from .config import (
     validate,
 )
 from .experiments import (
+    launch_settings,
     mean_sem,
     method_seed_configs,
     multiplier_settling,
@@ -45,6 +46,7 @@ __all__ = [
     "PPOConfig",
     "RewardConfig",
     "TrainConfig",
+    "launch_settings",
     "load_checkpoint",
     "mean_sem",
     "method_seed_configs",

@@ -286,6 +286,18 @@ def relative_summary(
     return summary
 
 
+def launch_settings(experiment: Any) -> dict[str, Any]:
+    """How an experiment's grid runs: its ``workers``, ``population_size`` and ``ray_address``,
+    the keyword arguments of :func:`run_many` (and :func:`validate_experiment`).
+
+    Examples:
+        >>> from types import SimpleNamespace
+        >>> launch_settings(SimpleNamespace(workers=2, population_size=1, ray_address=None, seeds=[0]))
+        {'workers': 2, 'population_size': 1, 'ray_address': None}
+    """
+    return {name: getattr(experiment, name) for name in ("workers", "population_size", "ray_address")}
+
+
 def run(cfg: TrainConfig, post: PostHook | None = None, env_factory: EnvFactory | None = None) -> dict[str, Any]:
     """Trains one configuration (one torch thread) and returns its results.
 

@@ -24,10 +24,8 @@ from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from torch import distributions as D
 from torch import nn
-from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.envs import EnvBase
-from torchrl.envs.utils import ExplorationType
 from torchrl.objectives import LossModule
 from torchrl.objectives.multiagent import MAPPOLoss
 from torchrl.objectives.value import MultiAgentGAE
@@ -40,7 +38,14 @@ from ..validation import check_int
 from .checkpoint import save_checkpoint
 from .config import TrainConfig, as_config
 from .run_folder import flatten
-from .trainer import ErmasTrainer, NonFiniteError, PassSampler, _group_keys, ppo_loss_settings
+from .trainer import (
+    ErmasTrainer,
+    NonFiniteError,
+    PassSampler,
+    _group_keys,
+    episode_collector,
+    ppo_loss_settings,
+)
 
 #: the settings in which the runs of one population may differ
 PER_RUN_KEYS = (
@@ -473,17 +478,8 @@ class PopulationTrainer:
         torch.manual_seed(self.cfg.seed)  # the environment's own draws, as for a run alone
         self.env = lead._make_env(len(self.runs) * self.cfg.num_envs, q=self._env_q())
         self.policy = PopulationPolicy([run.collection_policy for run in self.runs])
-        self.collector = Collector(
-            self.env,
-            self.policy,
-            frames_per_batch=len(self.runs) * self.cfg.num_envs * self.horizon,
-            total_frames=-1,
-            reset_at_each_iter=True,
-            exploration_type=ExplorationType.RANDOM,
-            device=self.device,
-            use_buffers=False,
-            auto_register_policy_transforms=False,
-        )
+        frames = len(self.runs) * self.cfg.num_envs * self.horizon
+        self.collector = episode_collector(self.env, self.policy, frames, self.device)
 
     def _groups(self) -> list[_RunGroup]:
         by_variant: dict[str, list[int]] = {}

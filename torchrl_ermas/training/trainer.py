@@ -60,6 +60,30 @@ def _group_keys(group: str) -> dict[str, tuple[str, str]]:
     return keys
 
 
+def episode_collector(env: EnvBase, policy: nn.Module, frames: int, device: torch.device) -> Collector:
+    """A :class:`~torchrl.collectors.Collector` of one fresh episode per environment and
+    batch of ``frames`` transitions (the environment is re-seeded before each batch); a new
+    batch each time, so no key of the previous iteration's data (advantages, value
+    targets) survives into the next. It acts with ``policy`` itself, never a copy."""
+    collector = Collector(
+        env,
+        policy,
+        frames_per_batch=frames,
+        total_frames=-1,
+        reset_at_each_iter=True,
+        exploration_type=ExplorationType.RANDOM,
+        device=device,
+        use_buffers=False,
+        auto_register_policy_transforms=False,
+    )
+    if collector.policy is not policy:  # a copy would not train
+        raise RuntimeError(
+            f"the collector copied the policy (its parameters are not all on device "
+            f"{device}); build the networks on the run's device."
+        )
+    return collector
+
+
 def ppo_loss_settings(ppo: PPOConfig) -> dict[str, Any]:
     """The keyword arguments of a group's PPO loss from its settings.
 
@@ -367,25 +391,7 @@ class ErmasTrainer:
         """The collector of the training episodes and the replay buffers of the PPO epochs."""
         cfg = self.cfg
         frames = cfg.num_envs * self.horizon
-        # a fresh episode per environment and iteration (the environment is re-seeded
-        # before each batch); a new batch each time, so no key of the previous iteration's
-        # data (advantages, value targets) survives into the next
-        self.collector = Collector(
-            self.env,
-            self.collection_policy,
-            frames_per_batch=frames,
-            total_frames=-1,
-            reset_at_each_iter=True,
-            exploration_type=ExplorationType.RANDOM,
-            device=self.device,
-            use_buffers=False,
-            auto_register_policy_transforms=False,
-        )
-        if self.collector.policy is not self.collection_policy:  # a copy would not train
-            raise RuntimeError(
-                f"the collector copied the policy (its parameters are not all on device "
-                f"{self.device}); build the networks on the run's device."
-            )
+        self.collector = episode_collector(self.env, self.collection_policy, frames, self.device)
         # the groups sample the iteration's transitions from one storage, each with its own
         # minibatch size and sampler
         storage = LazyTensorStorage(frames, device=self.device)
