@@ -210,12 +210,15 @@ def _tail_means(histories: list[dict], key: str, window: int) -> torch.Tensor:
     return torch.tensor([torch.tensor(h[key][-window:], dtype=torch.float64).sum(-1).mean() for h in histories])
 
 
-def test_a_run_in_a_population_learns_as_it_does_alone(tmp_path):
-    """Statistically indistinguishable from the same runs trained alone (16 seeds): the final
-    planner and agent rewards agree within 3 standard errors of their difference, and both
-    moved away from their start by more than that (they learn the same thing)."""
-    settings = {"variant": "marl", "iterations": 12, "num_envs": 8, "planner_mode": "passive"}
-    settings["agents"] = {"lr": 1e-2, "epochs": 2, "minibatches": 2, "hidden": 16}
+@pytest.mark.parametrize("planner_mode", ["passive", "officers"])
+def test_a_run_in_a_population_learns_as_it_does_alone(tmp_path, planner_mode):
+    """Statistically indistinguishable from the same runs trained alone (16 seeds), with a
+    passive planner and with one that acts and learns: the final planner and agent rewards
+    agree within 3 standard errors of their difference, and both moved away from their start
+    by more than that (they learn the same thing)."""
+    settings = {"variant": "marl", "iterations": 12, "num_envs": 8, "planner_mode": planner_mode}
+    ppo = {"lr": 1e-2, "epochs": 2, "minibatches": 2, "hidden": 16}
+    settings.update(agents=ppo, planner=ppo)
     cfgs = [make_cfg(tmp_path / "population" / str(s), seed=s, **settings) for s in range(16)]
     together = [r["history"] for r in PopulationTrainer(cfgs).train()]
     alone = [ErmasTrainer({**c, "output_dir": c["output_dir"] + "-alone"}).train()["history"] for c in cfgs]
