@@ -308,11 +308,16 @@ def run(cfg: TrainConfig, post: PostHook | None = None, env_factory: EnvFactory 
     torch.set_num_threads(1)
     env_fn = None if env_factory is None else partial(env_factory, cfg)
     trainer = ErmasTrainer(cfg, env_fn=env_fn)
-    results = trainer.train()
-    if post is not None:
-        trainer.extra_final.update(post(trainer))
-        results = trainer.write_results()
-    return results
+    return _with_post(trainer, trainer.train(), post)
+
+
+def _with_post(trainer: ErmasTrainer, results: dict[str, Any], post: PostHook | None) -> dict[str, Any]:
+    """A finished run's ``results``; with ``post``, its entries added to ``final`` and
+    ``results.json`` rewritten."""
+    if post is None:
+        return results
+    trainer.extra_final.update(post(trainer))
+    return trainer.write_results()
 
 
 def run_population(
@@ -332,12 +337,7 @@ def run_population(
         population = PopulationTrainer(cfgs, env_fn=env_fn)
     except ResumeMismatchError:
         return [run(cfg, post, env_factory) for cfg in cfgs]
-    results = population.train()
-    if post is None:
-        return results
-    for trainer in population.runs:
-        trainer.extra_final.update(post(trainer))
-    return [trainer.write_results() for trainer in population.runs]
+    return [_with_post(trainer, results, post) for trainer, results in zip(population.runs, population.train())]
 
 
 def run_many(
