@@ -71,15 +71,22 @@ class GatherBuildWorld:
         self.padded_width = w + 2 * r
         self.padded_size = (h + 2 * r) * self.padded_width
         self.moves = torch.tensor(MOVES, device=dev)
-        # static padded channels: water, stone source, wood source, in bounds
-        src = layout.source_index
-        kind = torch.where(src >= 0, layout.source_kind[src.clamp_min(0)], -1)
-        static = torch.stack([layout.water, kind == 0, kind == 1, torch.ones_like(layout.water)])
-        self.static_padded = torch.nn.functional.pad(static.float(), (r, r, r, r)).flatten(1)
-        self.source_padded = torch.nn.functional.pad(src, (r, r, r, r), value=-1).flatten()
         self.landmark_flat = layout.landmark.flatten()
         side = torch.arange(-r, r + 1, device=dev)
         self.view_offsets = (side[:, None] * self.padded_width + side[None, :]).flatten()
+        # the view from each tile with its static channels (water, stone source, wood
+        # source, in bounds) filled in and the others 0, [H * W, 9, side^2]
+        src = layout.source_index
+        kind = torch.where(src >= 0, layout.source_kind[src.clamp_min(0)], -1)
+        static = torch.stack([layout.water, kind == 0, kind == 1, torch.ones_like(layout.water)])
+        static = torch.nn.functional.pad(static.float(), (r, r, r, r)).flatten(1)
+        tiles = torch.arange(h * w, device=dev)
+        windows = static[:, self.padded_index(tiles).unsqueeze(-1) + self.view_offsets].movedim(0, 1)
+        self.tile_views = torch.zeros(h * w, len(VIEW_CHANNELS), windows.shape[-1], dtype=torch.uint8, device=dev)
+        self.tile_views[:, 3:7] = windows
+        # padded index of each source tile, and its view code (1 Stone, 2 Wood)
+        self.source_cells = self.padded_index(layout.source_rc[:, 0] * w + layout.source_rc[:, 1])
+        self.source_codes = (layout.source_kind + 1).to(torch.int8)
 
     # ------------------------------------------------------------------ state
     def initial_resources(self, n_envs: int) -> torch.Tensor:
@@ -194,41 +201,36 @@ class GatherBuildWorld:
 
     # ----------------------------------------------------------- observation
     def views(self, pos: torch.Tensor, resource: torch.Tensor, house: torch.Tensor) -> torch.Tensor:
-        """Egocentric views ``[B, N, 9, 2r+1, 2r+1]`` with :data:`VIEW_CHANNELS`.
+        """Egocentric views ``[B, N, 9, 2r+1, 2r+1]`` uint8 with :data:`VIEW_CHANNELS`.
 
         ``house_owner`` and ``agent`` are 0 for none, 1 for the viewer, ``k + 2`` for agent k.
+
+        The views start from the tile's static channels (:attr:`tile_views`); the
+        dynamic ones are read from one padded code map per environment, ``4 * (house owner
+        + 1) + resource`` (resource 0 none, 1 Stone, 2 Wood: a source tile never holds a
+        house), with one gather per view.
         """
         n_envs, n_agents = pos.shape
         side = 2 * self.radius + 1
+        cells = side * side
+        out = self.tile_views.index_select(0, pos.flatten()).view(n_envs, n_agents, len(VIEW_CHANNELS), cells)
+        codes = house * 4 + 4
+        codes[:, self.source_cells] += resource.to(torch.int8) * self.source_codes
         idx = self.padded_index(pos).unsqueeze(-1) + self.view_offsets  # [B, N, side^2]
-        static = self.static_padded[:, idx].movedim(0, 2)  # [B, N, 4, side^2]
-        src = self.source_padded[idx]
-        present = resource.gather(1, src.clamp_min(0).flatten(1)).view_as(src) & (src >= 0)
-        kind = self.layout.source_kind[src.clamp_min(0)]
-        owner = house.gather(1, idx.flatten(1)).view_as(idx).long()
-        me = torch.arange(n_agents, device=pos.device).view(1, -1, 1)
-        owner_code = torch.where(owner < 0, 0, torch.where(owner == me, 1, owner + 2))
-        # other agents inside the window
+        window = codes.gather(1, idx.flatten(1)).view(n_envs, n_agents, cells)
+        found, owner = window & 3, window >> 2  # owner + 1, 0 for none
+        out[:, :, 0] = found == 1
+        out[:, :, 1] = found == 2
+        out[:, :, 2] = owner > 0
+        me = torch.arange(1, n_agents + 1, device=pos.device, dtype=owner.dtype).view(1, -1, 1)
+        out[:, :, 7] = torch.where(owner == me, 1, owner + 1) * (owner > 0)
+        # the other agents inside the window (agents stand on distinct tiles)
+        me = me.long() - 1
         w = self.layout.width
         dr = pos.view(n_envs, 1, -1) // w - (pos // w).unsqueeze(-1)
         dc = pos.view(n_envs, 1, -1) % w - (pos % w).unsqueeze(-1)
         inside = (dr.abs() <= self.radius) & (dc.abs() <= self.radius)
-        cell = torch.where(inside, (dr + self.radius) * side + dc + self.radius, side * side)
-        code = torch.where(me.transpose(1, 2) == me, 1, me.transpose(1, 2) + 2).expand_as(cell)
-        agents = torch.zeros(n_envs, n_agents, side * side + 1, device=pos.device, dtype=torch.long)
-        agents.scatter_(2, cell, code)
-        channels = torch.stack(
-            [
-                (present & (kind == 0)).float(),
-                (present & (kind == 1)).float(),
-                (owner >= 0).float(),
-                static[:, :, 0],
-                static[:, :, 1],
-                static[:, :, 2],
-                static[:, :, 3],
-                owner_code.float(),
-                agents[..., :-1].float(),
-            ],
-            2,
-        )
-        return channels.view(n_envs, n_agents, len(VIEW_CHANNELS), side, side)
+        cell = torch.where(inside, (dr + self.radius) * side + dc + self.radius, 0)
+        code = torch.where(me.transpose(1, 2) == me, 1, me.transpose(1, 2) + 2) * inside
+        out[:, :, 8].scatter_add_(2, cell, code.to(torch.uint8))
+        return out.view(n_envs, n_agents, len(VIEW_CHANNELS), side, side)
