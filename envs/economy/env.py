@@ -436,14 +436,27 @@ class EconomyEnv(EnvBase):
         """Uniformly random actions among those the masks allow."""
         if tensordict is None:
             tensordict = self._observe()
-        mask = tensordict.get(("agents", "action_mask"))
-        score = torch.rand(mask.shape, device=self.device, generator=self._generator) * mask
-        tensordict.set(("agents", "action"), score.argmax(-1))
-        shape = (*self.batch_size, 1, self.tax.n_brackets)
+        gen = self._generator
+        tensordict.set(("agents", "action"), _uniform_among(tensordict.get(("agents", "action_mask")), gen))
         if self.planner_action == "discrete":
-            pmask = tensordict.get(("planner", "action_mask"))
-            score = torch.rand(pmask.shape, device=self.device, generator=self._generator) * pmask
-            tensordict.set(("planner", "action"), score.argmax(-1))
+            tensordict.set(("planner", "action"), _uniform_among(tensordict.get(("planner", "action_mask")), gen))
         else:
-            tensordict.set(("planner", "action"), torch.rand(shape, device=self.device, generator=self._generator))
+            shape = (*self.batch_size, 1, self.tax.n_brackets)
+            tensordict.set(("planner", "action"), torch.rand(shape, device=self.device, generator=gen))
         return tensordict
+
+
+def _uniform_among(mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One index per row of ``mask`` ``[..., A]``, uniform among its allowed entries (each
+    row allows at least one): the ``k``-th allowed entry for a uniform ``k``, which takes
+    one random number per row.
+
+    Examples:
+        >>> mask = torch.tensor([[False, True, False, True]]).expand(1000, 4)
+        >>> sorted(_uniform_among(mask, torch.Generator().manual_seed(0)).unique().tolist())
+        [1, 3]
+    """
+    allowed = mask.cumsum(-1, dtype=torch.int32)
+    count = allowed[..., -1:]
+    k = (torch.rand(count.shape, device=mask.device, generator=generator) * count).int()
+    return torch.searchsorted(allowed, k + 1).squeeze(-1)

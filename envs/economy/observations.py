@@ -128,6 +128,25 @@ def _tax_block(settings: EconomySettings, s: TensorDictBase) -> torch.Tensor:
     return torch.cat([flags, incomes, s["tax", "rates"]], -1)
 
 
+class _Columns:
+    """Fills the last dim of ``out`` part after part: a concatenation that writes each part
+    (broadcast over the leading dims) in place, without expanded temporaries."""
+
+    def __init__(self, out: torch.Tensor) -> None:
+        self.out, self.start = out, 0
+
+    def take(self, width: int) -> torch.Tensor:
+        """The next ``width`` columns of ``out``."""
+        view = self.out[..., self.start : self.start + width]
+        self.start += width
+        return view
+
+    def put(self, *parts: torch.Tensor) -> None:
+        """Copy ``parts`` into the next columns."""
+        for part in parts:
+            self.take(part.shape[-1]).copy_(part)
+
+
 def _agent_observation(
     settings: EconomySettings,
     s: TensorDictBase,
@@ -138,31 +157,32 @@ def _agent_observation(
 ) -> torch.Tensor:
     b, n = shared.shape[0], settings.n_agents
     agents = s["agents"]
-    per_agent: list[torch.Tensor] = []
+    out = shared.new_empty(b, n, agent_observation_size(settings))
+    columns = _Columns(out)
     if settings.map_tier:
         pay = agents["payment"] / 10
-        per_agent += [torch.stack([pay, (pay - 1) / 2, agents["bonus"]], -1)]
+        columns.put(pay.unsqueeze(-1), ((pay - 1) / 2).unsqueeze(-1), agents["bonus"].unsqueeze(-1))
     if settings.trade:
-        bids, asks, rate = _require(market, "market", settings)  # [B, R, N, P]
-        full_bids, full_asks = bids.sum(2, keepdim=True), asks.sum(2, keepdim=True)
-        rate = rate.unsqueeze(-1).unsqueeze(-1).expand(-1, -1, n, 1)
-        hist = (s["book", "price_history"].sum(2, keepdim=True) * 0.01).expand(-1, -1, n, -1)
-        orders = torch.cat([rate, hist, full_asks - asks, full_bids - bids, asks, bids], -1)
-        per_agent.append(orders.permute(0, 2, 1, 3).flatten(2))
+        bids, asks = (x.transpose(1, 2) for x in _require(market, "market", settings)[:2])  # [B, N, R, P]
+        rate = market.rate.view(b, 1, -1, 1)
+        hist = (s["book", "price_history"].sum(2) * 0.01).unsqueeze(1)
+        all_bids, all_asks = bids.sum(1, keepdim=True), asks.sum(1, keepdim=True)
+        orders = _Columns(
+            columns.take(settings.n_resources * (1 + 5 * settings.n_prices)).unflatten(-1, (settings.n_resources, -1))
+        )
+        orders.put(rate, hist)
+        torch.sub(all_asks, asks, out=orders.take(settings.n_prices))
+        torch.sub(all_bids, bids, out=orders.take(settings.n_prices))
+        orders.put(asks, bids)
     if not settings.map_tier:
-        per_agent.append(_require(skill, "skill", settings).unsqueeze(-1))
-    shared = shared.unsqueeze(1).expand(b, n, -1)
-    per_agent += [
-        shared[..., 1:],
-        marginal_rate.unsqueeze(-1),
-        shared[..., :1],
-        agents["inventory"] * 0.01,
-    ]
+        columns.put(_require(skill, "skill", settings).unsqueeze(-1))
+    shared = shared.unsqueeze(1)
+    columns.put(shared[..., 1:], marginal_rate.unsqueeze(-1), shared[..., :1], agents["inventory"] * 0.01)
     if settings.map_tier:
         w, h = settings.map_width, settings.map_height
         pos = agents["pos"]
-        per_agent.append(torch.stack([(pos // w).float() / h, (pos % w).float() / w], -1))
-    return torch.cat(per_agent, -1)
+        columns.put((pos // w).unsqueeze(-1) / h, (pos % w).unsqueeze(-1) / w)
+    return out
 
 
 def _planner_observation(
@@ -172,22 +192,24 @@ def _planner_observation(
     shared: torch.Tensor,
     market: Market | None,
 ) -> torch.Tensor:
-    b, state = shared.shape[0], s["agents"]
-    agents = torch.cat(
-        [
-            state["inventory"] * 0.01,
-            (state["last_income"] / settings.period).unsqueeze(-1),
-            state["last_marginal_rate"].unsqueeze(-1),
-            marginal_rate.unsqueeze(-1),
-        ],
-        -1,
-    ).flatten(1)
-    parts = [shared, agents]
+    b, n, state = shared.shape[0], settings.n_agents, s["agents"]
+    out = shared.new_empty(b, 1, planner_observation_size(settings))
+    columns = _Columns(out[:, 0])
+    columns.put(shared)
+    per_agent = _Columns(columns.take(n * (settings.n_resources + 4)).unflatten(-1, (n, -1)))
+    per_agent.put(
+        state["inventory"] * 0.01,
+        (state["last_income"] / settings.period).unsqueeze(-1),
+        state["last_marginal_rate"].unsqueeze(-1),
+        marginal_rate.unsqueeze(-1),
+    )
     if settings.trade:
         bids, asks, rate = _require(market, "market", settings)
-        hist = s["book", "price_history"].sum(2) * 0.01
-        parts.append(torch.cat([rate.unsqueeze(-1), hist, asks.sum(2), bids.sum(2)], -1).flatten(1))
-    return torch.cat(parts, -1).view(b, 1, -1)
+        per_resource = _Columns(
+            columns.take(settings.n_resources * (1 + 3 * settings.n_prices)).unflatten(-1, (settings.n_resources, -1))
+        )
+        per_resource.put(rate.unsqueeze(-1), s["book", "price_history"].sum(2) * 0.01, asks.sum(2), bids.sum(2))
+    return out
 
 
 def _require(value, name: str, settings: EconomySettings):
