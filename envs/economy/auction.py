@@ -104,10 +104,11 @@ class DoubleAuction:
         coin = inventory[..., 0]
         stock = inventory[..., 1:].gather(-1, r.unsqueeze(-1)).squeeze(-1)
         ok = (resource >= 0) & room & torch.where(is_bid, coin >= price, stock >= 1)
-        res_hot = F.one_hot(r, self.n_resources).bool() & ok.unsqueeze(-1)  # [B, N, R]
+        resources = torch.arange(self.n_resources, device=r.device).view(1, -1, 1)
+        res_hot = (r.unsqueeze(1) == resources) & ok.unsqueeze(1)  # [B, R, N]
         free = ~book["active"]  # first free slot of the chosen resource
         slot = free.float().argmax(-1).gather(1, r.unsqueeze(1)).squeeze(1)  # [B, N]
-        new = res_hot.transpose(1, 2).unsqueeze(-1) & F.one_hot(slot, self.max_orders).bool().unsqueeze(1)
+        new = res_hot.unsqueeze(-1) & F.one_hot(slot, self.max_orders).bool().unsqueeze(1)  # [B, R, N, K]
         book["active"] |= new
         book["is_bid"] = torch.where(new, is_bid.view(-1, 1, self.n_agents, 1), book["is_bid"])
         book["price"] = torch.where(new, price.view(-1, 1, self.n_agents, 1), book["price"])
@@ -115,7 +116,7 @@ class DoubleAuction:
         bid_coin = (ok & is_bid).float() * price
         inventory[..., 0] -= bid_coin
         escrow[..., 0] += bid_coin
-        ask_unit = (res_hot & ~is_bid.unsqueeze(-1)).float()
+        ask_unit = (res_hot & ~is_bid.unsqueeze(1)).transpose(1, 2).float()
         inventory[..., 1:] -= ask_unit
         escrow[..., 1:] += ask_unit
         labour += ok.float() * self.order_labour
@@ -197,15 +198,28 @@ class DoubleAuction:
         asks = room & (inventory[..., 1:] >= 1)
         return bids, asks
 
-    def order_histograms(self, book: TensorDictBase) -> tuple[torch.Tensor, torch.Tensor]:
-        """Open bids and asks per price of each agent, ``[B, R, N, P]`` each."""
-        bins = book["price"] + book["is_bid"].long() * self.n_prices
-        counts = torch.zeros(*bins.shape[:-1], 2 * self.n_prices, device=bins.device)
-        counts.scatter_add_(-1, bins, book["active"].float())
-        return counts[..., self.n_prices :], counts[..., : self.n_prices]
+    def order_counts(self, book: TensorDictBase, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Open orders of each agent per price, ``[B, N, R, 2P]``: asks at prices ``0..P-1``,
+        then bids; written into ``out`` (e.g. columns of an observation) when given.
 
-    def market_rate(self, book: TensorDictBase) -> torch.Tensor:
-        """Average traded price under the decayed price history, ``[B, R]``."""
-        hist = book["price_history"].sum(2)
+        Examples:
+            >>> auction = DoubleAuction(n_agents=2, max_price=2)
+            >>> book = auction.empty_book(1)
+            >>> book["active"][0, 1, 0, 0] = book["is_bid"][0, 1, 0, 0] = True  # agent 0 bids for Wood
+            >>> book["price"][0, 1, 0, 0] = 2
+            >>> auction.order_counts(book)[0, 0, 1].tolist()
+            [0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+        """
+        bins = (book["price"] + book["is_bid"].long() * self.n_prices).transpose(1, 2)
+        if out is None:
+            out = torch.zeros(*bins.shape[:-1], 2 * self.n_prices, device=bins.device)
+        else:
+            out.zero_()
+        return out.scatter_add_(-1, bins, book["active"].transpose(1, 2).float())
+
+    def market_rate(self, history: torch.Tensor) -> torch.Tensor:
+        """Average traded price ``[B, R]`` under the decayed price ``history`` ``[B, R, P]``
+        of all agents (the book's ``price_history`` summed over the agents)."""
+        hist = history
         prices = torch.arange(self.n_prices, device=hist.device, dtype=hist.dtype)
         return (hist * prices).sum(-1) / hist.sum(-1).clamp_min(0.001)

@@ -15,7 +15,6 @@ from .auction import DoubleAuction
 from .gather import GatherBuildWorld
 from .layout import FIXED_BUILD_PAYMENTS, FIXED_START_LOCATIONS, WorldLayout, load_layout
 from .observations import (
-    Market,
     agent_observation_size,
     current_marginal_rate,
     observations,
@@ -414,13 +413,9 @@ class EconomyEnv(EnvBase):
     def _observations(self, s: TensorDictBase) -> tuple[torch.Tensor, torch.Tensor]:
         """The agents' and the planner's flat observations of state ``s``."""
         cfg = self.settings
-        market = None
-        if cfg.trade:
-            book = s["book"]
-            market = Market(*self.auction.order_histograms(book), self.auction.market_rate(book))
         rate = current_marginal_rate(self.tax, s)
         skill = None if cfg.map_tier else self._skills[s["agents", "rank"]]
-        return observations(cfg, s, rate, skill=skill, market=market)
+        return observations(cfg, s, rate, skill=skill, auction=self.auction)
 
     def _agent_mask(self) -> torch.Tensor:
         s = self._state

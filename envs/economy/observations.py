@@ -14,23 +14,12 @@ per resource: market rate, price history x 0.01 (11), all asks (11), all bids (1
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 from tensordict import TensorDictBase
 
+from .auction import DoubleAuction
 from .settings import EconomySettings
 from .tax import BracketTax
-
-
-class Market(NamedTuple):
-    """The trade tier's order book summary: open ``bids``, ``asks`` per price ``[B, R, N, P]``
-    (:meth:`~.auction.DoubleAuction.order_histograms`) and the market ``rate`` ``[B, R]``
-    (:meth:`~.auction.DoubleAuction.market_rate`)."""
-
-    bids: torch.Tensor
-    asks: torch.Tensor
-    rate: torch.Tensor
 
 
 def agent_observation_size(settings: EconomySettings) -> int:
@@ -87,7 +76,7 @@ def observations(
     marginal_rate: torch.Tensor,
     *,
     skill: torch.Tensor | None = None,
-    market: Market | None = None,
+    auction: DoubleAuction | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The agents' ``[B, N, obs]`` and the planner's ``[B, 1, obs_p]`` features (see the
     module docstring); the tax block they share is computed once.
@@ -99,7 +88,7 @@ def observations(
             ``("tax", "rates")``; on the trade tier ``("book", "price_history")``.
         marginal_rate: :func:`current_marginal_rate` ``[B, N]``.
         skill: ``[B, N]`` skill of each agent (labour tier).
-        market: the order book summary (trade tier).
+        auction: the double auction, whose book is ``s["book"]`` (trade tier).
 
     Examples:
         >>> from tensordict import TensorDict
@@ -113,10 +102,8 @@ def observations(
     """
     time = (s["t"].float() / settings.episode_length).unsqueeze(-1)
     shared = torch.cat([time, _tax_block(settings, s)], -1)  # [B, 4 + N + K]
-    return (
-        _agent_observation(settings, s, marginal_rate, shared, skill, market),
-        _planner_observation(settings, s, marginal_rate, shared, market),
-    )
+    agent = _agent_observation(settings, s, marginal_rate, shared, skill, auction)
+    return agent, _planner_observation(settings, s, marginal_rate, shared, agent)
 
 
 def _tax_block(settings: EconomySettings, s: TensorDictBase) -> torch.Tensor:
@@ -153,7 +140,7 @@ def _agent_observation(
     marginal_rate: torch.Tensor,
     shared: torch.Tensor,
     skill: torch.Tensor | None,
-    market: Market | None,
+    auction: DoubleAuction | None,
 ) -> torch.Tensor:
     b, n = shared.shape[0], settings.n_agents
     agents = s["agents"]
@@ -163,17 +150,14 @@ def _agent_observation(
         pay = agents["payment"] / 10
         columns.put(pay.unsqueeze(-1), ((pay - 1) / 2).unsqueeze(-1), agents["bonus"].unsqueeze(-1))
     if settings.trade:
-        bids, asks = (x.transpose(1, 2) for x in _require(market, "market", settings)[:2])  # [B, N, R, P]
-        rate = market.rate.view(b, 1, -1, 1)
-        hist = (s["book", "price_history"].sum(2) * 0.01).unsqueeze(1)
-        all_bids, all_asks = bids.sum(1, keepdim=True), asks.sum(1, keepdim=True)
-        orders = _Columns(
-            columns.take(settings.n_resources * (1 + 5 * settings.n_prices)).unflatten(-1, (settings.n_resources, -1))
-        )
-        orders.put(rate, hist)
-        torch.sub(all_asks, asks, out=orders.take(settings.n_prices))
-        torch.sub(all_bids, bids, out=orders.take(settings.n_prices))
-        orders.put(asks, bids)
+        book, p = s["book"], settings.n_prices
+        hist = book["price_history"].sum(2)  # [B, R, P]
+        rate = _require(auction, "auction", settings).market_rate(hist)
+        orders = _Columns(columns.take(settings.n_resources * (1 + 5 * p)).unflatten(-1, (settings.n_resources, -1)))
+        orders.put(rate.view(b, 1, -1, 1), (hist * 0.01).unsqueeze(1))
+        available, own = orders.take(2 * p), orders.take(2 * p)  # asks then bids
+        auction.order_counts(book, out=own)
+        torch.sub(own.sum(1, keepdim=True), own, out=available)
     if not settings.map_tier:
         columns.put(_require(skill, "skill", settings).unsqueeze(-1))
     shared = shared.unsqueeze(1)
@@ -190,8 +174,9 @@ def _planner_observation(
     s: TensorDictBase,
     marginal_rate: torch.Tensor,
     shared: torch.Tensor,
-    market: Market | None,
+    agent_observation: torch.Tensor,
 ) -> torch.Tensor:
+    """The planner's features; its market block is read from the agents' observation."""
     b, n, state = shared.shape[0], settings.n_agents, s["agents"]
     out = shared.new_empty(b, 1, planner_observation_size(settings))
     columns = _Columns(out[:, 0])
@@ -204,11 +189,13 @@ def _planner_observation(
         marginal_rate.unsqueeze(-1),
     )
     if settings.trade:
-        bids, asks, rate = _require(market, "market", settings)
-        per_resource = _Columns(
-            columns.take(settings.n_resources * (1 + 3 * settings.n_prices)).unflatten(-1, (settings.n_resources, -1))
-        )
-        per_resource.put(rate.unsqueeze(-1), s["book", "price_history"].sum(2) * 0.01, asks.sum(2), bids.sum(2))
+        p, r = settings.n_prices, settings.n_resources
+        start = 3 if settings.map_tier else 0
+        market = agent_observation[:, 0, start : start + r * (1 + 5 * p)].unflatten(-1, (r, -1))
+        per_resource = _Columns(columns.take(r * (1 + 3 * p)).unflatten(-1, (r, -1)))
+        # rate and history, then all asks and all bids: available + own of any agent
+        per_resource.put(market[..., : 1 + p])
+        torch.add(market[..., 1 + p : 1 + 3 * p], market[..., 1 + 3 * p :], out=per_resource.take(2 * p))
     return out
 
 
