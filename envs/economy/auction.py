@@ -8,7 +8,10 @@ and the best ask of another seller (lowest price, then age, then agent index); i
 the price of the older order, or excludes that buyer for this step. Orders older than
 ``order_duration`` steps expire and their escrow is refunded.
 
-Order book tensors have shape ``[B, R, N, K]`` (envs, resources, agents, order slots).
+Order book tensors have shape ``[B, R, N, K]`` (envs, resources, agents, order slots);
+prices and ages are int16. The step selects with arithmetic on masks (``x * mask``, keys
+whose maximum marks the chosen slot) rather than ``torch.where`` and ``max`` with indices,
+which are several times slower on a CPU for these small trailing dims.
 """
 
 from __future__ import annotations
@@ -58,8 +61,8 @@ class DoubleAuction:
         book = {
             "active": torch.zeros(shape, dtype=torch.bool, device=device),
             "is_bid": torch.zeros(shape, dtype=torch.bool, device=device),
-            "price": torch.zeros(shape, dtype=torch.long, device=device),
-            "age": torch.zeros(shape, dtype=torch.long, device=device),
+            "price": torch.zeros(shape, dtype=torch.int16, device=device),
+            "age": torch.zeros(shape, dtype=torch.int16, device=device),
             "price_history": torch.zeros(n_envs, self.n_resources, self.n_agents, self.n_prices, device=device),
         }
         return TensorDict(book, batch_size=[n_envs], device=device)
@@ -110,9 +113,10 @@ class DoubleAuction:
         slot = free.float().argmax(-1).gather(1, r.unsqueeze(1)).squeeze(1)  # [B, N]
         new = res_hot.unsqueeze(-1) & F.one_hot(slot, self.max_orders).bool().unsqueeze(1)  # [B, R, N, K]
         book["active"] |= new
-        book["is_bid"] = torch.where(new, is_bid.view(-1, 1, self.n_agents, 1), book["is_bid"])
-        book["price"] = torch.where(new, price.view(-1, 1, self.n_agents, 1), book["price"])
-        book["age"] = torch.where(new, 0, book["age"])
+        old_bid, old_price = book["is_bid"], book["price"]
+        book["is_bid"] = old_bid ^ (new & (old_bid ^ is_bid.view(-1, 1, self.n_agents, 1)))
+        book["price"] = old_price + new * (price.to(old_price.dtype).view(-1, 1, self.n_agents, 1) - old_price)
+        book["age"] = book["age"] * ~new
         bid_coin = (ok & is_bid).float() * price
         inventory[..., 0] -= bid_coin
         escrow[..., 0] += bid_coin
@@ -124,8 +128,8 @@ class DoubleAuction:
     def _match(self, book, inventory, escrow) -> torch.Tensor:
         """Matches the orders of the environments whose books cross (best bid >= best ask)."""
         active, is_bid, price = book["active"], book["is_bid"], book["price"]
-        best_bid = torch.where(active & is_bid, price, -1).amax((2, 3))  # [B, R]
-        best_ask = torch.where(active & ~is_bid, price, self.n_prices).amin((2, 3))
+        best_bid = ((price + 1) * (active & is_bid)).amax((2, 3)) - 1  # [B, R], -1 for none
+        best_ask = self.n_prices - ((self.n_prices - price) * (active & ~is_bid)).amax((2, 3))
         rows = (best_bid >= best_ask).any(-1).nonzero().squeeze(-1)
         trades = torch.zeros(active.shape[0], device=active.device)
         if rows.numel() == 0:
@@ -139,46 +143,58 @@ class DoubleAuction:
         return trades
 
     def _match_rows(self, book, inventory, escrow) -> torch.Tensor:
+        """The matching rounds. Each order has a key, unique among the open orders (an agent
+        places one order per step), that ranks it: bids by price, then age, then agent
+        index; asks by lowest price, then age, then agent index. Price and age are read
+        back from the best key."""
         n_envs = book["active"].shape[0]
         n, k = self.n_agents, self.max_orders
         flat = lambda x: x.flatten(2)  # noqa: E731  [B, R, N*K]
-        active, is_bid, price, age = (flat(book[key]) for key in ("active", "is_bid", "price", "age"))
+        active, is_bid = flat(book["active"]), flat(book["is_bid"])
+        price, age = flat(book["price"]).int(), flat(book["age"]).int()
         device = active.device
         owner = torch.arange(n, device=device).repeat_interleave(k)  # [N*K]
-        tie = n - 1 - owner  # lower agent index first
+        by_agent = lambda hot: hot.view(*hot.shape[:-1], n, k).any(-1)  # noqa: E731  [B, R, N*K] -> [B, R, N]
         base = (self.order_duration + 2) * n
-        bid_key = price * base + age * n + tie
-        ask_key = (self.n_prices - 1 - price) * base + age * n + tie
+        tie = n - 1 - owner  # lower agent index first
+        bid_key = price * base + age * n + tie + 1  # > 0
+        ask_key = (self.n_prices - 1 - price) * base + age * n + tie + 1
         excluded = torch.zeros_like(active)  # slots of buyers excluded for this step
         trades = torch.zeros(n_envs, device=device)
-        slots = torch.arange(n * k, device=device)
-        agents = torch.arange(n, device=device)
         for _ in range(2 * n):
-            bk, b_slot = torch.where(active & is_bid & ~excluded, bid_key, -1).max(-1, keepdim=True)
-            has_bid = bk >= 0
+            bids = bid_key * (active & is_bid & ~excluded)
+            best_bid = bids.amax(-1, keepdim=True)  # [B, R, 1], 0 for none
+            has_bid = best_bid > 0
             if not has_bid.any():
                 break
-            buyer = owner[b_slot]  # [B, R, 1]
-            ak, a_slot = torch.where(active & ~is_bid & (owner != buyer), ask_key, -1).max(-1, keepdim=True)
-            b_price, a_price = price.gather(-1, b_slot), price.gather(-1, a_slot)
-            trade = has_bid & (ak >= 0) & (b_price >= a_price)
-            excluded |= (owner == buyer) & has_bid & ~trade
-            deal = torch.where(age.gather(-1, b_slot) <= age.gather(-1, a_slot), a_price, b_price)
-            active = active & ~(((slots == b_slot) | (slots == a_slot)) & trade)
+            bid_hot = (bids == best_bid) & has_bid  # the best bid's slot
+            buyer = by_agent(bid_hot)  # [B, R, N]
+            buyer_slots = buyer.repeat_interleave(k, -1)
+            asks = ask_key * (active & ~is_bid & ~buyer_slots)
+            best_ask = asks.amax(-1, keepdim=True)
+            ask_hot = (asks == best_ask) & (best_ask > 0)
+            b_price, b_age = (best_bid - 1) // base, (best_bid - 1) % base // n
+            a_price, a_age = self.n_prices - 1 - (best_ask - 1) // base, (best_ask - 1) % base // n
+            trade = has_bid & (best_ask > 0) & (b_price >= a_price)
+            excluded |= buyer_slots & ~trade
+            deal = (a_price + (b_age > a_age) * (b_price - a_price)) * trade  # the older order's price
+            active = active & ~((bid_hot | ask_hot) & trade)
             tf = trade.float()  # [B, R, 1]
-            buy_hot = (agents == buyer).float() * tf  # [B, R, N]
-            sell_hot = (agents == owner[a_slot]).float() * tf
+            buy_hot = buyer * tf  # [B, R, N]
+            sell_hot = by_agent(ask_hot) * tf
             inventory[..., 1:] += buy_hot.transpose(1, 2)
             escrow[..., 1:] -= sell_hot.transpose(1, 2)
             escrow[..., 0] -= (buy_hot * b_price).sum(1)
             inventory[..., 0] += (buy_hot * (b_price - deal) + sell_hot * deal).sum(1)
-            book["price_history"] += sell_hot.unsqueeze(-1) * F.one_hot(deal.squeeze(-1), self.n_prices).unsqueeze(-2)
+            book["price_history"] += sell_hot.unsqueeze(-1) * F.one_hot(
+                deal.squeeze(-1).long(), self.n_prices
+            ).unsqueeze(-2)
             trades += tf.sum((1, 2))
         book["active"] = active.view_as(book["active"])
         return trades
 
     def _expire(self, book, inventory, escrow) -> None:
-        book["age"] = book["age"] + book["active"].long()
+        book["age"] = book["age"] + book["active"]
         expired = book["active"] & (book["age"] > self.order_duration)
         coin = (expired & book["is_bid"]).float() * book["price"]
         refund_coin = coin.sum((1, 3))  # [B, N]

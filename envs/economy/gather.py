@@ -72,6 +72,16 @@ class GatherBuildWorld:
         self.padded_size = (h + 2 * r) * self.padded_width
         self.moves = torch.tensor(MOVES, device=dev)
         self.landmark_flat = layout.landmark.flatten()
+        tiles = torch.arange(h * w, device=dev)
+        # per tile: its padded index; per tile and move: the target tile (clamped to the
+        # map), its padded index and whether the map allows the move (inside, not water)
+        self.padded_tiles = (tiles // w + r) * self.padded_width + tiles % w + r
+        row = tiles.unsqueeze(-1) // w + self.moves[:, 0]
+        col = tiles.unsqueeze(-1) % w + self.moves[:, 1]
+        inside = (row >= 0) & (row < h) & (col >= 0) & (col < w)
+        self.neighbours = row.clamp(0, h - 1) * w + col.clamp(0, w - 1)
+        self.neighbours_padded = self.padded_tiles[self.neighbours]
+        self.passable = inside & ~layout.water.flatten()[self.neighbours]
         side = torch.arange(-r, r + 1, device=dev)
         self.view_offsets = (side[:, None] * self.padded_width + side[None, :]).flatten()
         # the view from each tile with its static channels (water, stone source, wood
@@ -80,7 +90,6 @@ class GatherBuildWorld:
         kind = torch.where(src >= 0, layout.source_kind[src.clamp_min(0)], -1)
         static = torch.stack([layout.water, kind == 0, kind == 1, torch.ones_like(layout.water)])
         static = torch.nn.functional.pad(static.float(), (r, r, r, r)).flatten(1)
-        tiles = torch.arange(h * w, device=dev)
         windows = static[:, self.padded_index(tiles).unsqueeze(-1) + self.view_offsets].movedim(0, 1)
         self.tile_views = torch.zeros(h * w, len(VIEW_CHANNELS), windows.shape[-1], dtype=torch.uint8, device=dev)
         self.tile_views[:, 3:7] = windows
@@ -99,8 +108,7 @@ class GatherBuildWorld:
 
     def padded_index(self, pos: torch.Tensor) -> torch.Tensor:
         """Flat index of tile ``pos`` in the padded map."""
-        w, r = self.layout.width, self.radius
-        return (pos // w + r) * self.padded_width + pos % w + r
+        return self.padded_tiles[pos]
 
     # --------------------------------------------------------------- dynamics
     def build(
@@ -130,15 +138,9 @@ class GatherBuildWorld:
 
     def _targets(self, pos: torch.Tensor, house: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Target tile of each move ``[B, N, 4]`` and whether the map allows it."""
-        w, h = self.layout.width, self.layout.height
-        row = pos.unsqueeze(-1) // w + self.moves[:, 0]
-        col = pos.unsqueeze(-1) % w + self.moves[:, 1]
-        inside = (row >= 0) & (row < h) & (col >= 0) & (col < w)
-        target = row.clamp(0, h - 1) * w + col.clamp(0, w - 1)
-        owner = house.gather(1, self.padded_index(target).flatten(1)).view_as(target)
-        me = torch.arange(pos.shape[-1], device=pos.device).view(1, -1, 1)
-        ok = inside & ~self.layout.water.flatten()[target] & ((owner < 0) | (owner == me))
-        return target, ok
+        owner = house.gather(1, self.neighbours_padded[pos].flatten(1)).view(*pos.shape, -1)
+        me = torch.arange(pos.shape[-1], device=pos.device, dtype=owner.dtype).view(1, -1, 1)
+        return self.neighbours[pos], self.passable[pos] & ((owner < 0) | (owner == me))
 
     def move_mask(self, pos: torch.Tensor, house: torch.Tensor) -> torch.Tensor:
         """``[B, N, 4]``: the move is accessible and the target is not occupied."""
