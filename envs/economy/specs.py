@@ -48,9 +48,7 @@ def make_specs(
         agents["builds"] = Unbounded((*ag, 1), device=dev)
     if settings.spatial_views:
         side = settings.view_side
-        agents["world_map"] = Bounded(
-            0, n + 1, (*ag, len(VIEW_CHANNELS), side, side), dtype=torch.uint8, device=dev
-        )
+        agents["world_map"] = Bounded(0, n + 1, (*ag, len(VIEW_CHANNELS), side, side), dtype=torch.uint8, device=dev)
     planner = Composite(
         observation=Unbounded((*pl, planner_obs), device=dev),
         period_start=flag((*pl, 1)),
