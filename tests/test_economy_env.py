@@ -149,6 +149,61 @@ class TestLabourTier:
         assert planner.n_samples == 48  # periods ending at steps 10, 20, 30 were observed
 
 
+class TestCurricula:
+    """The AI Economist's labour-cost warm-up and tax annealing, counted in each
+    environment's completed episodes."""
+
+    @staticmethod
+    def _episode(env, td, hours, planner):
+        total = 0
+        for _ in range(env.episode_length):
+            out, td = _step(env, td, hours, planner)
+            total = total + out["next", "agents", "reward"].squeeze(-1)
+        return out, td, total
+
+    def test_energy_warmup_weighs_the_labour_cost_per_completed_episode(self):
+        env = EconomyEnv(2, tier="labour", planner_action="rates", energy_warmup=2.0, episode_length=10, period=5)
+        td = env.reset()
+        assert env.energy_weight.tolist() == [0.0, 0.0]
+        for k in range(3):
+            out, td, total = self._episode(env, td, 4, FreeMarketPlanner())
+            coin, labour = out["next", "agents", "coin"].squeeze(-1), out["next", "agents", "labour"].squeeze(-1)
+            weight = 1 - math.exp(-k / 2.0)
+            utility = (coin.pow(0.77) - 1) / 0.77 - weight * 0.21 * labour
+            torch.testing.assert_close(total, utility + 1 / 0.77, rtol=1e-4, atol=1e-3)
+            td = env.reset(td.set("_reset", torch.ones(2, 1, dtype=torch.bool)))
+        assert env.completed_episodes.tolist() == [3, 3]
+        assert env.energy_weight.tolist() == pytest.approx([1 - math.exp(-1.5)] * 2)
+
+    def test_only_completed_episodes_count_and_the_state_dict_carries_them(self):
+        env = EconomyEnv(2, tier="labour", energy_warmup=5.0, episode_length=10, period=5, seed=0)
+        td = env.reset()
+        for _ in range(4):
+            _, td = _step(env, td, 1)
+        td = env.reset(td.set("_reset", torch.tensor([[True], [False]])))  # a cut episode is no completion
+        assert env.completed_episodes.tolist() == [0, 0]
+        for _ in range(6):
+            _, td = _step(env, td, 1)
+        td = env.reset(td.set("_reset", torch.tensor([[False], [True]])))  # env 1 has finished its episode
+        assert env.completed_episodes.tolist() == [0, 1]
+        fresh = EconomyEnv(2, tier="labour", energy_warmup=5.0, episode_length=10, period=5)
+        fresh.load_state_dict(env.state_dict())
+        assert fresh.completed_episodes.tolist() == [0, 1]
+
+    def test_tax_annealing_caps_discrete_choices_and_rates(self):
+        env = EconomyEnv(1, tier="labour", tax_annealing=(-2, 0.1), episode_length=10, period=5, seed=0)
+        td = env.reset()  # cap 0.1 * (0 + 2) = 0.2: choices 1..5 set rates 0 .. 0.2
+        mask = td["planner", "action_mask"][0, 0]
+        assert mask[:, :6].all() and not mask[:, 6:].any()
+        rates_env = EconomyEnv(
+            1, tier="labour", planner_action="rates", tax_annealing=(-2, 0.1), episode_length=10, period=5
+        )
+        td = rates_env.reset()
+        for _ in range(6):  # a flat 0.9 during the first period, read back at the next period start
+            out, td = _step(rates_env, td, 10, FixedRatePlanner([0.9] * 7))
+        assert out["next", "planner", "marginal_rate"].flatten().tolist() == pytest.approx([0.2] * 4)
+
+
 class TestMapTiers:
     def test_gather_then_build_by_hand(self):
         env = EconomyEnv(1, tier="gather_build", planner_action="rates", episode_length=100, period=50, seed=3)
@@ -292,6 +347,9 @@ class TestBadInput:
             ({"bracket_cutoffs": [0, "a"]}, r"bracket cutoffs\[1\] must be a finite number, got 'a' \(str\)"),
             ({"seed": -1}, r"seed must be None or an int in \[0, "),
             ({"spatial_observation": "yes"}, "spatial_observation must be a bool"),
+            ({"energy_warmup": -1.0}, r"energy_warmup must be a finite number >= 0, got -1.0"),
+            ({"tax_annealing": (0.0, 0.0)}, r"tax_annealing slope must be a finite number > 0, got 0.0"),
+            ({"tax_annealing": (0.0,)}, r"tax_annealing must be \(offset, slope\) or None"),
         ],
     )
     def test_constructor(self, kwargs, match):

@@ -24,7 +24,7 @@ from torchrl_ermas.envs.economy import (
 
 from torchrl_ermas.regret import ReptileRegretEstimator
 from torchrl_ermas.regret.deviation import exploration_params
-from torchrl_ermas.training import ErmasTrainer, PPOConfig, TrainConfig
+from torchrl_ermas.training import ErmasTrainer, PopulationTrainer, PPOConfig, TrainConfig
 from torchrl_ermas.training.models import IndependentMaskedCategorical, make_policy
 
 PPO = PPOConfig(hidden=16, depth=1)
@@ -284,3 +284,57 @@ def test_ermas_against_a_fixed_saez_planner_leaves_the_planner_untouched(tmp_pat
             assert after[key] == before[key]
     results = trainer.train()
     assert all(r is not None for r in results["history"]["regret"])
+
+
+@pytest.mark.parametrize("population", [False, True])
+def test_a_resumed_run_keeps_the_curricula_counts(tmp_path, population):
+    """The economy's completed-episode counts (energy warm-up, tax annealing) travel in the
+    checkpoint: a run cut after one iteration and resumed ends where the whole run does."""
+    env = {"energy_warmup": 2.0, "tax_annealing": [-1, 0.25]}
+
+    def cfgs(folder, **overrides):
+        runs = []
+        for seed in (0, 1) if population else (0,):
+            cfg = _labour_cfg(
+                tmp_path / folder / str(seed), variant="marl", seed=seed, **{"iterations": 3, **overrides}
+            )
+            cfg["env"] = {**cfg["env"], **env}
+            runs.append(cfg)
+        return runs
+
+    def train(runs):
+        trainer = PopulationTrainer(runs) if population else ErmasTrainer(runs[0])
+        trainer.train()
+        return trainer.runs if population else [trainer]
+
+    whole = train(cfgs("whole"))
+    train(cfgs("cut", iterations=1))
+    resumed = train([{**cfg, "resume": True} for cfg in cfgs("cut")])
+    for run, other in zip(whole, resumed):
+        assert other.env.base_env.completed_episodes.tolist() == [3] * 4
+        assert run.history["agent_reward"] == other.history["agent_reward"]
+
+
+def test_agents_checkpoint_starts_a_run_from_another_runs_agents(tmp_path):
+    """The AI Economist's two phases: agents trained in a free market, then a planner joins."""
+    free_market = _labour_cfg(
+        tmp_path / "phase1",
+        variant="marl",
+        train_planner=False,
+        fixed_planner={"_target_": "torchrl_ermas.envs.economy.FreeMarketPlanner"},
+    )
+    free_market["env"] = {**free_market["env"], "planner_action": "rates"}
+    phase1 = ErmasTrainer(free_market)
+    phase1.train()
+    phase2 = ErmasTrainer(
+        _labour_cfg(tmp_path / "phase2", variant="marl", agents_checkpoint=str(tmp_path / "phase1" / "checkpoint.pt"))
+    )
+    for name in ("agent_policy", "agent_critic"):
+        ours, theirs = phase2.modules[name].state_dict(), phase1.modules[name].state_dict()
+        assert all(torch.equal(ours[key], theirs[key]) for key in theirs)
+    phase2.train()  # the planner joins and trains
+    wider = _labour_cfg(
+        tmp_path / "wider", agents={"hidden": 32}, agents_checkpoint=str(tmp_path / "phase1" / "checkpoint.pt")
+    )
+    with pytest.raises(ValueError, match="does not fit this run"):
+        ErmasTrainer(wider)

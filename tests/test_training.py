@@ -49,7 +49,7 @@ N_AGENTS = 2
 TIME_KEYS = ("time_collect", "time_train", "time_regret")
 HISTORY_KEYS = {"iteration", "planner_reward", "agent_reward", "lambda", "regret", "kl", *TIME_KEYS}
 FINAL_KEYS = {"planner_reward", "agent_reward", "combined_agent_reward", "regret", "lambda"}
-CHECKPOINT_KEYS = {"iteration", "modules", "optimizers", "history", "config"}
+CHECKPOINT_KEYS = {"iteration", "modules", "env", "optimizers", "history", "config"}
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -56,6 +56,12 @@ class EconomyEnv(EnvBase):
     coin (inventory plus escrow) and a per-agent ``eta``; the agent reward is the change of
     utility. The planner reward is the change of equality x mean coin.
 
+    The AI Economist's curricula are counted in each environment's completed episodes
+    (:attr:`completed_episodes`, a buffer of the module, so ``state_dict`` carries it):
+    ``energy_warmup`` phases the labour cost in (its weight ``1 - exp(-k / energy_warmup)``
+    is fixed for an episode at its reset) and ``tax_annealing`` caps the rates the planner
+    can set (masked discrete choices; ``"rates"`` above the cap take the cap).
+
     Keys (``B`` = ``batch_size``, ``N`` agents, ``K`` brackets):
 
     - ``("agents", "observation")`` ``[B, N, obs]``, ``("agents", "action_mask")``
@@ -92,6 +98,11 @@ class EconomyEnv(EnvBase):
         eta: isoelastic risk aversion in ``(0, 1]``: a float, ``[N]`` or ``[B, N]``.
             Defaults to ``0.23``.
         energy_cost: utility cost per unit of labour. Defaults to ``0.21``.
+        energy_warmup: episodes of the labour-cost warm-up, ``0`` for none (the AI
+            Economist's phase 1 used 10000 steps of its ``"auto"`` count). Defaults to ``0``.
+        tax_annealing: ``(offset, slope)`` of the rate cap ``clip(slope * (k - offset),
+            0, 1)`` after ``k`` episodes (the AI Economist's phase 2: ``(-100, 0.001)``), or
+            ``None`` (default) for no cap.
         episode_length: steps per episode. Defaults to ``1000``.
         period: steps per tax period; must divide ``episode_length``. Defaults to ``100``.
         bracket_cutoffs: bracket lower edges (coin per period). Defaults to the US-2018
@@ -120,6 +131,8 @@ class EconomyEnv(EnvBase):
         n_agents: int = 4,
         eta: float | Sequence[float] | torch.Tensor = 0.23,
         energy_cost: float = 0.21,
+        energy_warmup: float = 0.0,
+        tax_annealing: Sequence[float] | None = None,
         episode_length: int = 1000,
         period: int = 100,
         bracket_cutoffs: Sequence[float] | None = None,
@@ -144,6 +157,8 @@ class EconomyEnv(EnvBase):
             planner_action=planner_action,
             max_hours=max_hours,
             energy_cost=energy_cost,
+            energy_warmup=energy_warmup,
+            tax_annealing=None if tax_annealing is None else tuple(tax_annealing),
             starting_coin=starting_coin,
             spatial_observation=spatial_observation,
             n_brackets=tax.n_brackets,
@@ -166,6 +181,7 @@ class EconomyEnv(EnvBase):
         self._generator = torch.Generator(device=device)
         if seed is not None:
             self._generator.manual_seed(seed)
+        self.register_buffer("completed_episodes", torch.zeros(batch_size, dtype=torch.long, device=device))
         self._state: TensorDict = self._initial_state()
         self._set_specs()
 
@@ -229,6 +245,21 @@ class EconomyEnv(EnvBase):
         return eta.expand(shape).clone()
 
     @property
+    def energy_weight(self) -> torch.Tensor:
+        """``[B]`` weight of the labour cost in the utility of the current episodes."""
+        if self.settings.energy_warmup == 0:
+            return torch.ones(self.batch_size, device=self.device)
+        return 1 - torch.exp(-self.completed_episodes / self.settings.energy_warmup)
+
+    @property
+    def rate_cap(self) -> torch.Tensor:
+        """``[B]`` highest rate the planner can set in the current episodes (tax annealing)."""
+        if self.settings.tax_annealing is None:
+            return torch.ones(self.batch_size, device=self.device)
+        offset, slope = self.settings.tax_annealing
+        return (slope * (self.completed_episodes - offset)).clamp(0, 1)
+
+    @property
     def n_actions(self) -> int:
         """Number of agent actions."""
         return self.actions.n_actions
@@ -275,7 +306,9 @@ class EconomyEnv(EnvBase):
             state["book"] = self.auction.empty_book(b, dev)
             state["trades"] = torch.zeros(b, device=dev)
         coin = inventory[..., 0] + agents["escrow"][..., 0]
-        agents["utility"] = isoelastic_utility(coin, agents["labour"], self._eta, self.energy_cost)
+        state["energy_cost"] = self.energy_cost * self.energy_weight
+        state["tax", "rate_cap"] = self.rate_cap
+        agents["utility"] = isoelastic_utility(coin, agents["labour"], self._eta, state["energy_cost"].unsqueeze(-1))
         state["agents"] = TensorDict(agents, [b, n])
         state["equality"] = equality(coin)
         state["swf"] = coin_eq_times_productivity(coin, state["equality"])
@@ -283,8 +316,10 @@ class EconomyEnv(EnvBase):
 
     # --------------------------------------------------------------- TorchRL
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
-        fresh = self._initial_state()
         mask = None if tensordict is None else tensordict.get("_reset", None)
+        ended = self._state["t"] >= self.episode_length
+        self.completed_episodes += ended if mask is None else ended & mask.reshape(-1)
+        fresh = self._initial_state()
         self._state = fresh if mask is None else fresh.where(mask.reshape(-1), self._state)
         return self._observe()
 
@@ -319,7 +354,8 @@ class EconomyEnv(EnvBase):
         bad = first.unsqueeze(-1) & ~((action >= 0) & (action <= 1))
         if bad.any():
             raise ValueError(f"('planner', 'action') rates must lie in [0, 1], got {action[bad.any(-1)].tolist()}")
-        tax["rates"] = torch.where(first.unsqueeze(-1), action.float(), tax["rates"])
+        rates = torch.minimum(action.float(), tax["rate_cap"].unsqueeze(-1))
+        tax["rates"] = torch.where(first.unsqueeze(-1), rates, tax["rates"])
 
     def _map_step(self, action: torch.Tensor) -> None:
         s, world = self._state, self.world
@@ -353,7 +389,7 @@ class EconomyEnv(EnvBase):
         s = self._state
         agents = s["agents"]
         coin = agents["inventory"][..., 0] + agents["escrow"][..., 0]
-        utility = isoelastic_utility(coin, agents["labour"], self._eta, self.energy_cost)
+        utility = isoelastic_utility(coin, agents["labour"], self._eta, s["energy_cost"].unsqueeze(-1))
         eq = equality(coin)
         swf = coin_eq_times_productivity(coin, eq)
         rewards = (utility - agents["utility"]).unsqueeze(-1), (swf - s["swf"]).view(-1, 1, 1)
@@ -389,8 +425,10 @@ class EconomyEnv(EnvBase):
             "marginal_rate": state["last_marginal_rate"].unsqueeze(1),
         }
         if self.planner_action == "discrete":
-            free = period_start.unsqueeze(-1).expand(b, 1, self.tax.n_brackets, N_RATE_LEVELS + 1)
-            planner["action_mask"] = free.clone()
+            # choice k > 0 sets rate (k - 1) * RATE_STEP: open at period starts, up to the cap
+            rates = torch.arange(-1, N_RATE_LEVELS, device=self.device) * RATE_STEP
+            open_ = rates <= s["tax", "rate_cap"].view(b, 1, 1, 1) + 1e-6
+            planner["action_mask"] = (period_start.unsqueeze(-1) & open_).expand(b, 1, self.tax.n_brackets, -1).clone()
             planner["action_mask"][..., 0] = True
         done = (s["t"] >= self.episode_length).unsqueeze(-1)
         root = {

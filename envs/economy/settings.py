@@ -33,6 +33,13 @@ class EconomySettings:
         planner_action: ``"discrete"`` or ``"rates"``.
         max_hours: largest hours choice of the labour tier.
         energy_cost: utility cost per unit of labour.
+        energy_warmup: episodes of the labour-cost warm-up (``0``: none). The cost is
+            weighed by ``1 - exp(-k / energy_warmup)`` after ``k`` completed episodes of
+            the environment (the AI Economist's ``energy_warmup_constant`` with the
+            ``"decay"`` method).
+        tax_annealing: ``(offset, slope)``: after ``k`` completed episodes no rate above
+            ``clip(slope * (k - offset), 0, 1)`` is available (the AI Economist's
+            ``tax_annealing_schedule``, ``(-100, 0.001)`` in its phase 2); ``None``: none.
         starting_coin: coin of every agent at reset.
         spatial_observation: egocentric views requested (emitted on map tiers only, see
             :attr:`spatial_views`).
@@ -60,6 +67,8 @@ class EconomySettings:
     planner_action: PlannerAction = "discrete"
     max_hours: int = 10
     energy_cost: float = 0.21
+    energy_warmup: float = 0.0
+    tax_annealing: tuple[float, float] | None = None
     starting_coin: float = 0.0
     spatial_observation: bool = True
     n_brackets: int = 7
@@ -85,6 +94,13 @@ class EconomySettings:
             raise ValueError(f"n_agents must be 4 for tier {self.tier!r} (fixed skill ranks), got {self.n_agents}")
         check_int("max_hours", self.max_hours, 1)
         object.__setattr__(self, "energy_cost", check_real("energy_cost", self.energy_cost, low=0))
+        object.__setattr__(self, "energy_warmup", check_real("energy_warmup", self.energy_warmup, low=0))
+        if self.tax_annealing is not None:
+            if len(self.tax_annealing) != 2:
+                raise ValueError(f"tax_annealing must be (offset, slope) or None, got {self.tax_annealing!r}")
+            offset = check_real("tax_annealing offset", self.tax_annealing[0])
+            slope = check_real("tax_annealing slope", self.tax_annealing[1], low=0, low_inclusive=False)
+            object.__setattr__(self, "tax_annealing", (offset, slope))
         object.__setattr__(self, "starting_coin", check_real("starting_coin", self.starting_coin, low=0))
         check_bool("spatial_observation", self.spatial_observation)
         for name in ("n_brackets", "map_height", "map_width", "n_resources", "n_prices"):

@@ -185,6 +185,9 @@ class TrainConfig:
         iterations: training iterations; each collects ``num_envs`` episodes.
         train_planner: train the planner (``False`` freezes it, e.g. in transfer runs).
         planner_checkpoint: optional checkpoint whose planner is loaded before training.
+        agents_checkpoint: optional checkpoint whose agents (policy and critic) start this
+            run, e.g. agents trained first in a free market (the AI Economist's two-phase
+            curriculum); their optimizer starts afresh.
         fixed_planner: optional hydra node (``_target_``) building a fixed planner policy
             that acts in place of a learned one (for example
             ``torchrl_ermas.envs.economy.SaezPlanner``); it is never trained, so it
@@ -211,6 +214,7 @@ class TrainConfig:
     rollout_steps: int | None = None
     train_planner: bool = True
     planner_checkpoint: str | None = None
+    agents_checkpoint: str | None = None
     fixed_planner: Any = None
     episode_metrics: list[str] = field(default_factory=list)
     agents: PPOConfig = field(default_factory=PPOConfig)
@@ -343,14 +347,16 @@ def _validate_ppo(group: str, ppo: PPOConfig) -> None:
 
 
 def _validate_planner(cfg: TrainConfig) -> None:
-    if cfg.planner_checkpoint is not None and not cfg.planner_checkpoint:
-        raise ValueError("planner_checkpoint must be None or the path of a checkpoint, got ''.")
-    if cfg.planner_checkpoint and (Path(cfg.planner_checkpoint).parent.resolve() == Path(cfg.output_dir).resolve()):
-        raise ValueError(
-            f"planner_checkpoint {cfg.planner_checkpoint!r} lies in output_dir "
-            f"{cfg.output_dir!r}: a run that loads a planner needs an output_dir of its own "
-            "(it would resume or overwrite the run that wrote the planner)."
-        )
+    for name in ("planner_checkpoint", "agents_checkpoint"):
+        path = getattr(cfg, name)
+        if path is not None and not path:
+            raise ValueError(f"{name} must be None or the path of a checkpoint, got ''.")
+        if path and Path(path).parent.resolve() == Path(cfg.output_dir).resolve():
+            raise ValueError(
+                f"{name} {path!r} lies in output_dir {cfg.output_dir!r}: a run that loads "
+                "another run's networks needs an output_dir of its own (it would resume or "
+                "overwrite the run that wrote them)."
+            )
     if cfg.fixed_planner is not None and not (isinstance(cfg.fixed_planner, dict) and "_target_" in cfg.fixed_planner):
         raise ValueError(
             "fixed_planner must be None or a hydra node with a _target_ (e.g. "

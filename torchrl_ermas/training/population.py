@@ -58,6 +58,7 @@ PER_RUN_KEYS = (
     "agents.lr",
     "planner.lr",
     "planner_checkpoint",
+    "agents_checkpoint",
 )
 #: the variants a population trains (runs with a regret estimate train alone for now)
 POPULATION_VARIANTS = ("marl", "fixed_lambda")
@@ -477,6 +478,7 @@ class PopulationTrainer:
         self.groups = self._groups()
         torch.manual_seed(self.cfg.seed)  # the environment's own draws, as for a run alone
         self.env = lead._make_env(len(self.runs) * self.cfg.num_envs, q=self._env_q())
+        self._share_env_state(to_runs=False)
         self.policy = PopulationPolicy([run.collection_policy for run in self.runs])
         frames = len(self.runs) * self.cfg.num_envs * self.horizon
         self.collector = episode_collector(self.env, self.policy, frames, self.device)
@@ -486,6 +488,19 @@ class PopulationTrainer:
         for index, run in enumerate(self.runs):
             by_variant.setdefault(run.cfg.variant, []).append(index)
         return [_RunGroup([self.runs[i] for i in indices], indices) for indices in by_variant.values()]
+
+    def _share_env_state(self, *, to_runs: bool) -> None:
+        """Copies the environment's per-environment state (its buffers with one entry per
+        environment, e.g. the economy's completed-episode counts) to the runs' environments,
+        whose checkpoints carry it, or back from them (a resumed population)."""
+        runs, envs = len(self.runs), self.cfg.num_envs
+        for name, buffer in self.env.base_env.named_buffers():
+            if buffer.shape[:1] != (runs * envs,):
+                continue  # a setting of the environment, the same in every run
+            per_run = buffer.view(runs, envs, *buffer.shape[1:])
+            for run, own in zip(self.runs, per_run):
+                stored = run.env.base_env.get_buffer(name)
+                (stored if to_runs else own).copy_(own if to_runs else stored)
 
     def _env_q(self) -> torch.Tensor:
         """``reward.q`` of each environment ``[R * num_envs]``, run-major."""
@@ -504,6 +519,7 @@ class PopulationTrainer:
             desc=f"population of {len(self.runs)}",
         )
         for iteration in bar:
+            self._share_env_state(to_runs=True)
             good_states = [run._good_state(iteration) for run in self.runs]
             try:
                 rows = self._iteration(iteration)
@@ -514,6 +530,7 @@ class PopulationTrainer:
                     f"{err} at iteration {iteration}; every run's last good state (before "
                     f"iteration {iteration}) is saved in its output_dir's checkpoint.pt."
                 ) from None
+            self._share_env_state(to_runs=True)
             for run, row, logger in zip(self.runs, rows, loggers):
                 run._record(row, logger)
                 run._checkpoint_after(iteration)

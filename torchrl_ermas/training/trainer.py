@@ -246,6 +246,8 @@ class ErmasTrainer:
         self.extra_final: dict[str, Any] = {}
         if cfg.planner_checkpoint:
             self.load_planner(cfg.planner_checkpoint)
+        if cfg.agents_checkpoint:
+            self.load_agents(cfg.agents_checkpoint)
         self._resume_or_start()
 
     # ------------------------------------------------------------------ construction
@@ -455,10 +457,11 @@ class ErmasTrainer:
         return self.write_results()
 
     def _good_state(self, iteration: int) -> dict[str, Any]:
-        """:meth:`state` before ``iteration``, its parameters and optimizer states copied (they
-        are live references; the history is only appended to once an iteration succeeds)."""
+        """:meth:`state` before ``iteration``, its parameters, optimizer and environment states
+        copied (they are live references; the history is only appended to once an iteration
+        succeeds)."""
         good_state = self.state(iteration)
-        for key in ("modules", "optimizers"):
+        for key in ("modules", "optimizers", "env"):
             good_state[key] = copy.deepcopy(good_state[key])
         return good_state
 
@@ -608,11 +611,13 @@ class ErmasTrainer:
         multipliers), ``meta_gradient`` (``ermas.meta_scale > 0``), ``planner_policy`` (an
         acting planner) and ``planner_critic`` (when the planner advantage or the planner's
         training needs it), e.g.
-        ``modules["lagrange.multiplier"]``.
+        ``modules["lagrange.multiplier"]``. ``env`` is the environment's own state (its
+        buffers, e.g. the economy's completed-episode counts of its curricula).
         """
         return {
             "iteration": next_iteration,
             "modules": self.modules.state_dict(),
+            "env": self.env.base_env.state_dict(),
             "optimizers": {k: opt.state_dict() for k, opt in self.optimizers.items()},
             "history": self.history,
             "config": self._config_json,
@@ -626,7 +631,9 @@ class ErmasTrainer:
         defaults.pop("env")
         check_resumable(json.loads(state["config"]), self._config_dict(), path, defaults)
         check_state_fits(self.modules.state_dict(), state["modules"], path)
+        check_state_fits(self.env.base_env.state_dict(), state.get("env", {}), path)
         self.modules.load_state_dict(state["modules"])
+        self.env.base_env.load_state_dict(state.get("env", {}))
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
         self.history = state["history"]
@@ -634,19 +641,32 @@ class ErmasTrainer:
 
     def load_planner(self, path: str | Path) -> None:
         """Loads the planner policy of a checkpoint written by another run."""
+        if self.planner_policy is None:
+            raise ValueError(f"planner_checkpoint {str(path)!r} and this environment must both have an acting planner.")
+        self._load_components(path, "planner_checkpoint", {"planner_policy": self.planner_policy})
+
+    def load_agents(self, path: str | Path) -> None:
+        """Loads the agents' policy and critic of a checkpoint written by another run."""
+        self._load_components(
+            path, "agents_checkpoint", {"agent_policy": self.agent_policy, "agent_critic": self.agent_critic}
+        )
+
+    def _load_components(self, path: str | Path, setting: str, components: dict[str, nn.Module]) -> None:
+        """Loads ``components`` (name -> module) from another run's checkpoint at ``path``."""
         try:
             state = load_checkpoint(path, self.device)
         except (CheckpointError, FileNotFoundError) as err:
             raise type(err)(
-                f"planner_checkpoint: {err} Re-run the training run that wrote it, or point "
-                f"planner_checkpoint at its {previous_path(path).name}."
+                f"{setting}: {err} Re-run the training run that wrote it, or point "
+                f"{setting} at its {previous_path(path).name}."
             ) from None
         _check_layout(state, Path(path))
-        planner = component_state(state["modules"], "planner_policy")
-        if self.planner_policy is None or (not planner and self.planner_policy.state_dict()):
-            raise ValueError(f"planner_checkpoint {str(path)!r} and this environment must both have an acting planner.")
-        check_state_fits(self.planner_policy.state_dict(), planner, Path(path))
-        self.planner_policy.load_state_dict(planner)
+        for name, module in components.items():
+            stored = component_state(state["modules"], name)
+            if not stored and module.state_dict():
+                raise ValueError(f"{setting} {str(path)!r} has no {name}, which this run needs.")
+            check_state_fits(module.state_dict(), stored, Path(path))
+            module.load_state_dict(stored)
 
     def _config_dict(self) -> dict[str, Any]:
         return OmegaConf.to_container(OmegaConf.structured(self.cfg), resolve=True)
