@@ -9,6 +9,13 @@ episode's end, since it starts at 0) is reported per planner and ``eta_test`` wi
 errors over seeds, next to the equality and productivity, as a table, ``summary.json`` and
 a figure (swf against ``eta_test``, and relative to the MARL planner).
 
+With ``free_market`` set (the map tiers' configs), the agents learn the economy first, as
+in the AI Economist's two-phase curriculum: for every seed and every eta the experiment
+uses, agents train alone under the free-market planner (with the labour-cost warm-up of
+their ``env.energy_warmup``), and every planner-training and evaluation run starts from the
+agents of its seed and eta (``agents_checkpoint``); the planner then joins (optionally under
+``env.tax_annealing``).
+
 The small default uses the labour tier (each agent chooses its hours; income is skill x
 hours) with 100-step episodes and 10-step tax periods, which keeps the tax machinery,
 the utility with per-agent ``eta`` and the planner's bracket actions of the full game
@@ -47,6 +54,8 @@ from torchrl_ermas.training import (  # noqa: E402
 )
 
 METRICS = ("planner_reward", "equality", "productivity")
+#: what the experiment sets in every run of the agents' free-market phase
+FREE_MARKET_OWNED = ("variant", "train_planner", "fixed_planner", "env.planner_action", "env.eta", "seed", "output_dir")
 
 
 @dataclass
@@ -59,6 +68,8 @@ class TaxPolicyConfig:
         methods: name -> overrides of ``train`` for each learned planner.
         baselines: name -> hydra node (``_target_``) of each fixed planner.
         transfer: overrides of ``train`` for the evaluation runs (fresh MARL agents).
+        free_market: overrides of ``train`` for the agents' first phase under the
+            free-market planner (``None``: no such phase, the agents start untrained).
         reference: the planner the right panel is relative to.
         eta_test: the agents' risk aversion in the evaluation runs.
         seeds: seeds; each learned planner is evaluated with the seed it was trained with.
@@ -73,6 +84,7 @@ class TaxPolicyConfig:
     methods: dict[str, Any] = field(default_factory=dict)
     baselines: dict[str, Any] = field(default_factory=dict)
     transfer: dict[str, Any] = field(default_factory=dict)
+    free_market: dict[str, Any] | None = None
     reference: str = "marl"
     eta_test: list[float] = field(default_factory=lambda: [0.11, 0.19, 0.23, 0.27, 0.35])
     seeds: list[int] = field(default_factory=lambda: [0, 1])
@@ -103,6 +115,12 @@ def validate(cfg: TaxPolicyConfig, overrides: list[str] | tuple[str, ...] = ()) 
             "env.planner_action": "the baselines set rates; learned planners keep theirs",
         },
     )
+    if cfg.free_market is not None:
+        owned = sorted(set(FREE_MARKET_OWNED) & set(_dotted(cfg.free_market)))
+        if owned:
+            raise ValueError(f"free_market must not set {owned}: the experiment sets them in each first-phase run.")
+        if train_eta(cfg) is None:
+            raise ValueError("free_market needs train.env.eta, the eta of the planners' training agents.")
     if not all(0 < eta <= 1 for eta in cfg.eta_test):
         raise ValueError(f"eta_test must list values in (0, 1], got {cfg.eta_test}.")
     planners = [*cfg.methods, *cfg.baselines]
@@ -112,18 +130,68 @@ def validate(cfg: TaxPolicyConfig, overrides: list[str] | tuple[str, ...] = ()) 
         raise ValueError(f"methods and baselines must have distinct names, got {planners}.")
 
 
-def train_configs(cfg: TaxPolicyConfig, out: Path) -> dict[tuple[str, int], TrainConfig]:
-    """The planner-training runs, keyed by (method, seed)."""
-    return method_seed_configs(cfg.train, cfg.methods, cfg.seeds, out / "train")
+def _dotted(overrides: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys of nested ``overrides``."""
+    keys = []
+    for key, value in overrides.items():
+        keys += _dotted(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"]
+    return keys
+
+
+def train_eta(cfg: TaxPolicyConfig) -> float | None:
+    """The eta of the planners' training agents (``train.env.eta``), if set."""
+    return OmegaConf.select(OmegaConf.create(cfg.train.env), "eta", default=None)
+
+
+def free_market_configs(cfg: TaxPolicyConfig, out: Path) -> dict[tuple[int, float], TrainConfig]:
+    """The agents' first phase, keyed by (seed, eta): agents alone under the free-market
+    planner at the training eta and every ``eta_test`` (none without ``free_market``)."""
+    if cfg.free_market is None:
+        return {}
+    free_market = {
+        "variant": "marl",
+        "train_planner": False,
+        "fixed_planner": {"_target_": "torchrl_ermas.envs.economy.FreeMarketPlanner"},
+        "env.planner_action": "rates",
+    }
+    base = with_overrides(cfg.train, {**free_market, **cfg.free_market})
+    etas = sorted({train_eta(cfg), *cfg.eta_test})
+    return {
+        (seed, eta): with_overrides(
+            base, {"env.eta": eta, "seed": seed, "output_dir": str(out / "free_market" / f"eta{eta:g}" / f"seed{seed}")}
+        )
+        for seed in cfg.seeds
+        for eta in etas
+    }
+
+
+def _agents_of(free_market: dict[tuple[int, float], TrainConfig], seed: int, eta: float) -> dict[str, str]:
+    """The overrides that start a run from the first-phase agents of ``seed`` and ``eta``."""
+    if not free_market:
+        return {}
+    return {"agents_checkpoint": str(Path(free_market[seed, eta].output_dir) / "checkpoint.pt")}
+
+
+def train_configs(
+    cfg: TaxPolicyConfig, out: Path, free_market: dict[tuple[int, float], TrainConfig]
+) -> dict[tuple[str, int], TrainConfig]:
+    """The planner-training runs, keyed by (method, seed), from the first-phase agents."""
+    runs = method_seed_configs(cfg.train, cfg.methods, cfg.seeds, out / "train")
+    return {key: with_overrides(run, _agents_of(free_market, key[1], train_eta(cfg))) for key, run in runs.items()}
 
 
 def evaluation_configs(
-    cfg: TaxPolicyConfig, trained: dict[tuple[str, int], TrainConfig], out: Path
+    cfg: TaxPolicyConfig,
+    trained: dict[tuple[str, int], TrainConfig],
+    out: Path,
+    free_market: dict[tuple[int, float], TrainConfig],
 ) -> dict[tuple[str, int, float], TrainConfig]:
-    """The evaluation runs (frozen planner, fresh MARL agents), keyed by (planner, seed, eta)."""
+    """The evaluation runs (frozen planner, fresh MARL agents, from the first-phase agents
+    of their eta), keyed by (planner, seed, eta)."""
     base = with_overrides(cfg.train, cfg.transfer)
     fixed = {name: {"fixed_planner": planner, "env.planner_action": "rates"} for name, planner in cfg.baselines.items()}
-    return transfer_grid(base, trained, "env.eta", cfg.eta_test, out / "evaluate", "eta", fixed_planners=fixed)
+    runs = transfer_grid(base, trained, "env.eta", cfg.eta_test, out / "evaluate", "eta", fixed_planners=fixed)
+    return {key: with_overrides(run, _agents_of(free_market, key[1], key[2])) for key, run in runs.items()}
 
 
 def plot(cfg: TaxPolicyConfig, summary: dict, path: Path) -> None:
@@ -140,10 +208,9 @@ def plot(cfg: TaxPolicyConfig, summary: dict, path: Path) -> None:
                 marker="o",
                 ms=3,
             )
-    train_eta = OmegaConf.select(OmegaConf.create(cfg.train.env), "eta", default=None)
     for axis in (left, right):
-        if train_eta is not None:
-            axis.axvline(train_eta, color="gray", ls="--", lw=0.8)
+        if train_eta(cfg) is not None:
+            axis.axvline(train_eta(cfg), color="gray", ls="--", lw=0.8)
         axis.grid(alpha=0.3)
     left.set(
         xlabel="eta_test", ylabel="social welfare (equality x mean coin)", title="Planner reward with fresh agents"
@@ -175,13 +242,16 @@ def main(cfg: TaxPolicyConfig) -> None:
     cfg = OmegaConf.to_object(cfg)
     validate(cfg, HydraConfig.get().overrides.task)
     out = Path(HydraConfig.get().runtime.output_dir)
-    trained = train_configs(cfg, out)
+    free_market = free_market_configs(cfg, out)
+    if free_market:
+        run_many(list(free_market.values()), **launch_settings(cfg), desc="agents in a free market")
+    trained = train_configs(cfg, out, free_market)
     run_many(
         list(trained.values()),
         **launch_settings(cfg),
         desc="train planners",
     )
-    runs = evaluation_configs(cfg, trained, out)
+    runs = evaluation_configs(cfg, trained, out, free_market)
     results = dict(
         zip(
             runs,

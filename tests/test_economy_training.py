@@ -185,7 +185,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "economy_tax_policy.py"
 
 
-@pytest.mark.parametrize("name", ["economy_tax_policy", "economy_tax_policy_paper"])
+@pytest.mark.parametrize("name", ["economy_tax_policy", "economy_tax_policy_paper", "economy_tax_policy_gtb"])
 def test_example_configs_type_check(name, import_example):
     example = import_example("economy_tax_policy")
     with initialize_config_dir(config_dir=str(ROOT / "examples" / "configs"), version_base="1.3"):
@@ -209,6 +209,9 @@ def test_example_configs_type_check(name, import_example):
         ({"transfer": {"seed": 1}}, r"transfer.seed .*set seeds instead"),
         ({"train": TrainConfig(seed=2)}, r"train.seed .*set seeds instead"),
         ({"train": TrainConfig(variant="marl")}, r"train.variant .*methods.<name>.variant"),
+        ({"free_market": {"env": {"eta": 0.3}}}, r"free_market must not set \['env.eta'\]"),
+        ({"free_market": {"variant": "ermas"}}, r"free_market must not set \['variant'\]"),
+        ({"free_market": {}}, "free_market needs train.env.eta"),
     ],
 )
 def test_example_validate(changes, name, import_example):
@@ -244,6 +247,36 @@ def test_example_smoke(tmp_path):
     assert summary["planners"]["marl"]["relative"] == [0.0, 0.0]
     assert (tmp_path / "economy_tax_policy.png").stat().st_size > 0
     assert "social welfare" in proc.stdout
+
+
+@pytest.mark.slow
+def test_example_smoke_on_the_map_with_a_free_market_phase(tmp_path):
+    overrides = [
+        "--config-name",
+        "economy_tax_policy_gtb",
+        f"hydra.run.dir={tmp_path}",
+        "workers=1",
+        "seeds=[0]",
+        "eta_test=[0.19,0.27]",
+        "train.iterations=2",
+        "transfer.iterations=1",
+        "free_market.iterations=1",
+        "train.num_envs=4",
+        "train.env.episode_length=20",
+        "train.env.period=10",
+        "train.ermas.warmup_iters=0",
+        "train.ermas.regret_interval=1",
+        "train.ermas.regret_envs=2",
+        "baselines.saez.buffer_size=4",
+    ]
+    proc = subprocess.run([sys.executable, str(EXAMPLE), *overrides], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "free_market").iterdir()) == ["eta0.19", "eta0.23", "eta0.27"]
+    config = json.loads((tmp_path / "evaluate" / "saez" / "eta0.27" / "seed0" / "results.json").read_text())["config"]
+    assert config["agents_checkpoint"] == str(tmp_path / "free_market" / "eta0.27" / "seed0" / "checkpoint.pt")
+    config = json.loads((tmp_path / "train" / "ermas" / "seed0" / "results.json").read_text())["config"]
+    assert config["agents_checkpoint"].endswith("free_market/eta0.23/seed0/checkpoint.pt")
+    assert config["env"]["tier"] == "gather_trade_build"
 
 
 def test_saez_planner_keeps_its_samples_when_the_batch_changes():
