@@ -41,10 +41,11 @@ def states_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool
 
 @pytest.mark.parametrize(
     ("variant", "q"),
-    [("marl", 0.0), ("fixed_lambda", 0.0), ("fixed_lambda", 0.5), ("marl", -0.3)],
+    [("marl", 0.0), ("fixed_lambda", 0.0), ("fixed_lambda", 0.5), ("marl", -0.3), ("ermas", 0.0), ("ermas", 0.5)],
 )
 def test_population_of_one_replays_the_trainer(tmp_path, variant, q):
-    overrides = {"variant": variant, "reward": {"q": q}, "agents": {"epochs": 2}}
+    estimate = {"warmup_iters": 0, "regret_interval": 1, "regret_envs": 2, "deviation_steps": 1}
+    overrides = {"variant": variant, "reward": {"q": q}, "agents": {"epochs": 2}, "ermas": estimate}
     alone = ErmasTrainer(make_cfg(tmp_path / "alone", **overrides))
     results = alone.train()
     population = PopulationTrainer([make_cfg(tmp_path / "population", **overrides)])
@@ -58,15 +59,28 @@ def test_population_of_one_replays_the_trainer(tmp_path, variant, q):
             assert states_equal(mine["optimizers"][group]["state"][index], state)
 
 
-def test_runs_do_not_talk_to_each_other(tmp_path):
-    reference = PopulationTrainer(population_cfgs(tmp_path / "a"))
+@pytest.mark.parametrize("with_ermas", [False, True])
+def test_runs_do_not_talk_to_each_other(tmp_path, with_ermas):
+    estimate = {"warmup_iters": 0, "regret_interval": 1, "regret_envs": 2}  # shared by every run
+    extra = {"run0": {}, "run1": {}, "run2": {}}
+    if with_ermas:
+        extra = {
+            "run0": {"ermas": estimate},
+            "run1": {"ermas": {**estimate, "lambda_init": 2.0}},
+            "run2": {"variant": "ermas", "ermas": estimate},
+        }
+    reference = PopulationTrainer(population_cfgs(tmp_path / "a", **extra))
     reference.train()
-    perturbed = PopulationTrainer(population_cfgs(tmp_path / "b", run1={"seed": 7, "reward": {"q": -1.0}}))
+    perturbed_run1 = {**extra["run1"], "seed": 7, "reward": {"q": -1.0}}
+    perturbed = PopulationTrainer(population_cfgs(tmp_path / "b", **{**extra, "run1": perturbed_run1}))
     perturbed.train()
     (a0, a1, a2), (b0, b1, b2) = final_states(reference), final_states(perturbed)
     assert states_equal(a0, b0) and states_equal(a2, b2)
     assert not states_equal(a1, b1)
     assert reference.runs[0].history["planner_reward"] == perturbed.runs[0].history["planner_reward"]
+    if with_ermas:  # the estimate ran and moved the multipliers, identically
+        assert reference.runs[2].history["regret"][-1] is not None
+        assert reference.runs[2].history["lambda"] == perturbed.runs[2].history["lambda"]
 
 
 def test_each_run_writes_the_layout_of_a_run_alone(tmp_path):
@@ -135,9 +149,9 @@ def test_refuses_runs_that_differ_elsewhere(tmp_path, override, key):
     assert not (tmp_path / "run0").exists()  # refused before any run's folder is touched
 
 
-def test_refuses_ermas_and_empty_populations(tmp_path):
-    cfgs = population_cfgs(tmp_path, run1={"variant": "ermas"})
-    with pytest.raises(ValueError, match="variant of run 1 is 'ermas'.*train alone"):
+def test_refuses_the_meta_gradient_and_empty_populations(tmp_path):
+    cfgs = population_cfgs(tmp_path, run1={"variant": "ermas", "ermas": {"meta_scale": 0.2}})
+    with pytest.raises(ValueError, match=r"run 1 has ermas.meta_scale=0.2: .* train alone"):
         PopulationTrainer(cfgs)
     with pytest.raises(ValueError, match="at least one run"):
         check_population([])
@@ -184,16 +198,17 @@ def trained_steps(trainer: ErmasTrainer) -> dict:
 
 
 def test_run_many_trains_compatible_runs_as_populations(tmp_path):
-    """marl and fixed_lambda runs that differ in per-run values batch, in chunks of
-    population_size; an ermas run trains alone; results come back in input order."""
-    cfgs = [*population_cfgs(tmp_path / "many"), make_cfg(tmp_path / "many" / "ermas")]
+    """Runs that differ in per-run values batch, in chunks of population_size; a run with
+    the meta-gradient term trains alone; results come back in input order."""
+    meta = {"variant": "ermas", "ermas": {"meta_scale": 0.2}}
+    cfgs = [*population_cfgs(tmp_path / "many"), make_cfg(tmp_path / "many" / "meta", **meta)]
     results = run_many(cfgs, workers=1, population_size=2, post=trained_steps)
     assert [r["config"]["output_dir"] for r in results] == [cfg["output_dir"] for cfg in cfgs]
     assert all(r["final"]["trained_iterations"] == 3 for r in results)
     alone = [{**cfg, "output_dir": str(tmp_path / "alone" / str(i))} for i, cfg in enumerate(cfgs)]
     expected = [
         *PopulationTrainer(alone[:2]).train(),  # the first chunk: runs 0 and 1
-        *(ErmasTrainer(cfg).train() for cfg in alone[2:]),  # a chunk of one, and the ermas run
+        *(ErmasTrainer(cfg).train() for cfg in alone[2:]),  # a chunk of one, and the meta run
     ]
     for result, reference in zip(results, expected):
         assert without_times(result["history"]) == without_times(reference["history"])

@@ -354,8 +354,8 @@ def run_many(
 
     With ``population_size > 1`` the runs that can batch train as populations of at most
     ``population_size`` runs (:func:`~torchrl_ermas.training.population.populations`: the
-    ``marl`` and ``fixed_lambda`` runs that differ only in per-run values such as seeds,
-    ``reward.q`` or a frozen planner); every other run trains alone. The default ``1``
+    ``marl``, ``fixed_lambda`` and ``ermas`` runs that differ only in per-run values such
+    as seeds, ``reward.q``, epsilon or a frozen planner); every other run trains alone. The default ``1``
     trains every run alone: populations are opt-in until a run in a population is shown to
     learn as it does alone in every experiment (see the README).
 

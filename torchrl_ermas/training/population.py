@@ -53,6 +53,7 @@ PER_RUN_KEYS = (
     "output_dir",
     "logger.exp_name",
     "variant",
+    "ermas.epsilon",
     "ermas.lambda_init",
     "reward.q",
     "agents.lr",
@@ -60,8 +61,8 @@ PER_RUN_KEYS = (
     "planner_checkpoint",
     "agents_checkpoint",
 )
-#: the variants a population trains (runs with a regret estimate train alone for now)
-POPULATION_VARIANTS = ("marl", "fixed_lambda")
+#: the variants a population trains
+POPULATION_VARIANTS = ("marl", "fixed_lambda", "ermas")
 
 
 def _shared_settings(cfg: TrainConfig) -> dict[str, Any]:
@@ -73,8 +74,9 @@ def _shared_settings(cfg: TrainConfig) -> dict[str, Any]:
 def check_population(cfgs: Sequence[TrainConfig]) -> None:
     """Refuses runs that cannot train as one population, naming the setting.
 
-    The runs must agree on every setting but those of :data:`PER_RUN_KEYS`, and their
-    variants must be among :data:`POPULATION_VARIANTS`.
+    The runs must agree on every setting but those of :data:`PER_RUN_KEYS`, their
+    variants must be among :data:`POPULATION_VARIANTS`, and none may have the
+    meta-gradient term (``ermas.meta_scale > 0``, whose per-run state trains alone).
 
     Examples:
         >>> check_population([TrainConfig(variant="marl"), TrainConfig(variant="marl", num_envs=8)])
@@ -88,8 +90,12 @@ def check_population(cfgs: Sequence[TrainConfig]) -> None:
         if cfg.variant not in POPULATION_VARIANTS:
             raise ValueError(
                 f"variant of run {index} is {cfg.variant!r}, but a population trains the variants "
-                f"{list(POPULATION_VARIANTS)}: runs with a regret estimate (variant='ermas') train "
-                "alone for now (ErmasTrainer)."
+                f"{list(POPULATION_VARIANTS)}."
+            )
+        if _trains_alone(cfg):
+            raise ValueError(
+                f"run {index} has ermas.meta_scale={cfg.ermas.meta_scale}: runs with the "
+                "meta-gradient term train alone (ErmasTrainer)."
             )
     flat = [_shared_settings(cfg) for cfg in cfgs]
     for index, other in enumerate(flat[1:], start=1):
@@ -102,6 +108,11 @@ def check_population(cfgs: Sequence[TrainConfig]) -> None:
                 )
 
 
+def _trains_alone(cfg: TrainConfig) -> bool:
+    """Whether a run cannot join a population (its variant, or the meta-gradient term)."""
+    return cfg.variant not in POPULATION_VARIANTS or (cfg.variant == "ermas" and cfg.ermas.meta_scale > 0)
+
+
 def populations(cfgs: Sequence[TrainConfig], *, size: int, workers: int = 1) -> list[list[int]]:
     """Splits runs into populations: the indices of ``cfgs`` that train together.
 
@@ -111,7 +122,9 @@ def populations(cfgs: Sequence[TrainConfig], *, size: int, workers: int = 1) -> 
     Every other run is a population of its own. Larger populations come first.
 
     Examples:
-        >>> cfgs = [TrainConfig(variant="marl", seed=s) for s in range(5)] + [TrainConfig(variant="ermas")]
+        >>> from torchrl_ermas.training import ErmasConfig
+        >>> meta = TrainConfig(variant="ermas", ermas=ErmasConfig(meta_scale=0.2))  # trains alone
+        >>> cfgs = [TrainConfig(variant="marl", seed=s) for s in range(5)] + [meta]
         >>> populations(cfgs, size=2)
         [[0, 1], [2, 3], [4], [5]]
         >>> populations(cfgs, size=32, workers=2)
@@ -122,7 +135,7 @@ def populations(cfgs: Sequence[TrainConfig], *, size: int, workers: int = 1) -> 
     groups: dict[str, list[int]] = {}
     alone: list[list[int]] = []
     for index, cfg in enumerate(cfgs):
-        if cfg.variant in POPULATION_VARIANTS:
+        if not _trains_alone(cfg):
             groups.setdefault(json.dumps(_shared_settings(cfg), sort_keys=True), []).append(index)
         else:
             alone.append([index])
@@ -404,9 +417,9 @@ class PopulationTrainer:
     """Trains ``R`` runs as one batched computation (runs as a batch dimension).
 
     The runs share the environment class, the network shapes and the PPO settings; they
-    may differ in :data:`PER_RUN_KEYS` only (e.g. seeds, ``reward.q``, learning rates, the
-    variant among ``marl`` and ``fixed_lambda``, a frozen planner per run), and any other
-    difference raises a ``ValueError`` naming the setting. Each run is an
+    may differ in :data:`PER_RUN_KEYS` only (e.g. seeds, ``reward.q``, learning rates,
+    epsilon, the variant among :data:`POPULATION_VARIANTS`, a frozen planner per run), and
+    any other difference raises a ``ValueError`` naming the setting. Each run is an
     :class:`~torchrl_ermas.training.ErmasTrainer` that owns its networks (built from its
     own seed, exactly as when it trains alone), optimizers, folder, history, logs,
     checkpoints and ``results.json``, so every run's outputs have the layout of a run
@@ -550,8 +563,10 @@ class PopulationTrainer:
             group.advantages(group_data)
             group.update(group_data)
         time_train = time.perf_counter() - start
-        for row in rows:
-            row.update(time_collect=time_collect, time_train=time_train, time_regret=0.0)
+        for run, row in zip(self.runs, rows):  # each run's regret estimate, in its own worlds
+            start = time.perf_counter()
+            row.update(run._adversarial_search(iteration, run._iteration_seed(iteration)))
+            row.update(time_collect=time_collect, time_train=time_train, time_regret=time.perf_counter() - start)
         return rows
 
     @torch.no_grad()
