@@ -54,6 +54,8 @@ from torchrl_ermas.training import (  # noqa: E402
 )
 
 METRICS = ("planner_reward", "equality", "productivity")
+#: the agents' activity, reported when the runs record it (``train.episode_metrics``)
+ACTIVITY = ("labour", "builds")
 #: what the experiment sets in every run of the agents' free-market phase
 FREE_MARKET_OWNED = ("variant", "train_planner", "fixed_planner", "env.planner_action", "env.eta", "seed", "output_dir")
 
@@ -223,6 +225,11 @@ def plot(cfg: TaxPolicyConfig, summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def metrics(cfg: TaxPolicyConfig) -> tuple[str, ...]:
+    """The reported metrics: :data:`METRICS` and the recorded ones of :data:`ACTIVITY`."""
+    return METRICS + tuple(key for key in ACTIVITY if key in cfg.train.episode_metrics)
+
+
 def print_table(cfg: TaxPolicyConfig, summary: dict) -> None:
     """Social welfare per planner and ``eta_test`` (mean ± s.e.), then equality/productivity."""
     width = max(len(n) for n in summary) + 2
@@ -235,6 +242,14 @@ def print_table(cfg: TaxPolicyConfig, summary: dict) -> None:
     for name, stats in summary.items():
         cells = "".join(f"{e:>7.3f} /{p:>7.0f}" for e, p in zip(stats["equality"], stats["productivity"]))
         print(name.ljust(width) + cells)
+    activity = [key for key in ACTIVITY if key in next(iter(summary.values()))]
+    if activity:
+        print(" / ".join(activity) + " (labour: mean per agent; builds: houses of all agents)")
+        for name, stats in summary.items():
+            cells = "".join(
+                f"{' /'.join(f'{v:>6.1f}' for v in values):>16}" for values in zip(*(stats[k] for k in activity))
+            )
+            print(name.ljust(width) + cells)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="economy_tax_policy")
@@ -262,7 +277,7 @@ def main(cfg: TaxPolicyConfig) -> None:
             ),
         )
     )
-    summary = relative_summary(results, METRICS, cfg.reference)
+    summary = relative_summary(results, metrics(cfg), cfg.reference)
     (out / "summary.json").write_text(json.dumps({"eta_test": cfg.eta_test, "planners": summary}, indent=1))
     plot(cfg, summary, out / "economy_tax_policy.png")
     print_table(cfg, summary)

@@ -225,6 +225,7 @@ class TestMapTiers:
         action[0, me] = build
         out, td = _step(env, td, action, planner)
         assert td["agents", "builds"][0, me].item() == 1
+        assert td["builds"].item() == 1 and td["labour"].item() == pytest.approx(td["agents", "labour"].mean().item())
         assert td["agents", "coin"][0, me].item() == pytest.approx(16.47)
         # 3 collects, 4 moves, 1 build
         assert td["agents", "labour"][0, me].item() == pytest.approx(3 + 4 + 10)

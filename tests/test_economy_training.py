@@ -276,7 +276,10 @@ def test_example_smoke_on_the_map_with_a_free_market_phase(tmp_path):
     assert config["agents_checkpoint"] == str(tmp_path / "free_market" / "eta0.27" / "seed0" / "checkpoint.pt")
     config = json.loads((tmp_path / "train" / "ermas" / "seed0" / "results.json").read_text())["config"]
     assert config["agents_checkpoint"].endswith("free_market/eta0.23/seed0/checkpoint.pt")
-    assert config["env"]["tier"] == "gather_trade_build"
+    assert config["env"]["tier"] == "gather_build"
+    summary = json.loads((tmp_path / "summary.json").read_text())["planners"]
+    assert len(summary["ermas"]["builds"]) == 2 and len(summary["saez"]["labour"]) == 2
+    assert "labour / builds" in proc.stdout
 
 
 def test_saez_planner_keeps_its_samples_when_the_batch_changes():

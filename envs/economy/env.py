@@ -80,7 +80,8 @@ class EconomyEnv(EnvBase):
       ``("planner", "income")``, ``("planner", "marginal_rate")`` ``[B, 1, N]``;
       ``("next", "planner", "reward")`` ``[B, 1, 1]``.
     - ``"equality"``, ``"productivity"`` (sum of coin), ``"tax_revenue"`` (collected this
-      episode) ``[B, 1]``; ``"trades"`` (this episode) on the trade tier; ``done``,
+      episode), ``"labour"`` (mean per agent) ``[B, 1]``; ``"builds"`` (houses of all agents)
+      on the map tiers; ``"trades"`` (this episode) on the trade tier; ``done``,
       ``terminated`` (always False) and ``truncated`` ``[B, 1]``.
 
     The constructor checks its arguments once into the immutable :attr:`settings`
@@ -435,10 +436,13 @@ class EconomyEnv(EnvBase):
             "equality": s["equality"].unsqueeze(-1),
             "productivity": coin.sum(-1, keepdim=True),
             "tax_revenue": s["tax", "revenue"].unsqueeze(-1),
+            "labour": state["labour"].mean(-1, keepdim=True),
             "done": done,
             "terminated": torch.zeros_like(done),
             "truncated": done.clone(),
         }
+        if self.map_tier:
+            root["builds"] = state["builds"].sum(-1, keepdim=True)
         if self.trade:
             root["trades"] = s["trades"].unsqueeze(-1)
         if rewards is not None:

@@ -69,9 +69,12 @@ def make_specs(
         equality=Unbounded((*bs, 1), device=dev),
         productivity=Unbounded((*bs, 1), device=dev),
         tax_revenue=Unbounded((*bs, 1), device=dev),
+        labour=Unbounded((*bs, 1), device=dev),
         shape=bs,
         device=dev,
     )
+    if settings.map_tier:
+        observation["builds"] = Unbounded((*bs, 1), device=dev)
     if settings.trade:
         observation["trades"] = Unbounded((*bs, 1), device=dev)
     action = Composite(
