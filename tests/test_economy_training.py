@@ -221,23 +221,26 @@ def test_example_validate(changes, name, import_example):
         example.validate(cfg)
 
 
+#: a tiny Fig. 5 grid: one seed, two etas, two iterations of 20-step episodes
+SMOKE = [
+    "workers=1",
+    "seeds=[0]",
+    "eta_test=[0.19,0.27]",
+    "train.iterations=2",
+    "transfer.iterations=1",
+    "train.num_envs=4",
+    "train.env.episode_length=20",
+    "train.env.period=10",
+    "train.ermas.warmup_iters=0",
+    "train.ermas.regret_interval=1",
+    "train.ermas.regret_envs=2",
+    "baselines.saez.buffer_size=4",
+]
+
+
 @pytest.mark.slow
 def test_example_smoke(tmp_path):
-    overrides = [
-        f"hydra.run.dir={tmp_path}",
-        "workers=1",
-        "seeds=[0]",
-        "eta_test=[0.19,0.27]",
-        "train.iterations=2",
-        "transfer.iterations=1",
-        "train.num_envs=4",
-        "train.env.episode_length=20",
-        "train.env.period=10",
-        "train.ermas.warmup_iters=0",
-        "train.ermas.regret_interval=1",
-        "train.ermas.regret_envs=2",
-        "baselines.saez.buffer_size=4",
-    ]
+    overrides = [f"hydra.run.dir={tmp_path}", *SMOKE]
     proc = subprocess.run([sys.executable, str(EXAMPLE), *overrides], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -255,19 +258,8 @@ def test_example_smoke_on_the_map_with_a_free_market_phase(tmp_path):
         "--config-name",
         "economy_tax_policy_gtb",
         f"hydra.run.dir={tmp_path}",
-        "workers=1",
-        "seeds=[0]",
-        "eta_test=[0.19,0.27]",
-        "train.iterations=2",
-        "transfer.iterations=1",
+        *SMOKE,
         "free_market.iterations=1",
-        "train.num_envs=4",
-        "train.env.episode_length=20",
-        "train.env.period=10",
-        "train.ermas.warmup_iters=0",
-        "train.ermas.regret_interval=1",
-        "train.ermas.regret_envs=2",
-        "baselines.saez.buffer_size=4",
     ]
     proc = subprocess.run([sys.executable, str(EXAMPLE), *overrides], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
