@@ -1,6 +1,7 @@
-"""Statistics of EconomyEnv under uniform-random masked agents versus the original AI Economist.
+"""Statistics of EconomyEnv under random masked agents versus the original AI Economist.
 
-Runs our environment for each reference configuration (notes 6.2) and prints mean +- s.e.
+Runs our environment for each reference configuration (``REFERENCE_RANDOM_POLICY``: tier,
+planner and agent policy) and prints mean +- s.e.
 beside the recorded reference numbers, with a z-score. When ``ai_economist`` is importable
 (``pip install --no-deps ai-economist==1.7.1`` plus ``numpy<1.24 scipy lz4 pycryptodome
 GPUtil``), the original package is also run side by side with the same random policy.
@@ -16,18 +17,23 @@ import time
 
 import numpy as np
 import torch
-from torchrl_ermas.envs.economy import EconomyEnv, FreeMarketPlanner, USFederalPlanner
 from torchrl_ermas.envs.economy.reference import (
+    ACTION_KINDS,
+    PROGRESSIVE_RATES,
+    REFERENCE_POLICIES,
     REFERENCE_RANDOM_POLICY,
     compare_to_reference,
-    random_policy_statistics,
+    reference_statistics,
 )
 
-PLANNERS = {"free_market": FreeMarketPlanner, "us_federal": USFederalPlanner}
+#: Episodes the original's Saez planner runs before the measured ones (its 500-sample warm-up
+#: takes 12.5 episodes).
+SAEZ_WARMUP_EPISODES = 15
 
 
-def original_statistics(tier: str, planner: str, episodes: int, seed: int) -> dict[str, np.ndarray]:
-    """The same statistics from the original package (paper configuration, notes 2.1)."""
+def original_statistics(tier: str, planner: str, policy: str, episodes: int, seed: int) -> dict[str, np.ndarray]:
+    """The same statistics from the original package (paper configuration, notes 2.1), with
+    the agents drawing allowed actions with the weights of ``REFERENCE_POLICIES[policy]``."""
     from ai_economist import foundation
 
     build = {"skill_dist": "pareto", "payment_max_skill_multiplier": 3, "build_labor": 10, "payment": 10}
@@ -43,8 +49,13 @@ def original_statistics(tier: str, planner: str, episodes: int, seed: int) -> di
     tax = {"period": 100, "bracket_spacing": "us-federal", "usd_scaling": 1000}
     if planner == "free_market":
         tax.update(tax_model="model_wrapper", disable_taxes=True)
-    else:
+    elif planner == "us_federal":
         tax.update(tax_model="us-federal-single-filer-2018-scaled")
+    elif planner == "saez":
+        tax.update(tax_model="saez", saez_fixed_elas=3.0)
+    else:
+        rates = [0.3] * 7 if planner == "flat_0.3" else list(PROGRESSIVE_RATES)
+        tax.update(tax_model="fixed-bracket-rates", fixed_bracket_rates=rates)
     components.append(("PeriodicBracketTax", tax))
     env = foundation.make_env_instance(
         scenario_name="layout_from_file/simple_wood_and_stone",
@@ -62,16 +73,23 @@ def original_statistics(tier: str, planner: str, episodes: int, seed: int) -> di
     )
     env.seed(seed)
     rng = np.random.default_rng(seed)
+    bias = dict.fromkeys(ACTION_KINDS, 1.0) | (REFERENCE_POLICIES[policy] or {})
+    n_orders = 44 if tier == "gather_trade_build" else 0
+    weights = np.array([bias["noop"], bias["build"]] + [bias["order"]] * n_orders + [bias["move"]] * 4)
     rows: dict[str, list[float]] = {}
-    for _ in range(episodes):
+    warmup = SAEZ_WARMUP_EPISODES if planner == "saez" else 0
+    for episode in range(warmup + episodes):
         obs = env.reset()
         for _ in range(env.episode_length):
             actions = {}
             for key, o in obs.items():
                 if key == "p":
-                    continue  # free market and US federal planners take no actions
-                actions[key] = int(rng.choice(np.flatnonzero(np.asarray(o["action_mask"]))))
+                    continue  # the planners of the reference rows take no actions
+                w = weights * np.asarray(o["action_mask"])
+                actions[key] = int(rng.choice(len(w), p=w / w.sum()))
             obs, _, _, _ = env.step(actions)
+        if episode < warmup:
+            continue
         agents = env.world.agents
         coin = np.array([a.total_endowment("Coin") for a in agents])
         pay = np.array([a.state["build_payment"] for a in agents])
@@ -104,14 +122,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     has_original = importlib.util.find_spec("ai_economist") is not None
     print(f"original ai-economist installed: {has_original}; ours: {args.envs} episodes per row")
-    for (tier, planner), (n_ref, reference) in REFERENCE_RANDOM_POLICY.items():
-        env = EconomyEnv(args.envs, tier=tier, planner_action="rates", spatial_observation=False, seed=args.seed)
+    for (tier, planner, policy), (n_ref, reference) in REFERENCE_RANDOM_POLICY.items():
         start = time.perf_counter()
-        stats = random_policy_statistics(env, PLANNERS[planner]())
+        stats = reference_statistics(tier, planner, policy, args.envs, args.seed)
         elapsed = time.perf_counter() - start
-        print(f"\n== {tier} / {planner} ({elapsed:.1f} s) ==")
+        print(f"\n== {tier} / {planner} / {policy} ({elapsed:.1f} s) ==")
         print(f"{'statistic':<12}{'ours':>18}{'recorded reference':>24}{'z':>7}", end="")
-        original = original_statistics(tier, planner, args.reference_episodes, args.seed) if has_original else None
+        original = None
+        if has_original:
+            original = original_statistics(tier, planner, policy, args.reference_episodes, args.seed)
         print(f"{'original (live)':>22}" if original else "")
         for name, (ours, se, ref, ref_se, z) in compare_to_reference(stats, reference, n_ref).items():
             line = f"{name:<12}{ours:>10.3f} +- {se:<6.3f}{ref:>14.3f} +- {ref_se:<7.3f}{z:>7.2f}"
