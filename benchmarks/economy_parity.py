@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 import torch
+from original_economy import paper_env
 from torchrl_ermas.envs.economy.reference import (
     ACTION_KINDS,
     PROGRESSIVE_RATES,
@@ -34,43 +35,16 @@ SAEZ_WARMUP_EPISODES = 15
 def original_statistics(tier: str, planner: str, policy: str, episodes: int, seed: int) -> dict[str, np.ndarray]:
     """The same statistics from the original package (paper configuration, notes 2.1), with
     the agents drawing allowed actions with the weights of ``REFERENCE_POLICIES[policy]``."""
-    from ai_economist import foundation
-
-    build = {"skill_dist": "pareto", "payment_max_skill_multiplier": 3, "build_labor": 10, "payment": 10}
-    components = [("Build", build)]
-    if tier == "gather_trade_build":
-        components.append(
-            (
-                "ContinuousDoubleAuction",
-                {"max_bid_ask": 10, "order_labor": 0.25, "max_num_orders": 5, "order_duration": 50},
-            )
-        )
-    components.append(("Gather", {"move_labor": 1, "collect_labor": 1, "skill_dist": "pareto"}))
-    tax = {"period": 100, "bracket_spacing": "us-federal", "usd_scaling": 1000}
     if planner == "free_market":
-        tax.update(tax_model="model_wrapper", disable_taxes=True)
+        tax = {"tax_model": "model_wrapper", "disable_taxes": True}
     elif planner == "us_federal":
-        tax.update(tax_model="us-federal-single-filer-2018-scaled")
+        tax = {"tax_model": "us-federal-single-filer-2018-scaled"}
     elif planner == "saez":
-        tax.update(tax_model="saez", saez_fixed_elas=3.0)
+        tax = {"tax_model": "saez", "saez_fixed_elas": 3.0}
     else:
         rates = [0.3] * 7 if planner == "flat_0.3" else list(PROGRESSIVE_RATES)
-        tax.update(tax_model="fixed-bracket-rates", fixed_bracket_rates=rates)
-    components.append(("PeriodicBracketTax", tax))
-    env = foundation.make_env_instance(
-        scenario_name="layout_from_file/simple_wood_and_stone",
-        components=components,
-        env_layout_file="quadrant_25x25_20each_30clump.txt",
-        starting_agent_coin=0,
-        fixed_four_skill_and_loc=True,
-        n_agents=4,
-        world_size=[25, 25],
-        episode_length=1000,
-        multi_action_mode_agents=False,
-        multi_action_mode_planner=True,
-        flatten_observations=True,
-        flatten_masks=True,
-    )
+        tax = {"tax_model": "fixed-bracket-rates", "fixed_bracket_rates": rates}
+    env = paper_env(tier, tax)
     env.seed(seed)
     rng = np.random.default_rng(seed)
     bias = dict.fromkeys(ACTION_KINDS, 1.0) | (REFERENCE_POLICIES[policy] or {})

@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 
 
-def paper_env(tier: str = "gather_trade_build", tax_model: str = "us-federal-single-filer-2018-scaled") -> Any:
+def paper_env(tier: str = "gather_trade_build", tax: dict[str, Any] | None = None) -> Any:
     """The original Gather-(Trade-)Build economy in the paper configuration: 4 agents,
     the open-quadrant 25x25 map, fixed skills and start corners, starting coin 0, 1000
-    steps, periods of 100 steps."""
+    steps, periods of 100 steps. ``tax`` adds to or replaces the ``PeriodicBracketTax``
+    settings (default: the US federal schedule)."""
     from ai_economist import foundation
 
     components: list[tuple[str, dict[str, Any]]] = [
@@ -33,8 +34,9 @@ def paper_env(tier: str = "gather_trade_build", tax_model: str = "us-federal-sin
         auction = {"max_bid_ask": 10, "order_labor": 0.25, "max_num_orders": 5, "order_duration": 50}
         components.append(("ContinuousDoubleAuction", auction))
     components.append(("Gather", {"move_labor": 1, "collect_labor": 1, "skill_dist": "pareto"}))
-    tax = {"period": 100, "bracket_spacing": "us-federal", "usd_scaling": 1000, "tax_model": tax_model}
-    components.append(("PeriodicBracketTax", tax))
+    bracket_tax = {"period": 100, "bracket_spacing": "us-federal", "usd_scaling": 1000}
+    bracket_tax.update(tax or {"tax_model": "us-federal-single-filer-2018-scaled"})
+    components.append(("PeriodicBracketTax", bracket_tax))
     return foundation.make_env_instance(
         scenario_name="layout_from_file/simple_wood_and_stone",
         components=components,
