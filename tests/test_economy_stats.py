@@ -41,7 +41,3 @@ def test_few_statistics_leave_the_two_standard_error_band():
     z = {(*key, name): value for key in REFERENCE_RANDOM_POLICY for name, value in _z_scores(*key).items()}
     outside = {key: round(value, 2) for key, value in z.items() if abs(value) > BAND}
     assert len(outside) <= EXCURSIONS * len(z), f"{len(outside)} of {len(z)} beyond {BAND} s.e.: {outside}"
-
-
-if __name__ == "__main__":
-    pytest.main([__file__, "-q"])
