@@ -247,10 +247,15 @@ class EconomyEnv(EnvBase):
 
     @property
     def energy_weight(self) -> torch.Tensor:
-        """``[B]`` weight of the labour cost in the utility of the current episodes."""
+        """``[B]`` weight of the labour cost in the utility of the current episodes (the
+        counts change only when an environment is reset)."""
         if self.settings.energy_warmup == 0:
             return torch.ones(self.batch_size, device=self.device)
         return 1 - torch.exp(-self.completed_episodes / self.settings.energy_warmup)
+
+    def _energy_cost(self) -> torch.Tensor:
+        """``[B, 1]`` utility cost per unit of labour in the current episodes."""
+        return (self.energy_cost * self.energy_weight).unsqueeze(-1)
 
     @property
     def rate_cap(self) -> torch.Tensor:
@@ -307,9 +312,7 @@ class EconomyEnv(EnvBase):
             state["book"] = self.auction.empty_book(b, dev)
             state["trades"] = torch.zeros(b, device=dev)
         coin = inventory[..., 0] + agents["escrow"][..., 0]
-        state["energy_cost"] = self.energy_cost * self.energy_weight
-        state["tax", "rate_cap"] = self.rate_cap
-        agents["utility"] = isoelastic_utility(coin, agents["labour"], self._eta, state["energy_cost"].unsqueeze(-1))
+        agents["utility"] = isoelastic_utility(coin, agents["labour"], self._eta, self._energy_cost())
         state["agents"] = TensorDict(agents, [b, n])
         state["equality"] = equality(coin)
         state["swf"] = coin_eq_times_productivity(coin, state["equality"])
@@ -355,7 +358,7 @@ class EconomyEnv(EnvBase):
         bad = first.unsqueeze(-1) & ~((action >= 0) & (action <= 1))
         if bad.any():
             raise ValueError(f"('planner', 'action') rates must lie in [0, 1], got {action[bad.any(-1)].tolist()}")
-        rates = torch.minimum(action.float(), tax["rate_cap"].unsqueeze(-1))
+        rates = torch.minimum(action.float(), self.rate_cap.unsqueeze(-1))
         tax["rates"] = torch.where(first.unsqueeze(-1), rates, tax["rates"])
 
     def _map_step(self, action: torch.Tensor) -> None:
@@ -390,7 +393,7 @@ class EconomyEnv(EnvBase):
         s = self._state
         agents = s["agents"]
         coin = agents["inventory"][..., 0] + agents["escrow"][..., 0]
-        utility = isoelastic_utility(coin, agents["labour"], self._eta, s["energy_cost"].unsqueeze(-1))
+        utility = isoelastic_utility(coin, agents["labour"], self._eta, self._energy_cost())
         eq = equality(coin)
         swf = coin_eq_times_productivity(coin, eq)
         rewards = (utility - agents["utility"]).unsqueeze(-1), (swf - s["swf"]).view(-1, 1, 1)
@@ -428,7 +431,7 @@ class EconomyEnv(EnvBase):
         if self.planner_action == "discrete":
             # choice k > 0 sets rate (k - 1) * RATE_STEP: open at period starts, up to the cap
             rates = torch.arange(-1, N_RATE_LEVELS, device=self.device) * RATE_STEP
-            open_ = rates <= s["tax", "rate_cap"].view(b, 1, 1, 1) + 1e-6
+            open_ = rates <= self.rate_cap.view(b, 1, 1, 1) + 1e-6
             planner["action_mask"] = (period_start.unsqueeze(-1) & open_).expand(b, 1, self.tax.n_brackets, -1).clone()
             planner["action_mask"][..., 0] = True
         done = (s["t"] >= self.episode_length).unsqueeze(-1)
