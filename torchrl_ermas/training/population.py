@@ -532,7 +532,8 @@ class PopulationTrainer:
             desc=f"population of {len(self.runs)}",
         )
         for iteration in bar:
-            self._share_env_state(to_runs=True)
+            # the runs' environments hold the population environment's state (shared at the
+            # start and after every iteration), so their good states carry it
             good_states = [run._good_state(iteration) for run in self.runs]
             try:
                 rows = self._iteration(iteration)
