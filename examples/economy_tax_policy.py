@@ -52,6 +52,7 @@ from torchrl_ermas.training import (  # noqa: E402
     validate_experiment,
     with_overrides,
 )
+from torchrl_ermas.training.run_folder import flatten  # noqa: E402
 
 METRICS = ("planner_reward", "equality", "productivity")
 #: the agents' activity, reported when the runs record it (``train.episode_metrics``)
@@ -118,7 +119,7 @@ def validate(cfg: TaxPolicyConfig, overrides: list[str] | tuple[str, ...] = ()) 
         },
     )
     if cfg.free_market is not None:
-        owned = sorted(set(FREE_MARKET_OWNED) & set(_dotted(cfg.free_market)))
+        owned = sorted(set(FREE_MARKET_OWNED) & set(flatten(cfg.free_market)))
         if owned:
             raise ValueError(f"free_market must not set {owned}: the experiment sets them in each first-phase run.")
         if train_eta(cfg) is None:
@@ -130,14 +131,6 @@ def validate(cfg: TaxPolicyConfig, overrides: list[str] | tuple[str, ...] = ()) 
         raise ValueError(f"reference must be one of {planners}, got {cfg.reference!r}.")
     if len(set(planners)) != len(planners):
         raise ValueError(f"methods and baselines must have distinct names, got {planners}.")
-
-
-def _dotted(overrides: dict[str, Any], prefix: str = "") -> list[str]:
-    """The dotted keys of nested ``overrides``."""
-    keys = []
-    for key, value in overrides.items():
-        keys += _dotted(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"]
-    return keys
 
 
 def train_eta(cfg: TaxPolicyConfig) -> float | None:
