@@ -224,10 +224,10 @@ class GatherBuildWorld:
         out[:, :, 0] = found == 1
         out[:, :, 1] = found == 2
         out[:, :, 2] = owner > 0
-        me = torch.arange(1, n_agents + 1, device=pos.device, dtype=owner.dtype).view(1, -1, 1)
-        out[:, :, 7] = torch.where(owner == me, 1, owner + 1) * (owner > 0)
+        viewer = torch.arange(1, n_agents + 1, device=pos.device, dtype=owner.dtype).view(1, -1, 1)  # owner + 1
+        out[:, :, 7] = torch.where(owner == viewer, 1, owner + 1) * (owner > 0)
         # the other agents inside the window (agents stand on distinct tiles)
-        me = me.long() - 1
+        me = torch.arange(n_agents, device=pos.device).view(1, -1, 1)
         w = self.layout.width
         dr = pos.view(n_envs, 1, -1) // w - (pos // w).unsqueeze(-1)
         dc = pos.view(n_envs, 1, -1) % w - (pos % w).unsqueeze(-1)
