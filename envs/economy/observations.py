@@ -21,6 +21,9 @@ from .auction import DoubleAuction
 from .settings import EconomySettings
 from .tax import BracketTax
 
+#: leading agent features on the map tiers: build payment / 10, build skill, gather bonus
+MAP_FEATURES = 3
+
 
 def agent_observation_size(settings: EconomySettings) -> int:
     """Length of an agent's observation, by arithmetic over the features of the module docstring.
@@ -34,7 +37,7 @@ def agent_observation_size(settings: EconomySettings) -> int:
     n, k = settings.n_agents, settings.n_brackets
     inventory = 1 + settings.n_resources
     size = (3 + n + k) + 1 + 1 + inventory  # tax block, own marginal rate, time, inventory
-    size += 3 + 2 if settings.map_tier else 1  # payment, skill, bonus and position; or the skill
+    size += MAP_FEATURES + 2 if settings.map_tier else 1  # and the position; or the skill
     if settings.trade:
         size += settings.n_resources * (1 + 5 * settings.n_prices)
     return size
@@ -190,7 +193,7 @@ def _planner_observation(
     )
     if settings.trade:
         p, r = settings.n_prices, settings.n_resources
-        start = 3 if settings.map_tier else 0
+        start = MAP_FEATURES if settings.map_tier else 0  # the market block follows them
         market = agent_observation[:, 0, start : start + r * (1 + 5 * p)].unflatten(-1, (r, -1))
         per_resource = _Columns(columns.take(r * (1 + 3 * p)).unflatten(-1, (r, -1)))
         # rate and history, then all asks and all bids: available + own of any agent
