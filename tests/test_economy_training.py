@@ -128,6 +128,33 @@ def test_regret_estimate_under_masks_is_finite_and_within_the_trust_region():
     assert (result["kl"] <= 0.5 + 1e-4).all()
 
 
+def test_regret_estimate_measures_everything_in_the_curriculum_state_of_its_start():
+    """The resets of the estimate's rollouts would advance the energy warm-up between the
+    current policy's rollout and the deviation's: the estimate holds it at its start."""
+    env = EconomyEnv(4 * 2, tier="labour", episode_length=10, period=5, energy_warmup=1.0, seed=0)
+    env.completed_episodes.fill_(1)
+    policy = make_policy(env, "agents", PPO, torch.device("cpu"))
+    estimator = ReptileRegretEstimator(policy, env, planner_policy=FreeMarketPlanner(), deviation_steps=1, gamma=1.0)
+    first, second = estimator.estimate(seed=3), estimator.estimate(seed=3)
+    assert env.completed_episodes.tolist() == [1] * 8
+    torch.testing.assert_close(first["current_return"], second["current_return"], rtol=0, atol=0)
+    torch.testing.assert_close(first["regret"], second["regret"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("population", [False, True])
+def test_regret_estimate_runs_in_the_training_environments_curriculum_state(tmp_path, population):
+    runs = []
+    for seed in (0, 1) if population else (0,):
+        cfg = _labour_cfg(tmp_path / str(seed), variant="ermas", seed=seed, iterations=3)
+        cfg["env"] = {**cfg["env"], "energy_warmup": 2.0, "tax_annealing": [-1, 0.25]}
+        runs.append(cfg)
+    trainer = PopulationTrainer(runs) if population else ErmasTrainer(runs[0])
+    trainer.train()
+    for run in trainer.runs if population else [trainer]:
+        assert run.env.base_env.completed_episodes.tolist() == [3] * 4
+        assert run.estimator.env.base_env.completed_episodes.tolist() == [3] * 8  # 4 worlds of 2 envs
+
+
 @pytest.mark.parametrize("variant", ["marl", "ermas"])
 def test_trainer_records_episode_metrics(tmp_path, variant):
     results = ErmasTrainer(_labour_cfg(tmp_path, variant=variant)).train()

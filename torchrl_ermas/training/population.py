@@ -32,7 +32,7 @@ from torchrl.objectives.value import MultiAgentGAE
 from tqdm.auto import tqdm
 
 from torchrl_ermas.objectives import ErmasLoss, PlannerAdvantage
-from torchrl_ermas.regret import seed_env
+from torchrl_ermas.regret import per_env_buffers, seed_env
 
 from ..validation import check_int
 from .checkpoint import save_checkpoint
@@ -507,12 +507,10 @@ class PopulationTrainer:
         environment, e.g. the economy's completed-episode counts) to the runs' environments,
         whose checkpoints carry it, or back from them (a resumed population)."""
         runs, envs = len(self.runs), self.cfg.num_envs
-        for name, buffer in self.env.base_env.named_buffers():
-            if buffer.shape[:1] != (runs * envs,):
-                continue  # a setting of the environment, the same in every run
+        for name, buffer in per_env_buffers(self.env).items():
             per_run = buffer.view(runs, envs, *buffer.shape[1:])
             for run, own in zip(self.runs, per_run):
-                stored = run.env.base_env.get_buffer(name)
+                stored = per_env_buffers(run.env)[name]
                 (stored if to_runs else own).copy_(own if to_runs else stored)
 
     def _env_q(self) -> torch.Tensor:
@@ -533,7 +531,7 @@ class PopulationTrainer:
         )
         for iteration in bar:
             # the runs' environments hold the population environment's state (shared at the
-            # start and after every iteration), so their good states carry it
+            # start and in every iteration), so their good states carry it
             good_states = [run._good_state(iteration) for run in self.runs]
             try:
                 rows = self._iteration(iteration)
@@ -544,7 +542,6 @@ class PopulationTrainer:
                     f"{err} at iteration {iteration}; every run's last good state (before "
                     f"iteration {iteration}) is saved in its output_dir's checkpoint.pt."
                 ) from None
-            self._share_env_state(to_runs=True)
             for run, row, logger in zip(self.runs, rows, loggers):
                 run._record(row, logger)
                 run._checkpoint_after(iteration)
@@ -564,6 +561,7 @@ class PopulationTrainer:
             group.advantages(group_data)
             group.update(group_data)
         time_train = time.perf_counter() - start
+        self._share_env_state(to_runs=True)  # each run's estimate starts from its environments' state
         for run, row in zip(self.runs, rows):  # each run's regret estimate, in its own worlds
             start = time.perf_counter()
             row.update(run._adversarial_search(iteration, run._iteration_seed(iteration)))

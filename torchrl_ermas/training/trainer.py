@@ -27,7 +27,7 @@ from torchrl.record.loggers import get_logger
 from tqdm.auto import tqdm
 
 from torchrl_ermas.objectives import PlannerAdvantage
-from torchrl_ermas.regret import MetaGradient, ReptileRegretEstimator, seed_env
+from torchrl_ermas.regret import MetaGradient, ReptileRegretEstimator, per_env_buffers, seed_env
 from torchrl_ermas.transforms import (
     ConcavePlannerReward,
     DomainRandomizedReward,
@@ -585,6 +585,7 @@ class ErmasTrainer:
             return {}
         if self.lagrange.frozen:
             self.lagrange.unfreeze()
+        self._share_env_state_with_estimator()
         try:
             result = self.estimator.estimate(seed=seed)
         except FloatingPointError as err:
@@ -601,6 +602,15 @@ class ErmasTrainer:
             "kl": result["kl"].tolist(),
             "lambda": self.lagrange.value.tolist(),
         }
+
+    def _share_env_state_with_estimator(self) -> None:
+        """The deviation worlds continue the training environments' per-environment state
+        (e.g. the economy's curricula): estimator environment ``j`` takes that of training
+        environment ``j % num_envs``."""
+        training = per_env_buffers(self.env)
+        for name, buffer in per_env_buffers(self.estimator.env).items():
+            source = training[name]
+            buffer.copy_(source[torch.arange(buffer.shape[0], device=source.device) % source.shape[0]])
 
     # ------------------------------------------------------------------ state
     def state(self, next_iteration: int) -> dict[str, Any]:
