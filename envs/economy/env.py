@@ -57,7 +57,8 @@ class EconomyEnv(EnvBase):
     utility. The planner reward is the change of equality x mean coin.
 
     The AI Economist's curricula are counted in each environment's completed episodes
-    (:attr:`completed_episodes`, a buffer of the module, so ``state_dict`` carries it):
+    (:attr:`completed_episodes`, a buffer of the module named in ``persistent_buffers``, so
+    ``state_dict`` carries it and the regret estimate's worlds share it with training):
     ``energy_warmup`` phases the labour cost in (its weight ``1 - exp(-k / energy_warmup)``
     is fixed for an episode at its reset) and ``tax_annealing`` caps the rates the planner
     can set (masked discrete choices; ``"rates"`` above the cap take the cap).
@@ -123,6 +124,9 @@ class EconomyEnv(EnvBase):
         >>> td["next", "agents", "reward"].shape, td["planner", "action"].shape
         (torch.Size([8, 5, 4, 1]), torch.Size([8, 5, 1, 7]))
     """
+
+    #: the per-environment buffers that outlive episodes (:func:`~torchrl_ermas.regret.persistent_env_state`)
+    persistent_buffers = ("completed_episodes",)
 
     def __init__(
         self,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .deviation import DeviationPolicy
 from .meta import MetaGradient, own_policy_gradient
-from .reptile import ReptileRegretEstimator, per_env_buffers, seed_env
+from .reptile import ReptileRegretEstimator, persistent_env_state, seed_env
 from .trust_region import TrustRegionStep
 
 __all__ = [
@@ -13,6 +13,6 @@ __all__ = [
     "ReptileRegretEstimator",
     "TrustRegionStep",
     "own_policy_gradient",
-    "per_env_buffers",
+    "persistent_env_state",
     "seed_env",
 ]

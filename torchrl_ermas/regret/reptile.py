@@ -57,19 +57,29 @@ def seed_env(env: EnvBase, seed: int) -> None:
             transform.set_seed(seed)
 
 
-def per_env_buffers(env: EnvBase) -> dict[str, torch.Tensor]:
-    """The buffers of ``env``'s base environment that hold one entry per environment (its
-    per-environment state that outlives an episode, e.g. the economy's completed-episode
-    counts, which set its curricula), by name.
+def persistent_env_state(env: EnvBase) -> dict[str, torch.Tensor]:
+    """The state of ``env``'s environments that outlives their episodes, by buffer name.
+
+    An environment declares it by naming, in its class attribute ``persistent_buffers``, the
+    module buffers with one entry per environment that its resets do not re-initialise (e.g.
+    the economy's completed-episode counts, which set its curricula); the default is none.
+    Checkpoints carry them, populations split them among their runs, and the regret
+    estimate's deviation worlds take the training environments' values.
 
     Examples:
         >>> from torchrl_ermas.envs.economy import EconomyEnv
-        >>> {name: buffer.shape for name, buffer in per_env_buffers(EconomyEnv(4, tier="labour")).items()}
+        >>> {name: buffer.shape for name, buffer in persistent_env_state(EconomyEnv(4, tier="labour")).items()}
         {'completed_episodes': torch.Size([4])}
     """
     base = getattr(env, "base_env", env)
-    batch = tuple(env.batch_size[:1])
-    return {name: buffer for name, buffer in base.named_buffers() if tuple(buffer.shape[:1]) == batch}
+    state = {name: base.get_buffer(name) for name in getattr(base, "persistent_buffers", ())}
+    for name, buffer in state.items():
+        if tuple(buffer.shape[:1]) != tuple(env.batch_size[:1]):
+            raise ValueError(
+                f"persistent buffer {name!r} of {type(base).__name__} must hold one entry per environment "
+                f"(leading dim {list(env.batch_size[:1])}), got shape {list(buffer.shape)}."
+            )
+    return state
 
 
 def _deviation_worlds(env: EnvBase, group: str) -> int:
@@ -132,7 +142,7 @@ class ReptileRegretEstimator:
     estimate stalled at 70 % of the exact regret where a fresh start found 98 %).
 
     Every rollout of an estimate starts from the environment's per-environment state at
-    the start of the call (:func:`per_env_buffers`, e.g. the economy's curriculum counts,
+    the start of the call (:func:`persistent_env_state`, e.g. the economy's curriculum counts,
     which its resets would advance), and the call leaves that state as it found it: the
     current policy and the deviations are measured in one and the same environment. A
     trainer gives that state the training environments' values before each estimate.
@@ -296,7 +306,7 @@ class ReptileRegretEstimator:
         check_seed("seed", seed, optional=True)
         if seed is not None:
             self._seeds.manual_seed(seed)
-        self._env_state = {name: buffer.clone() for name, buffer in per_env_buffers(self.env).items()}
+        self._env_state = {name: buffer.clone() for name, buffer in persistent_env_state(self.env).items()}
         current = self.params.data.expand(self.n_agents).clone()
         self.kl.update_reference(self.params.data)
         deviation = current
@@ -339,7 +349,7 @@ class ReptileRegretEstimator:
         return self.env.device if self.env.device is not None else torch.device("cpu")
 
     def _restore_env_state(self) -> None:
-        for name, buffer in per_env_buffers(self.env).items():
+        for name, buffer in persistent_env_state(self.env).items():
             buffer.copy_(self._env_state[name])
 
     def _next_seed(self) -> int:

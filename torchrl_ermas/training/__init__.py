@@ -27,6 +27,7 @@ from .experiments import (
     with_overrides,
 )
 from .population import PER_RUN_KEYS, PopulationPolicy, PopulationTrainer, check_population
+from .probe import probe_regret
 from .trainer import ErmasTrainer, NonFiniteError
 from .variants import VARIANTS, Variant
 
@@ -51,6 +52,7 @@ __all__ = [
     "mean_sem",
     "method_seed_configs",
     "multiplier_settling",
+    "probe_regret",
     "register_configs",
     "relative_summary",
     "run",

@@ -32,7 +32,7 @@ from torchrl.objectives.value import MultiAgentGAE
 from tqdm.auto import tqdm
 
 from torchrl_ermas.objectives import ErmasLoss, PlannerAdvantage
-from torchrl_ermas.regret import per_env_buffers, seed_env
+from torchrl_ermas.regret import persistent_env_state, seed_env
 
 from ..validation import check_int
 from .checkpoint import save_checkpoint
@@ -503,14 +503,14 @@ class PopulationTrainer:
         return [_RunGroup([self.runs[i] for i in indices], indices) for indices in by_variant.values()]
 
     def _share_env_state(self, *, to_runs: bool) -> None:
-        """Copies the environment's per-environment state (its buffers with one entry per
-        environment, e.g. the economy's completed-episode counts) to the runs' environments,
+        """Copies the environments' persistent state (:func:`~torchrl_ermas.regret.persistent_env_state`,
+        e.g. the economy's completed-episode counts) to the runs' environments,
         whose checkpoints carry it, or back from them (a resumed population)."""
         runs, envs = len(self.runs), self.cfg.num_envs
-        for name, buffer in per_env_buffers(self.env).items():
+        for name, buffer in persistent_env_state(self.env).items():
             per_run = buffer.view(runs, envs, *buffer.shape[1:])
             for run, own in zip(self.runs, per_run):
-                stored = per_env_buffers(run.env)[name]
+                stored = persistent_env_state(run.env)[name]
                 (stored if to_runs else own).copy_(own if to_runs else stored)
 
     def _env_q(self) -> torch.Tensor:

@@ -27,7 +27,7 @@ from torchrl.record.loggers import get_logger
 from tqdm.auto import tqdm
 
 from torchrl_ermas.objectives import PlannerAdvantage
-from torchrl_ermas.regret import MetaGradient, ReptileRegretEstimator, per_env_buffers, seed_env
+from torchrl_ermas.regret import MetaGradient, ReptileRegretEstimator, persistent_env_state, seed_env
 from torchrl_ermas.transforms import (
     ConcavePlannerReward,
     DomainRandomizedReward,
@@ -585,15 +585,8 @@ class ErmasTrainer:
             return {}
         if self.lagrange.frozen:
             self.lagrange.unfreeze()
-        self._share_env_state_with_estimator()
-        try:
-            result = self.estimator.estimate(seed=seed)
-        except FloatingPointError as err:
-            raise NonFiniteError(str(err)) from err
+        result = self.estimate_regret(seed)
         regret = result["regret"]
-        for name in ("regret", "kl"):
-            if not torch.isfinite(result[name]).all():
-                raise NonFiniteError(f"non-finite {name} estimate {result[name].tolist()}")
         self.lagrange.update(regret, e.epsilon, reference=result["current_return"])
         if self.meta is not None:
             self.meta.update(result["meta_gradient"], self.lagrange.value)
@@ -603,14 +596,29 @@ class ErmasTrainer:
             "lambda": self.lagrange.value.tolist(),
         }
 
-    def _share_env_state_with_estimator(self) -> None:
-        """The deviation worlds continue the training environments' per-environment state
-        (e.g. the economy's curricula): estimator environment ``j`` takes that of training
-        environment ``j % num_envs``."""
-        training = per_env_buffers(self.env)
-        for name, buffer in per_env_buffers(self.estimator.env).items():
+    def estimate_regret(self, seed: int) -> TensorDictBase:
+        """One regret estimate of the current agents (``ermas`` runs), as in training.
+
+        The deviation worlds continue the training environments' per-environment state
+        (e.g. the economy's curricula: estimator environment ``j`` takes that of training
+        environment ``j % num_envs``). Returns the estimator's result
+        (:meth:`~torchrl_ermas.regret.ReptileRegretEstimator.estimate`); a non-finite
+        rollout, regret or KL raises :class:`NonFiniteError`.
+        """
+        if self.estimator is None:
+            raise ValueError(f"variant {self.cfg.variant!r} estimates no regret; use variant='ermas'.")
+        training = persistent_env_state(self.env)
+        for name, buffer in persistent_env_state(self.estimator.env).items():
             source = training[name]
             buffer.copy_(source[torch.arange(buffer.shape[0], device=source.device) % source.shape[0]])
+        try:
+            result = self.estimator.estimate(seed=seed)
+        except FloatingPointError as err:
+            raise NonFiniteError(str(err)) from err
+        for name in ("regret", "kl"):
+            if not torch.isfinite(result[name]).all():
+                raise NonFiniteError(f"non-finite {name} estimate {result[name].tolist()}")
+        return result
 
     # ------------------------------------------------------------------ state
     def state(self, next_iteration: int) -> dict[str, Any]:
