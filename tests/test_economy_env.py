@@ -148,6 +148,23 @@ class TestLabourTier:
             _, td = env.step_and_maybe_reset(td)
         assert planner.n_samples == 48  # periods ending at steps 10, 20, 30 were observed
 
+    def test_the_tax_day_that_ends_an_episode_reaches_a_planner_acting_after_the_reset(self):
+        env = EconomyEnv(4, tier="labour", planner_action="rates", episode_length=20, period=10, seed=0)
+        planner = SaezPlanner(fixed_elasticity=3.0, buffer_size=100)
+        td = env.reset()
+        assert not td["planner", "taxes_enacted"].any()  # a fresh start reports no tax day
+        for _ in range(2 * 20):
+            out, td = env.step_and_maybe_reset(planner(env.rand_action(td)))
+        last = out["next", "planner"]  # the terminal output of the second episode
+        assert td["planner", "taxes_enacted"].all() and td["planner", "period_start"].all()
+        torch.testing.assert_close(td["planner", "income"], last["income"])
+        torch.testing.assert_close(td["planner", "marginal_rate"], last["marginal_rate"])
+        assert (td["agents", "coin"] == 0).all()  # the reset itself is complete
+        planner(td)
+        assert planner.n_samples == 4 * 4 * 4  # 2 episodes x 2 periods x 4 envs x 4 agents
+        td.set("_reset", torch.ones(4, 1, dtype=torch.bool))
+        assert not env.reset(td)["planner", "taxes_enacted"].any()  # reported once only
+
 
 class TestCurricula:
     """The AI Economist's labour-cost warm-up and tax annealing, counted in each

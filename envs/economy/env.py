@@ -78,7 +78,9 @@ class EconomyEnv(EnvBase):
       period; with ``"rates"`` the rates themselves in ``[0, 1]`` (used by the fixed
       planners), read on the first step of a period only. ``("planner", "period_start")``,
       ``("planner", "taxes_enacted")`` ``[B, 1, 1]`` and the last period's
-      ``("planner", "income")``, ``("planner", "marginal_rate")`` ``[B, 1, N]``;
+      ``("planner", "income")``, ``("planner", "marginal_rate")`` ``[B, 1, N]`` (the
+      output of a reset after an episode that ended with a tax day reports that day, so a
+      planner acting on what it observes, e.g. the Saez planner, sees every period);
       ``("next", "planner", "reward")`` ``[B, 1, 1]``.
     - ``"equality"``, ``"productivity"`` (sum of coin), ``"tax_revenue"`` (collected this
       episode), ``"labour"`` (mean per agent) ``[B, 1]``; ``"builds"`` (houses of all agents)
@@ -326,10 +328,21 @@ class EconomyEnv(EnvBase):
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
         mask = None if tensordict is None else tensordict.get("_reset", None)
         ended = self._state["t"] >= self.episode_length
-        self.completed_episodes += ended if mask is None else ended & mask.reshape(-1)
+        if mask is not None:
+            ended = ended & mask.reshape(-1)
+        self.completed_episodes += ended
+        last_day = ended & (self.episode_length % self.period == 0)
+        income, rate = self._state["agents", "last_income"], self._state["agents", "last_marginal_rate"]
         fresh = self._initial_state()
         self._state = fresh if mask is None else fresh.where(mask.reshape(-1), self._state)
-        return self._observe()
+        out = self._observe()
+        if last_day.any():  # the tax day that ended the episode, reported once more
+            planner = out["planner"]
+            day = last_day.view(-1, 1, 1)
+            planner["taxes_enacted"] = planner["taxes_enacted"] | day
+            planner["income"] = torch.where(day, income.unsqueeze(1), planner["income"])
+            planner["marginal_rate"] = torch.where(day, rate.unsqueeze(1), planner["marginal_rate"])
+        return out
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         s = self._state

@@ -233,7 +233,8 @@ def random_policy_statistics(
     (map tiers), with probability proportional to the weight of each allowed action's kind
     (``"noop"``, ``"build"``, ``"order"``, ``"move"``; 1 for a kind not named), from the
     environment's generator. The planner keeps its state between calls (run a
-    :class:`~torchrl_ermas.envs.economy.SaezPlanner` once to warm it up).
+    :class:`~torchrl_ermas.envs.economy.SaezPlanner` once to warm it up; the episode's last
+    tax day reaches it through the next call's reset).
 
     Returns episode-end statistics, one value per environment: ``coin_sum``,
     ``equality``, ``swf`` (equality x mean coin), ``builds``, ``trades``, ``tax``,
@@ -263,7 +264,6 @@ def random_policy_statistics(
             td["agents", "action"] = torch.where(mask, u.log() / weights, float("-inf")).argmax(-1)
         out = env.step(planner(td))
         td = env.step_mdp(out)
-    planner(td)  # the last period's taxes reach the planner too (a Saez buffer takes them)
     final = out["next"]
     coin = final["agents", "coin"].squeeze(-1)
     rank = final["agents", "skill_rank"].squeeze(-1)
