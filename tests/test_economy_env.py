@@ -162,8 +162,12 @@ class TestLabourTier:
         assert (td["agents", "coin"] == 0).all()  # the reset itself is complete
         planner(td)
         assert planner.n_samples == 4 * 4 * 4  # 2 episodes x 2 periods x 4 envs x 4 agents
-        td.set("_reset", torch.ones(4, 1, dtype=torch.bool))
-        assert not env.reset(td)["planner", "taxes_enacted"].any()  # reported once only
+        again = env.reset()  # a collector that resets at each batch resets once more
+        assert again["planner", "taxes_enacted"].all()
+        torch.testing.assert_close(again["planner", "income"], last["income"])
+        _, td = env.step_and_maybe_reset(env.rand_action(again))
+        assert not td["planner", "taxes_enacted"].any()  # until the first step only
+        assert env.completed_episodes.tolist() == [2] * 4
 
 
 class TestCurricula:

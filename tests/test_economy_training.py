@@ -301,6 +301,26 @@ def test_example_smoke_on_the_map_with_a_free_market_phase(tmp_path):
     assert "labour / builds" in proc.stdout
 
 
+def test_a_saez_planner_in_training_sees_every_tax_period(tmp_path):
+    """The collector resets at each batch, after the episode's last tax day: that day still
+    reaches the planner (20-step episodes of two 10-step periods, 4 envs x 4 agents)."""
+    cfg = _labour_cfg(
+        tmp_path,
+        variant="marl",
+        iterations=3,
+        train_planner=False,
+        fixed_planner={
+            "_target_": "torchrl_ermas.envs.economy.SaezPlanner",
+            "fixed_elasticity": 3.0,
+            "buffer_size": 1000,
+        },
+    )
+    cfg["env"] = {**cfg["env"], "period": 10, "planner_action": "rates"}
+    trainer = ErmasTrainer(cfg)
+    trainer.train()
+    assert trainer.planner_policy.n_samples == (1 + 2 + 2) * 4 * 4  # the last day comes with the next batch
+
+
 def test_saez_planner_keeps_its_samples_when_the_batch_changes():
     planner = SaezPlanner(fixed_elasticity=3.0, buffer_size=4)
     env = EconomyEnv(2, tier="labour", planner_action="rates", episode_length=20, period=5, seed=0)

@@ -296,11 +296,15 @@ class EconomyEnv(EnvBase):
             "last_coin": inventory[..., 0].clone(),
             "last_income": zeros.clone(),
             "last_marginal_rate": zeros.clone(),
+            # the previous episode's last tax day, reported by the reset (see _reset)
+            "final_income": zeros.clone(),
+            "final_marginal_rate": zeros.clone(),
         }
         tax = {
             "rate_index": torch.zeros(b, k, dtype=torch.long, device=dev),
             "rates": torch.zeros(b, k, device=dev),
             "revenue": torch.zeros(b, device=dev),
+            "final_day": torch.zeros(b, dtype=torch.bool, device=dev),
         }
         state = TensorDict(
             {"t": torch.zeros(b, dtype=torch.long, device=dev), "tax": TensorDict(tax, [b])},
@@ -327,22 +331,22 @@ class EconomyEnv(EnvBase):
     # --------------------------------------------------------------- TorchRL
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
         mask = None if tensordict is None else tensordict.get("_reset", None)
-        ended = self._state["t"] >= self.episode_length
+        s = self._state
+        ended = s["t"] >= self.episode_length
         if mask is not None:
             ended = ended & mask.reshape(-1)
         self.completed_episodes += ended
-        last_day = ended & (self.episode_length % self.period == 0)
-        income, rate = self._state["agents", "last_income"], self._state["agents", "last_marginal_rate"]
         fresh = self._initial_state()
-        self._state = fresh if mask is None else fresh.where(mask.reshape(-1), self._state)
-        out = self._observe()
-        if last_day.any():  # the tax day that ended the episode, reported once more
-            planner = out["planner"]
-            day = last_day.view(-1, 1, 1)
-            planner["taxes_enacted"] = planner["taxes_enacted"] | day
-            planner["income"] = torch.where(day, income.unsqueeze(1), planner["income"])
-            planner["marginal_rate"] = torch.where(day, rate.unsqueeze(1), planner["marginal_rate"])
-        return out
+        # the tax day that ended an episode stays reported until the next step (through
+        # repeated resets too), so a planner acting on what it observes sees every period
+        fresh["tax", "final_day"] = (ended & (self.episode_length % self.period == 0)) | (
+            s["tax", "final_day"] & (s["t"] == 0)
+        )
+        for name in ("income", "marginal_rate"):
+            kept = torch.where(ended.unsqueeze(-1), s["agents", f"last_{name}"], s["agents", f"final_{name}"])
+            fresh["agents", f"final_{name}"] = kept
+        self._state = fresh if mask is None else fresh.where(mask.reshape(-1), s)
+        return self._observe()
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         s = self._state
@@ -426,6 +430,7 @@ class EconomyEnv(EnvBase):
         b, n = self.batch_size[0], self.n_agents
         coin = state["inventory"][..., 0] + state["escrow"][..., 0]
         period_start = (s["t"] % self.period == 0).view(b, 1, 1)
+        report = (s["tax", "final_day"] & (s["t"] == 0)).view(b, 1)  # see _reset
         agent_obs, planner_obs = self._observations(s)
         agents = {
             "observation": agent_obs,
@@ -441,9 +446,11 @@ class EconomyEnv(EnvBase):
         planner = {
             "observation": planner_obs,
             "period_start": period_start,
-            "taxes_enacted": period_start & (s["t"] > 0).view(b, 1, 1),
-            "income": state["last_income"].unsqueeze(1),
-            "marginal_rate": state["last_marginal_rate"].unsqueeze(1),
+            "taxes_enacted": period_start & (s["t"] > 0).view(b, 1, 1) | report.view(b, 1, 1),
+            "income": torch.where(report, state["final_income"], state["last_income"]).unsqueeze(1),
+            "marginal_rate": torch.where(report, state["final_marginal_rate"], state["last_marginal_rate"]).unsqueeze(
+                1
+            ),
         }
         if self.planner_action == "discrete":
             # choice k > 0 sets rate (k - 1) * RATE_STEP: open at period starts, up to the cap
