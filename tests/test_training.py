@@ -675,6 +675,8 @@ INVALID = [
     ("ermas.trust_region", {"ermas": {"trust_region": 0.0}}),
     ("ermas.exploration", {"ermas": {"exploration": 1.0}}),
     ("ermas.exploration", {"ermas": {"exploration": -0.1}}),
+    ("ermas.confidence", {"ermas": {"confidence": -1.0}}),
+    ("ermas.confidence", {"ermas": {"confidence": float("nan")}}),
     ("ermas.warmup_iters", {"ermas": {"warmup_iters": -1}}),
     ("ermas.regret_interval", {"ermas": {"regret_interval": 0}}),
     ("ermas.regret_envs", {"ermas": {"regret_envs": 0}}),

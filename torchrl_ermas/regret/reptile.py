@@ -191,9 +191,9 @@ class ReptileRegretEstimator:
             training rollouts, in ``[0, 1)``. Defaults to ``0.2``.
         gamma (float): discount of the reward-to-go in the deviation gradient.
             Defaults to ``0.95``.
-        max_step_scale, line_search_points, bisection_steps, line_search_samples: the
-            line search of :class:`~torchrl_ermas.regret.trust_region.TrustRegionStep`
-            (defaults ``2.0``, ``12``, ``6``, ``1024``).
+        max_step_scale, line_search_points, bisection_steps, line_search_samples, confidence:
+            the line search of :class:`~torchrl_ermas.regret.trust_region.TrustRegionStep`
+            (defaults ``2.0``, ``12``, ``6``, ``1024``, ``1.0``).
         meta_gradient (bool): whether :meth:`estimate` also returns each agent's policy
             gradient at its deviation, the input of
             :class:`~torchrl_ermas.regret.MetaGradient` (Eq. 13). Defaults to ``False``.
@@ -241,6 +241,7 @@ class ReptileRegretEstimator:
         line_search_points: int = 12,
         line_search_samples: int = 1024,
         bisection_steps: int = 6,
+        confidence: float = 1.0,
         meta_gradient: bool = False,
         group: str = "agents",
         seed: int = 0,
@@ -275,6 +276,7 @@ class ReptileRegretEstimator:
             line_search_points=line_search_points,
             bisection_steps=bisection_steps,
             line_search_samples=line_search_samples,
+            confidence=confidence,
         )
         self.policy = DeviationPolicy(
             self.dists,

@@ -112,7 +112,7 @@ class ErmasConfig:
     ``lambda_rule="nupi"`` (default, scale-free: ``lambda_lr`` is a step of the planner's
     weight ``1 / (1 + lambda)``) or ``"gradient_ascent"`` (the authors' rule: ``lambda_lr``
     is in lambda per unit of regret). The deviations (``trust_region``,
-    ``deviation_steps`` per estimate, ``exploration``) follow
+    ``deviation_steps`` per estimate, ``exploration``, the line search's ``confidence``) follow
     :class:`~torchrl_ermas.regret.ReptileRegretEstimator`, and ``meta_scale`` (the paper's
     ``beta``, in ``[0, 1]``; ``0`` is off) the meta-gradient term of the agents' loss,
     :class:`~torchrl_ermas.regret.MetaGradient` (Eq. 13).
@@ -137,6 +137,7 @@ class ErmasConfig:
     trust_region: float = default_of(ReptileRegretEstimator, "trust_region")
     deviation_steps: int = default_of(ReptileRegretEstimator, "deviation_steps")
     exploration: float = default_of(ReptileRegretEstimator, "exploration")
+    confidence: float = default_of(ReptileRegretEstimator, "confidence")
     meta_scale: float = default_of(MetaGradient, "scale")
 
 
@@ -391,6 +392,7 @@ def _validate_ermas(cfg: TrainConfig) -> None:
         raise ValueError(f"ermas.regret_baseline must be 'critic' or 'mean', got {e.regret_baseline!r}.")
     check_number("ermas.trust_region", e.trust_region)
     check_real("ermas.exploration", e.exploration, low=0, high=1, high_inclusive=False)
+    check_real("ermas.confidence", e.confidence, low=0)
 
 
 def _validate_reward(r: RewardConfig) -> None:

@@ -422,6 +422,7 @@ class ErmasTrainer:
             trust_region=e.trust_region,
             deviation_steps=e.deviation_steps,
             exploration=e.exploration,
+            confidence=e.confidence,
             meta_gradient=self.meta is not None,
             seed=self.cfg.seed,
         )
