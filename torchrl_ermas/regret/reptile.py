@@ -351,8 +351,9 @@ class ReptileRegretEstimator:
         return self.env.device if self.env.device is not None else torch.device("cpu")
 
     def _restore_env_state(self) -> None:
-        for name, buffer in persistent_env_state(self.env).items():
-            buffer.copy_(self._env_state[name])
+        state = persistent_env_state(self.env)
+        for name, saved in self._env_state.items():
+            state[name].copy_(saved)
 
     def _next_seed(self) -> int:
         return int(torch.randint(2**31 - 1, (), generator=self._seeds))
