@@ -105,6 +105,64 @@ class TestAgainstExactRegret:
         assert (large > small + 5).all()
 
 
+class TestPPODeviations:
+    """``deviation_optimizer="ppo"``: the deviations train like the agents (PPO epochs)."""
+
+    @staticmethod
+    def estimate(actor, env, seed: int = 0, **kwargs):
+        return ReptileRegretEstimator(actor, env, seed=seed, deviation_optimizer="ppo", **kwargs).estimate()
+
+    @pytest.mark.parametrize("seed", [0, 1, 2])
+    def test_finds_part_of_the_exact_regret_and_never_more(self, seed):
+        """From mostly cooperative play (cooperation with probability 0.58) a few PPO
+        iterations find a good part of the regret: local, like the agents' own learning."""
+        env = make_env()
+        actor = make_actor(seed=seed)
+        make_deterministic(actor, UP, confidence=1.0)
+        exact = exact_regret(env, policy_table(actor, env))
+        result = self.estimate(actor, env, seed)
+        assert (result["regret"] >= 0.3 * exact).all(), (result["regret"], exact)
+        assert (result["regret"] <= exact + 1.0).all()
+        assert (result["kl"] <= 3.0).all()
+
+    def test_zero_regret_at_nash(self):
+        env = make_env()
+        actor = make_actor()
+        make_deterministic(actor, DOWN, confidence=8.0)
+        regrets = torch.stack([self.estimate(actor, env, s)["regret"] for s in range(3)])
+        assert regrets.abs().max() < 0.25
+
+    @pytest.mark.parametrize("trust_region", [0.005, 0.05])
+    def test_kl_never_exceeds_trust_region(self, trust_region):
+        env = make_env(32)
+        actor = make_actor()
+        make_deterministic(actor, UP, confidence=1.0)
+        result = self.estimate(actor, env, trust_region=trust_region, ppo_kwargs={"lr": 0.05})
+        assert (result["kl"] <= trust_region + 1e-6).all(), result["kl"]
+
+    def test_estimate_leaves_current_policy_unchanged(self):
+        actor = make_actor()
+        before = copy.deepcopy(TensorDict.from_module(actor).data)
+        self.estimate(actor, make_env(8))
+        assert (TensorDict.from_module(actor).data == before).all()
+
+    @pytest.mark.parametrize(
+        ("kwargs", "message"),
+        [
+            (dict(deviation_optimizer="adam"), "deviation_optimizer"),
+            (dict(ppo_kwargs={"lr": 1e-3}), "ppo_kwargs applies to deviation_optimizer='ppo' only"),
+            (dict(deviation_optimizer="ppo", confidence=0.5), r"\['confidence'\] set the line search"),
+            (dict(deviation_optimizer="ppo", ppo_kwargs={"momentum": 0.9}), r"unknown settings \['momentum'\]"),
+            (dict(deviation_optimizer="ppo", ppo_kwargs={"clip_epsilon": 1.5}), "clip_epsilon"),
+            (dict(deviation_optimizer="ppo", ppo_kwargs={"lr": float("nan")}), "lr"),
+            (dict(deviation_optimizer="ppo", ppo_kwargs={"epochs": 0}), "epochs"),
+        ],
+    )
+    def test_invalid_settings(self, kwargs, message):
+        with pytest.raises(ValueError, match=message):
+            ReptileRegretEstimator(make_actor(), make_env(4), **kwargs)
+
+
 class TestTrustRegionKL:
     def test_the_bound_is_klto_reference_in_the_direction_of_eq_12(self):
         """The estimator bounds its deviations with KLToReference (reference: the current

@@ -26,7 +26,7 @@ from torchrl.envs import StepCounter, TransformedEnv
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl_ermas.envs import SequentialBimatrixEnv
 
-from torchrl_ermas.regret import MetaGradient, seed_env
+from torchrl_ermas.regret import MetaGradient, PPODeviationStep, seed_env
 from torchrl_ermas.training import (
     ErmasConfig,
     ErmasTrainer,
@@ -677,6 +677,8 @@ INVALID = [
     ("ermas.exploration", {"ermas": {"exploration": -0.1}}),
     ("ermas.confidence", {"ermas": {"confidence": -1.0}}),
     ("ermas.confidence", {"ermas": {"confidence": float("nan")}}),
+    ("ermas.deviation_optimizer", {"ermas": {"deviation_optimizer": "adam"}}),
+    ("ermas.confidence", {"ermas": {"deviation_optimizer": "ppo", "confidence": 0.5}}),
     ("ermas.warmup_iters", {"ermas": {"warmup_iters": -1}}),
     ("ermas.regret_interval", {"ermas": {"regret_interval": 0}}),
     ("ermas.regret_envs", {"ermas": {"regret_envs": 0}}),
@@ -794,6 +796,21 @@ def test_nan_reward_raises_and_keeps_last_good_state(tmp_path):
     _, ref_ckpt = run(reference, env_fn=_nan_env_fn(after=None))
     assert_tree_equal(ckpt["modules"], ref_ckpt["modules"])
     assert_tree_equal(ckpt["optimizers"], ref_ckpt["optimizers"])
+
+
+def test_ppo_deviations_train_with_the_agents_ppo_settings(tmp_path):
+    """``ermas.deviation_optimizer="ppo"``: the estimator's deviations take the agents' PPO
+    settings, and a run with them trains, estimates and checkpoints as with the line search."""
+    agents = {"lr": 2e-3, "epochs": 2, "minibatches": 2, "clip_epsilon": 0.1, "hidden": 16}
+    cfg = make_cfg(tmp_path, agents=agents, ermas={"deviation_optimizer": "ppo"})
+    trainer = ErmasTrainer(cfg)
+    step = trainer.estimator.step
+    assert isinstance(step, PPODeviationStep)
+    assert (step.lr, step.epochs, step.minibatches, step.clip_epsilon) == (2e-3, 2, 2, 0.1)
+    trainer.train()
+    regrets = [r for r in trainer.history["regret"] if r is not None]
+    assert len(regrets) == 2 and all(math.isfinite(x) for r in regrets for x in r)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["iteration"] == 3
 
 
 def test_nan_regret_raises_and_keeps_lambda(tmp_path, monkeypatch):

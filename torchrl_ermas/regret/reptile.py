@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -14,12 +15,24 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.objectives.value.functional import reward2go
 
 from ..transforms.kl import KLToReference
-from ..validation import check_bool, check_int, check_number, check_real, check_seed
+from ..validation import check_bool, check_choice, check_int, check_number, check_real, check_seed
 from .deviation import DeviationDistributions, DeviationPolicy, check_explorable
 from .meta import own_policy_gradient
-from .trust_region import DeviationBatch, TrustRegionStep, own, select_worlds
+from .trust_region import DeviationBatch, PPODeviationStep, TrustRegionStep, own, select_worlds
 
 _BEHAVIOUR_LOG_PROB = "behaviour_log_prob"
+#: how the deviations improve within the trust region
+DEVIATION_OPTIMIZERS = ("line_search", "ppo")
+#: the settings of the PPO deviations (``ppo_kwargs``)
+PPO_SETTINGS = ("lr", "epochs", "minibatches", "clip_epsilon")
+#: the line search's settings, with their defaults (unused by the PPO deviations)
+_LINE_SEARCH_DEFAULTS = {
+    "max_step_scale": 2.0,
+    "line_search_points": 12,
+    "line_search_samples": 1024,
+    "bisection_steps": 6,
+    "confidence": 1.0,
+}
 
 
 def _transforms(transform: Transform | None) -> Iterator[Transform]:
@@ -119,13 +132,36 @@ def _check_settings(
     check_bool("meta_gradient", meta_gradient)
 
 
+def _deviation_step(
+    dists: DeviationDistributions,
+    kl: KLToReference,
+    optimizer: str,
+    line_search: dict[str, Any],
+    ppo_kwargs: dict[str, Any] | None,
+) -> TrustRegionStep | PPODeviationStep:
+    """The estimator's deviation step; settings of the other optimizer are refused."""
+    check_choice("deviation_optimizer", optimizer, DEVIATION_OPTIMIZERS)
+    if optimizer == "line_search":
+        if ppo_kwargs is not None:
+            raise ValueError("ppo_kwargs applies to deviation_optimizer='ppo' only, got 'line_search'.")
+        return TrustRegionStep(dists, kl, **line_search)
+    changed = sorted(name for name, value in line_search.items() if value != _LINE_SEARCH_DEFAULTS[name])
+    if changed:
+        raise ValueError(f"{changed} set the line search, which deviation_optimizer='ppo' does not use.")
+    unknown = sorted(set(ppo_kwargs or {}) - set(PPO_SETTINGS))
+    if unknown:
+        raise ValueError(f"ppo_kwargs: unknown settings {unknown}; accepted: {list(PPO_SETTINGS)}.")
+    return PPODeviationStep(dists, kl, **(ppo_kwargs or {}))
+
+
 class ReptileRegretEstimator:
     """Estimates each agent's regret by a trust-region unilateral deviation (ERMAS).
 
     For every agent ``i`` the estimator improves a deviation ``theta_i'`` of the current
     agent policy on agent ``i``'s own reward, with every other agent and the planner
     frozen, inside the trust region ``KL(pi_i || pi_i') <= trust_region`` (Eqs. 11-12, one
-    :class:`~torchrl_ermas.regret.trust_region.TrustRegionStep` per deviation step, the KL
+    :class:`~torchrl_ermas.regret.trust_region.TrustRegionStep` or
+    :class:`~torchrl_ermas.regret.trust_region.PPODeviationStep` per deviation step, the KL
     measured by :class:`~torchrl_ermas.transforms.KLToReference`). A selection rollout
     keeps the deviation only where it beats the current policy (else agent ``i`` keeps the
     current policy: a noisy step that hurts is not reported as a negative regret). It then
@@ -191,9 +227,21 @@ class ReptileRegretEstimator:
             training rollouts, in ``[0, 1)``. Defaults to ``0.2``.
         gamma (float): discount of the reward-to-go in the deviation gradient.
             Defaults to ``0.95``.
+        deviation_optimizer (str): how each deviation step improves the deviations:
+            ``"line_search"`` (default), one importance-weighted policy-gradient direction
+            per rollout and a line search within the budget
+            (:class:`~torchrl_ermas.regret.trust_region.TrustRegionStep`: long steps that
+            recover the regret of saturated policies), or ``"ppo"``, PPO epochs within the
+            budget (:class:`~torchrl_ermas.regret.trust_region.PPODeviationStep`: the
+            deviations train like the agents, for environments whose returns are noisy
+            against their regret, such as the economy on a map).
         max_step_scale, line_search_points, bisection_steps, line_search_samples, confidence:
-            the line search of :class:`~torchrl_ermas.regret.trust_region.TrustRegionStep`
-            (defaults ``2.0``, ``12``, ``6``, ``1024``, ``1.0``).
+            the line search's settings (defaults ``2.0``, ``12``, ``6``, ``1024``, ``1.0``);
+            with ``deviation_optimizer="ppo"`` they must keep their defaults.
+        ppo_kwargs (dict, optional): keyword arguments of
+            :class:`~torchrl_ermas.regret.trust_region.PPODeviationStep` (``lr``,
+            ``epochs``, ``minibatches``, ``clip_epsilon``; e.g. the agents' own PPO
+            settings) with ``deviation_optimizer="ppo"``. Defaults to ``None``: its defaults.
         meta_gradient (bool): whether :meth:`estimate` also returns each agent's policy
             gradient at its deviation, the input of
             :class:`~torchrl_ermas.regret.MetaGradient` (Eq. 13). Defaults to ``False``.
@@ -242,6 +290,8 @@ class ReptileRegretEstimator:
         line_search_samples: int = 1024,
         bisection_steps: int = 6,
         confidence: float = 1.0,
+        deviation_optimizer: str = "line_search",
+        ppo_kwargs: dict[str, Any] | None = None,
         meta_gradient: bool = False,
         group: str = "agents",
         seed: int = 0,
@@ -269,15 +319,14 @@ class ReptileRegretEstimator:
         check_explorable(dist_keys)
         self.dists = DeviationDistributions(actor, dist_keys)
         self.kl = KLToReference(actor, in_keys=list(actor.in_keys))
-        self.step = TrustRegionStep(
-            self.dists,
-            self.kl,
-            max_step_scale=max_step_scale,
-            line_search_points=line_search_points,
-            bisection_steps=bisection_steps,
-            line_search_samples=line_search_samples,
-            confidence=confidence,
-        )
+        line_search = {
+            "max_step_scale": max_step_scale,
+            "line_search_points": line_search_points,
+            "line_search_samples": line_search_samples,
+            "bisection_steps": bisection_steps,
+            "confidence": confidence,
+        }
+        self.step = _deviation_step(self.dists, self.kl, deviation_optimizer, line_search, ppo_kwargs)
         self.policy = DeviationPolicy(
             self.dists,
             n_agents=self.n_agents,

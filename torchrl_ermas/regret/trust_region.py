@@ -1,4 +1,6 @@
-"""The trust-region deviation step of ERMAS (Eqs. 11-12): a KL-sized policy-gradient step."""
+"""The trust-region deviation steps of ERMAS (Eqs. 11-12): a KL-sized policy-gradient step
+with a line search (:class:`TrustRegionStep`) or PPO epochs within the KL bound
+(:class:`PPODeviationStep`)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import torch
 from tensordict import TensorDictBase
 
 from ..transforms.kl import KLToReference
-from ..validation import check_int, check_number
+from ..validation import check_int, check_number, check_real
 from .deviation import DeviationDistributions, world_mask
 
 
@@ -92,7 +94,10 @@ class DeviationBatch:
 
     def subset(self, size: int) -> DeviationBatch:
         """A random subset of ``size`` transitions per world (the same ones in every world)."""
-        index = torch.randperm(self.advantage.shape[1], device=self.advantage.device)[:size]
+        return self.take(torch.randperm(self.advantage.shape[1], device=self.advantage.device)[:size])
+
+    def take(self, index: torch.Tensor) -> DeviationBatch:
+        """The transitions ``index`` of every world."""
         return DeviationBatch(
             self.observation[:, index],
             self.action[:, index],
@@ -251,3 +256,123 @@ class TrustRegionStep:
             chosen_score = torch.where(better, score[0], chosen_score)
             low, high = torch.where(ok, mid, low), torch.where(ok, high, mid)
         return chosen, chosen_kl
+
+
+class PPODeviationStep:
+    """One step of the per-world deviations ``theta_i'`` trained like the agents: PPO epochs
+    on agent ``i``'s own reward (Eq. 11 as the ERMAS authors' deviation trainers run it),
+    each world kept within ``KL(pi_i || pi_i') <= budget`` (Eq. 12).
+
+    Where the return of one agent is noisy against its regret (the AI Economist on a map),
+    one policy-gradient direction per rollout is dominated by noise, and a longer step
+    along it only loses (:class:`TrustRegionStep` then keeps the zero step). PPO extracts
+    more from the same data: ``epochs`` passes of ``minibatches`` Adam steps of the clipped
+    surrogate, each a small move along a fresh estimate, as the agents themselves learn.
+    The ratio is taken against the deviation at the start of the step (``pi_old``) and
+    the surrogate weighted by ``pi_old / behaviour`` (at most ``1 / (1 - exploration)``),
+    so the exploration of the rollouts stays importance-corrected. After each epoch a world
+    whose KL to the current policy exceeds ``budget`` returns to its parameters of the
+    epoch's start and stops for this step.
+
+    Args:
+        dists (DeviationDistributions): the agents' distributions in the deviation worlds.
+        kl (KLToReference): the trust region's KL; its reference is the current policy.
+
+    Keyword Args:
+        lr (float): Adam learning rate. Defaults to ``3e-3``.
+        epochs (int): passes over the step's transitions. Defaults to ``4``.
+        minibatches (int): minibatches per pass. Defaults to ``4``.
+        clip_epsilon (float): the ratio clip. Defaults to ``0.2``.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from tensordict.nn import TensorDictModule
+        >>> from torchrl.modules import MultiAgentMLP, ProbabilisticActor
+        >>> from torchrl_ermas.regret.deviation import DeviationDistributions
+        >>> from torchrl_ermas.transforms import KLToReference
+        >>> _ = torch.manual_seed(0)
+        >>> net = MultiAgentMLP(4, 3, n_agents=2, centralized=False, share_params=True, depth=1, num_cells=8)
+        >>> actor = ProbabilisticActor(
+        ...     TensorDictModule(net, [("agents", "observation")], [("agents", "logits")]),
+        ...     in_keys=[("agents", "logits")], out_keys=[("agents", "action")],
+        ...     distribution_class=torch.distributions.Categorical)
+        >>> kl = KLToReference(actor, in_keys=list(actor.in_keys))
+        >>> step = PPODeviationStep(DeviationDistributions(actor, [("agents", "logits")]), kl)
+        >>> obs = TensorDict({("agents", "observation"): torch.randn(2, 64, 2, 4)}, [2, 64])
+        >>> action = torch.randint(3, (2, 64, 2))
+        >>> batch = DeviationBatch(obs, action, torch.full((2, 64), -1.1), torch.randn(2, 64))
+        >>> deviation, divergence = step(TensorDict.from_module(actor).data.expand(2).clone(), batch, 0.05)
+        >>> bool((divergence <= 0.05).all())
+        True
+    """
+
+    def __init__(
+        self,
+        dists: DeviationDistributions,
+        kl: KLToReference,
+        *,
+        lr: float = 3e-3,
+        epochs: int = 4,
+        minibatches: int = 4,
+        clip_epsilon: float = 0.2,
+    ) -> None:
+        check_number("lr", lr)
+        check_int("epochs", epochs, 1)
+        check_int("minibatches", minibatches, 1)
+        check_real("clip_epsilon", clip_epsilon, low=0, high=1, low_inclusive=False, high_inclusive=False)
+        self.dists = dists
+        self.kl = kl
+        self.lr = lr
+        self.epochs = epochs
+        self.minibatches = minibatches
+        self.clip_epsilon = clip_epsilon
+
+    @property
+    def actor(self):
+        return self.dists.actor
+
+    def _own_log_prob(self, params: TensorDictBase, batch: DeviationBatch) -> torch.Tensor:
+        """``log pi'(a | s)`` of the deviating agent of each world, ``[W, S]``."""
+        dist = self.actor.build_dist_from_params(self.dists.deviating(params, batch.observation))
+        return own(dist.log_prob(batch.action.expand(*dist.batch_shape, *dist.event_shape)))
+
+    @torch.no_grad()
+    def _kl(self, params: TensorDictBase, batch: DeviationBatch) -> torch.Tensor:
+        """Each world's mean KL from the current policy, ``[W]``."""
+        dist = self.actor.build_dist_from_params(self.dists.deviating(params, batch.observation))
+        return own(self.kl.divergence(self.kl.reference_dist(batch.observation), dist)).mean(-1)
+
+    def __call__(
+        self, deviation: TensorDictBase, batch: DeviationBatch, budget: float
+    ) -> tuple[TensorDictBase, torch.Tensor]:
+        """The step from ``deviation`` within ``budget``: new parameters and their KL ``[W]``."""
+        params = deviation.detach().clone().requires_grad_()
+        leaves = list(params.values(True, True))
+        optimizer = torch.optim.Adam(leaves, lr=self.lr)
+        with torch.no_grad():
+            old_log_prob = self._own_log_prob(params, batch)
+            weight = (old_log_prob - batch.behaviour_log_prob).exp()
+        n_worlds, n_samples = batch.advantage.shape
+        active = torch.ones(n_worlds, dtype=torch.bool, device=batch.advantage.device)
+        size = max(n_samples // self.minibatches, 1)
+        for _ in range(self.epochs):
+            start = params.detach().clone()
+            for index in torch.randperm(n_samples, device=batch.advantage.device).split(size):
+                part = batch.take(index)
+                ratio = (self._own_log_prob(params, part) - old_log_prob[:, index]).exp()
+                clipped = ratio.clamp(1 - self.clip_epsilon, 1 + self.clip_epsilon)
+                surrogate = weight[:, index] * torch.min(ratio * part.advantage, clipped * part.advantage)
+                optimizer.zero_grad()
+                (-surrogate.mean(-1).sum()).backward()
+                optimizer.step()
+                with torch.no_grad():  # stopped worlds keep their parameters
+                    params.update_(select_worlds(active, params, start))
+            # a world beyond the budget returns to the epoch's start and stops
+            over = self._kl(params, batch) > budget  # true for NaN too
+            active &= ~over
+            with torch.no_grad():
+                params.update_(select_worlds(active, params, start))
+            if not active.any():
+                break
+        return params.detach(), self._kl(params, batch)

@@ -22,6 +22,7 @@ from ..defaults import default_of
 from ..objectives.lagrange import LagrangeMultiplier
 from ..objectives.planner import CRITIC_LOSS_TYPES
 from ..regret import MetaGradient, ReptileRegretEstimator
+from ..regret.reptile import DEVIATION_OPTIMIZERS
 from ..validation import check_choice, check_int, check_number, check_real, check_seed
 from .variants import VARIANTS
 
@@ -113,7 +114,9 @@ class ErmasConfig:
     weight ``1 / (1 + lambda)``) or ``"gradient_ascent"`` (the authors' rule: ``lambda_lr``
     is in lambda per unit of regret). The deviations (``trust_region``,
     ``deviation_steps`` per estimate, ``exploration``, the line search's ``confidence``) follow
-    :class:`~torchrl_ermas.regret.ReptileRegretEstimator`, and ``meta_scale`` (the paper's
+    :class:`~torchrl_ermas.regret.ReptileRegretEstimator`; with ``deviation_optimizer="ppo"``
+    they train like the agents, with the agents' ``lr``, ``epochs``, ``minibatches`` and
+    ``clip_epsilon`` (and ``confidence`` keeps its default), and ``meta_scale`` (the paper's
     ``beta``, in ``[0, 1]``; ``0`` is off) the meta-gradient term of the agents' loss,
     :class:`~torchrl_ermas.regret.MetaGradient` (Eq. 13).
     """
@@ -138,6 +141,7 @@ class ErmasConfig:
     deviation_steps: int = default_of(ReptileRegretEstimator, "deviation_steps")
     exploration: float = default_of(ReptileRegretEstimator, "exploration")
     confidence: float = default_of(ReptileRegretEstimator, "confidence")
+    deviation_optimizer: str = default_of(ReptileRegretEstimator, "deviation_optimizer")
     meta_scale: float = default_of(MetaGradient, "scale")
 
 
@@ -393,6 +397,12 @@ def _validate_ermas(cfg: TrainConfig) -> None:
     check_number("ermas.trust_region", e.trust_region)
     check_real("ermas.exploration", e.exploration, low=0, high=1, high_inclusive=False)
     check_real("ermas.confidence", e.confidence, low=0)
+    check_choice("ermas.deviation_optimizer", e.deviation_optimizer, DEVIATION_OPTIMIZERS)
+    if e.deviation_optimizer == "ppo" and e.confidence != default_of(ReptileRegretEstimator, "confidence"):
+        raise ValueError(
+            f"ermas.confidence={e.confidence!r} sets the line search, which "
+            "ermas.deviation_optimizer='ppo' does not use."
+        )
 
 
 def _validate_reward(r: RewardConfig) -> None:

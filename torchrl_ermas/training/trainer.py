@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from torchrl_ermas.objectives import PlannerAdvantage
 from torchrl_ermas.regret import MetaGradient, ReptileRegretEstimator, persistent_env_state, seed_env
+from torchrl_ermas.regret.reptile import PPO_SETTINGS
 from torchrl_ermas.transforms import (
     ConcavePlannerReward,
     DomainRandomizedReward,
@@ -408,6 +409,12 @@ class ErmasTrainer:
     def _trainable(loss) -> list[torch.Tensor]:
         return list(loss.actor_network_params.values(True, True)) + list(loss.critic_network_params.values(True, True))
 
+    def _deviation_ppo_settings(self) -> dict[str, float] | None:
+        """The agents' PPO settings, with which PPO deviations train (``None`` otherwise)."""
+        if self.cfg.ermas.deviation_optimizer != "ppo":
+            return None
+        return {name: getattr(self.cfg.agents, name) for name in PPO_SETTINGS}
+
     def _build_estimator(self) -> ReptileRegretEstimator | None:
         if not self.variant.estimates_regret:
             return None
@@ -423,6 +430,8 @@ class ErmasTrainer:
             deviation_steps=e.deviation_steps,
             exploration=e.exploration,
             confidence=e.confidence,
+            deviation_optimizer=e.deviation_optimizer,
+            ppo_kwargs=self._deviation_ppo_settings(),
             meta_gradient=self.meta is not None,
             seed=self.cfg.seed,
         )
