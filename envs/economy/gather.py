@@ -33,6 +33,17 @@ VIEW_CHANNELS: tuple[str, ...] = (
 )
 
 
+def lookup(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[index]`` along the first dim of ``table``, by ``index_select``: several times
+    faster than advanced indexing on a CPU for the small tables of the map.
+
+    Examples:
+        >>> lookup(torch.tensor([[0, 1], [2, 3], [4, 5]]), torch.tensor([[2, 0]])).tolist()
+        [[[4, 5], [0, 1]]]
+    """
+    return table.index_select(0, index.flatten()).view(*index.shape, *table.shape[1:])
+
+
 class GatherBuildWorld:
     """Batched map dynamics for one layout.
 
@@ -108,7 +119,7 @@ class GatherBuildWorld:
 
     def padded_index(self, pos: torch.Tensor) -> torch.Tensor:
         """Flat index of tile ``pos`` in the padded map."""
-        return self.padded_tiles[pos]
+        return lookup(self.padded_tiles, pos)
 
     # --------------------------------------------------------------- dynamics
     def build(
@@ -133,14 +144,14 @@ class GatherBuildWorld:
 
     def can_build(self, pos: torch.Tensor, house: torch.Tensor, inventory: torch.Tensor) -> torch.Tensor:
         """Has one stone and one wood and stands on a tile without landmark or house."""
-        free = ~self.landmark_flat[pos] & (house.gather(1, self.padded_index(pos)) < 0)
+        free = ~lookup(self.landmark_flat, pos) & (house.gather(1, self.padded_index(pos)) < 0)
         return free & (inventory[..., 1] >= 1) & (inventory[..., 2] >= 1)
 
     def _targets(self, pos: torch.Tensor, house: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Target tile of each move ``[B, N, 4]`` and whether the map allows it."""
-        owner = house.gather(1, self.neighbours_padded[pos].flatten(1)).view(*pos.shape, -1)
+        owner = house.gather(1, lookup(self.neighbours_padded, pos).flatten(1)).view(*pos.shape, -1)
         me = torch.arange(pos.shape[-1], device=pos.device, dtype=owner.dtype).view(1, -1, 1)
-        return self.neighbours[pos], self.passable[pos] & ((owner < 0) | (owner == me))
+        return lookup(self.neighbours, pos), lookup(self.passable, pos) & ((owner < 0) | (owner == me))
 
     def move_mask(self, pos: torch.Tensor, house: torch.Tensor) -> torch.Tensor:
         """``[B, N, 4]``: the move is accessible and the target is not occupied."""
@@ -188,11 +199,11 @@ class GatherBuildWorld:
     ) -> None:
         """Every agent on a tile holding a unit collects it (1, plus 1 with its bonus
         probability) for ``collect_labour``; updates in place."""
-        src = self.layout.source_index.flatten()[pos]
+        src = lookup(self.layout.source_index.flatten(), pos)
         has = (src >= 0) & resource.gather(1, src.clamp_min(0))
         extra = torch.rand(pos.shape, device=pos.device, generator=generator) < bonus
         amount = has.float() * (1 + extra.float())
-        kind = self.layout.source_kind[src.clamp_min(0)]
+        kind = lookup(self.layout.source_kind, src.clamp_min(0))
         inventory[..., 1:] += amount.unsqueeze(-1) * torch.nn.functional.one_hot(kind, 2)
         labour += has.float() * self.collect_labour
         resource.scatter_(1, src.clamp_min(0), resource.gather(1, src.clamp_min(0)) & ~has)
