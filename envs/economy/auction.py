@@ -101,17 +101,19 @@ class DoubleAuction:
         return trades
 
     def _create(self, book, resource, is_bid, price, inventory, escrow, labour) -> None:
-        n_orders = book["active"].sum(-1)  # [B, R, N]
+        # free slots ranked K..1 from the first, 0 for active ones: the first free slot of
+        # each book holds the largest rank, which is 0 for a full book
+        ranks = torch.arange(self.max_orders, 0, -1, dtype=torch.uint8, device=resource.device)
+        free_rank = ~book["active"] * ranks  # [B, R, N, K]
+        first_rank = free_rank.amax(-1, keepdim=True)
         r = resource.clamp_min(0)
-        room = n_orders.gather(1, r.unsqueeze(1)).squeeze(1) < self.max_orders
+        room = first_rank.squeeze(-1).gather(1, r.unsqueeze(1)).squeeze(1) > 0
         coin = inventory[..., 0]
         stock = inventory[..., 1:].gather(-1, r.unsqueeze(-1)).squeeze(-1)
         ok = (resource >= 0) & room & torch.where(is_bid, coin >= price, stock >= 1)
         resources = torch.arange(self.n_resources, device=r.device).view(1, -1, 1)
         res_hot = (r.unsqueeze(1) == resources) & ok.unsqueeze(1)  # [B, R, N]
-        free = ~book["active"]  # first free slot of the chosen resource
-        slot = free.float().argmax(-1).gather(1, r.unsqueeze(1)).squeeze(1)  # [B, N]
-        new = res_hot.unsqueeze(-1) & F.one_hot(slot, self.max_orders).bool().unsqueeze(1)  # [B, R, N, K]
+        new = res_hot.unsqueeze(-1) & (free_rank == first_rank)  # the first free slot, [B, R, N, K]
         book["active"] |= new
         old_bid, old_price = book["is_bid"], book["price"]
         book["is_bid"] = old_bid ^ (new & (old_bid ^ is_bid.view(-1, 1, self.n_agents, 1)))
@@ -164,16 +166,17 @@ class DoubleAuction:
         for _ in range(2 * n):
             bids = bid_key * (active & is_bid & ~excluded)
             best_bid = bids.amax(-1, keepdim=True)  # [B, R, 1], 0 for none
+            b_price = (best_bid - 1) // base
+            if not (b_price >= self._lowest_ask(ask_key * (active & ~is_bid), base)).any():
+                break  # no bid left reaches any ask: no trade in this round or any later one
             has_bid = best_bid > 0
-            if not has_bid.any():
-                break
             bid_hot = (bids == best_bid) & has_bid  # the best bid's slot
             buyer = by_agent(bid_hot)  # [B, R, N]
             buyer_slots = buyer.repeat_interleave(k, -1)
             asks = ask_key * (active & ~is_bid & ~buyer_slots)
             best_ask = asks.amax(-1, keepdim=True)
             ask_hot = (asks == best_ask) & (best_ask > 0)
-            b_price, b_age = (best_bid - 1) // base, (best_bid - 1) % base // n
+            b_age = (best_bid - 1) % base // n
             a_price, a_age = self.n_prices - 1 - (best_ask - 1) // base, (best_ask - 1) % base // n
             trade = has_bid & (best_ask > 0) & (b_price >= a_price)
             excluded |= buyer_slots & ~trade
@@ -192,6 +195,11 @@ class DoubleAuction:
             trades += tf.sum((1, 2))
         book["active"] = active.view_as(book["active"])
         return trades
+
+    def _lowest_ask(self, asks: torch.Tensor, base: int) -> torch.Tensor:
+        """Lowest price ``[B, R, 1]`` among the ask keys ``asks`` (0 where no ask), ``n_prices``
+        where there is none."""
+        return self.n_prices - 1 - (asks.amax(-1, keepdim=True) - 1) // base
 
     def _expire(self, book, inventory, escrow) -> None:
         book["age"] = book["age"] + book["active"]
