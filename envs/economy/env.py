@@ -520,7 +520,8 @@ def _uniform_among(mask: torch.Tensor, generator: torch.Generator) -> torch.Tens
         >>> sorted(_uniform_among(mask, torch.Generator().manual_seed(0)).unique().tolist())
         [1, 3]
     """
-    allowed = mask.cumsum(-1, dtype=torch.int32)
+    dtype = torch.uint8 if mask.shape[-1] < 256 else torch.int32  # uint8 sums several times faster
+    allowed = mask.cumsum(-1, dtype=dtype)
     count = allowed[..., -1:]
     k = (torch.rand(count.shape, device=mask.device, generator=generator) * count).int()
-    return torch.searchsorted(allowed, k + 1).squeeze(-1)
+    return torch.searchsorted(allowed, (k + 1).to(dtype)).squeeze(-1)
