@@ -156,7 +156,10 @@ class GatherBuildWorld:
     def move_mask(self, pos: torch.Tensor, house: torch.Tensor) -> torch.Tensor:
         """``[B, N, 4]``: the move is accessible and the target is not occupied."""
         target, ok = self._targets(pos, house)
-        occupied = (target.unsqueeze(-1) == pos.view(pos.shape[0], 1, 1, -1)).any(-1)
+        # one comparison per agent: several times faster than a broadcast [B, N, 4, N] one
+        occupied = target == pos[:, None, :1]
+        for agent in range(1, pos.shape[-1]):
+            occupied |= target == pos[:, None, agent : agent + 1]
         return ok & ~occupied
 
     def move(
