@@ -222,9 +222,9 @@ class DoubleAuction:
         asks = room & (inventory[..., 1:] >= 1)
         return bids, asks
 
-    def order_counts(self, book: TensorDictBase, out: torch.Tensor | None = None) -> torch.Tensor:
+    def order_counts(self, book: TensorDictBase) -> torch.Tensor:
         """Open orders of each agent per price, ``[B, N, R, 2P]``: asks at prices ``0..P-1``,
-        then bids; written into ``out`` (e.g. columns of an observation) when given.
+        then bids (a view of a contiguous ``[B, R, N, 2P]`` tensor).
 
         Examples:
             >>> auction = DoubleAuction(n_agents=2, max_price=2)
@@ -234,12 +234,9 @@ class DoubleAuction:
             >>> auction.order_counts(book)[0, 0, 1].tolist()
             [0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
         """
-        bins = (book["price"] + book["is_bid"].long() * self.n_prices).transpose(1, 2)
-        if out is None:
-            out = torch.zeros(*bins.shape[:-1], 2 * self.n_prices, device=bins.device)
-        else:
-            out.zero_()
-        return out.scatter_add_(-1, bins, book["active"].transpose(1, 2).float())
+        bins = book["price"] + book["is_bid"].long() * self.n_prices  # [B, R, N, K]
+        counts = torch.zeros(*bins.shape[:-1], 2 * self.n_prices, device=bins.device)
+        return counts.scatter_add_(-1, bins, book["active"].float()).transpose(1, 2)
 
     def market_rate(self, history: torch.Tensor) -> torch.Tensor:
         """Average traded price ``[B, R]`` under the decayed price ``history`` ``[B, R, P]``

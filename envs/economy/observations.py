@@ -128,17 +128,20 @@ def _concat(parts: list[torch.Tensor]) -> torch.Tensor:
 
 def _market_blocks(
     settings: EconomySettings, book: TensorDictBase, auction: DoubleAuction
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The agents' ``[B, N, R, 1 + 5P]`` market features per resource: market rate, price
-    history x 0.01, available asks and bids (the other agents' open orders), own asks and
-    bids; and the planner's ``[B, R, 1 + 3P]``: rate, history, all asks and bids."""
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The agents' market features, per resource ``[B, N, 1]`` market rate, ``[B, N, P]`` price
+    history x 0.01, ``[B, N, 2P]`` available asks and bids (the other agents' open orders)
+    and ``[B, N, 2P]`` own asks and bids, as parts of the observation; and the planner's
+    ``[B, R, 1 + 3P]``: rate, history, all asks and bids."""
     b, n = book.shape[0], settings.n_agents
     hist = book["price_history"].sum(2)  # [B, R, P]
     market = torch.cat([auction.market_rate(hist).unsqueeze(-1), hist * 0.01], -1)
-    own = auction.order_counts(book)  # [B, N, R, 2P]: asks then bids
-    every = own.sum(1, keepdim=True)
-    agent = _concat([market.unsqueeze(1).expand(b, n, -1, -1), every - own, own])
-    return agent, torch.cat([market, every.squeeze(1)], -1)
+    own = auction.order_counts(book).transpose(1, 2)  # [B, R, N, 2P], contiguous: asks then bids
+    every = own.sum(2)
+    agent = []
+    for r in range(settings.n_resources):
+        agent += [market[:, r : r + 1].expand(b, n, -1), every[:, r : r + 1] - own[:, r], own[:, r]]
+    return agent, torch.cat([market, every], -1)
 
 
 def _agent_observation(
@@ -147,7 +150,7 @@ def _agent_observation(
     marginal_rate: torch.Tensor,
     shared: torch.Tensor,
     skill: torch.Tensor | None,
-    markets: tuple[torch.Tensor, torch.Tensor] | None,
+    markets: tuple[list[torch.Tensor], torch.Tensor] | None,
 ) -> torch.Tensor:
     b, n = shared.shape[0], settings.n_agents
     agents = s["agents"]
@@ -156,7 +159,7 @@ def _agent_observation(
         pay = agents["payment"] / 10
         parts.append(torch.stack([pay, (pay - 1) / 2, agents["bonus"]], -1))
     if settings.trade:
-        parts.append(markets[0].flatten(-2))
+        parts += markets[0]
     if not settings.map_tier:
         parts.append(_require(skill, "skill", settings).unsqueeze(-1))
     shared = shared.unsqueeze(1).expand(b, n, -1)
@@ -173,7 +176,7 @@ def _planner_observation(
     s: TensorDictBase,
     marginal_rate: torch.Tensor,
     shared: torch.Tensor,
-    markets: tuple[torch.Tensor, torch.Tensor] | None,
+    markets: tuple[list[torch.Tensor], torch.Tensor] | None,
 ) -> torch.Tensor:
     """The planner's features (its market block is the second of ``markets``)."""
     state = s["agents"]
