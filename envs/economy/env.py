@@ -398,6 +398,8 @@ class EconomyEnv(EnvBase):
         world.collect(pos, resource, inventory, labour, agents["bonus"], self._generator)
 
     def _tax_step(self, tax_day: torch.Tensor) -> None:
+        if not tax_day.any():
+            return  # no environment ends a tax period: nothing changes
         agents, tax = self._state["agents"], self._state["tax"]
         coin, escrow = agents["inventory"][..., 0], agents["escrow"][..., 0]
         out = self.tax.enact(coin, escrow, agents["last_coin"], tax["rates"])
