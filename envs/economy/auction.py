@@ -104,21 +104,16 @@ class DoubleAuction:
         # free slots ranked K..1 from the first, 0 for active ones: the first free slot of
         # each book holds the largest rank, which is 0 for a full book
         ranks = torch.arange(self.max_orders, 0, -1, dtype=torch.uint8, device=resource.device)
-        free_rank = ~book["active"] * ranks  # [B, R, N, K]
-        first_rank = free_rank.amax(-1, keepdim=True)
+        first_rank = (~book["active"] * ranks).amax(-1)  # [B, R, N]
         r = resource.clamp_min(0)
-        room = first_rank.squeeze(-1).gather(1, r.unsqueeze(1)).squeeze(1) > 0
+        first = first_rank.gather(1, r.unsqueeze(1)).squeeze(1)  # [B, N], of the chosen resource
         coin = inventory[..., 0]
         stock = inventory[..., 1:].gather(-1, r.unsqueeze(-1)).squeeze(-1)
-        ok = (resource >= 0) & room & torch.where(is_bid, coin >= price, stock >= 1)
+        ok = (resource >= 0) & (first > 0) & torch.where(is_bid, coin >= price, stock >= 1)
+        slot = (self.max_orders - first.long()).clamp_max(self.max_orders - 1)
+        self._write_slots(book, r, slot, ok, active=True, is_bid=is_bid, price=price, age=0)
         resources = torch.arange(self.n_resources, device=r.device).view(1, -1, 1)
         res_hot = (r.unsqueeze(1) == resources) & ok.unsqueeze(1)  # [B, R, N]
-        new = res_hot.unsqueeze(-1) & (free_rank == first_rank)  # the first free slot, [B, R, N, K]
-        book["active"] |= new
-        old_bid, old_price = book["is_bid"], book["price"]
-        book["is_bid"] = old_bid ^ (new & (old_bid ^ is_bid.view(-1, 1, self.n_agents, 1)))
-        book["price"] = old_price + new * (price.to(old_price.dtype).view(-1, 1, self.n_agents, 1) - old_price)
-        book["age"] = book["age"] * ~new
         bid_coin = (ok & is_bid).float() * price
         inventory[..., 0] -= bid_coin
         escrow[..., 0] += bid_coin
@@ -126,6 +121,22 @@ class DoubleAuction:
         inventory[..., 1:] -= ask_unit
         escrow[..., 1:] += ask_unit
         labour += ok.float() * self.order_labour
+
+    def _write_slots(self, book, resource, slot, where, **values) -> None:
+        """Write ``values`` (``[B, N]`` tensors or scalars) into the book's entries of the same
+        names at each agent's ``resource`` and ``slot`` ``[B, N]``, where ``where``: one
+        scatter per entry (each agent writes one slot) instead of [B, R, N, K] masks."""
+        n_envs, n_agents = slot.shape
+        envs = torch.arange(n_envs, device=slot.device).unsqueeze(-1) * self.n_resources
+        agents = torch.arange(n_agents, device=slot.device)
+        cells = (((envs + resource) * n_agents + agents) * self.max_orders + slot).flatten()
+        where = where.flatten()
+        for name, value in values.items():
+            flat = book[name].view(-1)
+            old = flat.gather(0, cells)
+            if isinstance(value, torch.Tensor):
+                value = value.to(old.dtype).flatten()
+            flat.scatter_(0, cells, torch.where(where, value, old))
 
     def _match(self, book, inventory, escrow) -> torch.Tensor:
         """Matches the orders of the environments whose books cross (best bid >= best ask)."""
