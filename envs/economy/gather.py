@@ -230,16 +230,18 @@ class GatherBuildWorld:
         side = 2 * self.radius + 1
         cells = side * side
         out = self.tile_views.index_select(0, pos.flatten()).view(n_envs, n_agents, len(VIEW_CHANNELS), cells)
-        codes = house * 4 + 4
-        codes[:, self.source_cells] += resource.to(torch.int8) * self.source_codes
+        codes = torch.add(torch.full((), 4, dtype=house.dtype, device=house.device), house, alpha=4)  # one pass
+        codes.index_add_(1, self.source_cells, resource.to(torch.int8) * self.source_codes)
         idx = self.padded_index(pos).unsqueeze(-1) + self.view_offsets  # [B, N, side^2]
         window = codes.gather(1, idx.flatten(1)).view(n_envs, n_agents, cells)
         found, owner = window & 3, window >> 2  # owner + 1, 0 for none
-        out[:, :, 0] = found == 1
-        out[:, :, 1] = found == 2
-        out[:, :, 2] = owner > 0
+        # each channel written in place (out=), without a temporary and its copy
+        torch.eq(found, 1, out=out[:, :, 0])
+        torch.eq(found, 2, out=out[:, :, 1])
+        torch.gt(owner, 0, out=out[:, :, 2])
+        torch.add(out[:, :, 2], owner, out=out[:, :, 7])  # k + 2 for agent k's houses
         viewer = torch.arange(1, n_agents + 1, device=pos.device, dtype=owner.dtype).view(1, -1, 1)  # owner + 1
-        out[:, :, 7] = torch.where(owner == viewer, 1, owner + 1) * (owner > 0)
+        out[:, :, 7].masked_fill_(owner == viewer, 1)
         # the other agents inside the window (agents stand on distinct tiles)
         me = torch.arange(n_agents, device=pos.device).view(1, -1, 1)
         w = self.layout.width
