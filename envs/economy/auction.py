@@ -216,7 +216,7 @@ class DoubleAuction:
         book["age"] = book["age"] + book["active"]
         expired = book["active"] & (book["age"] > self.order_duration)
         coin = (expired & book["is_bid"]).float() * book["price"]
-        refund_coin = coin.sum((1, 3))  # [B, N]
+        refund_coin = coin.sum(-1).sum(1)  # [B, N]; exact sums of integers, in any order
         refund_unit = (expired & ~book["is_bid"]).float().sum(-1).transpose(1, 2)  # [B, N, R]
         inventory[..., 0] += refund_coin
         escrow[..., 0] -= refund_coin
@@ -228,8 +228,8 @@ class DoubleAuction:
         """Which orders an agent may place: bids ``[B, N, R, P]`` and asks ``[B, N, R]``."""
         room = (book["active"].sum(-1) < self.max_orders).transpose(1, 2)  # [B, N, R]
         prices = torch.arange(self.n_prices, device=inventory.device)
-        can_pay = prices <= inventory[..., :1]  # [B, N, P]
-        bids = room.unsqueeze(-1) & can_pay.unsqueeze(-2)
+        budget = torch.where(room, inventory[..., :1], -1)  # [B, N, R]: no price without room
+        bids = prices <= budget.unsqueeze(-1)  # [B, N, R, P] in one comparison
         asks = room & (inventory[..., 1:] >= 1)
         return bids, asks
 
