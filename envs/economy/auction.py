@@ -112,14 +112,12 @@ class DoubleAuction:
         ok = (resource >= 0) & (first > 0) & torch.where(is_bid, coin >= price, stock >= 1)
         slot = (self.max_orders - first.long()).clamp_max(self.max_orders - 1)
         self._write_slots(book, r, slot, ok, active=True, is_bid=is_bid, price=price, age=0)
-        resources = torch.arange(self.n_resources, device=r.device).view(1, -1, 1)
-        res_hot = (r.unsqueeze(1) == resources) & ok.unsqueeze(1)  # [B, R, N]
-        bid_coin = (ok & is_bid).float() * price
-        inventory[..., 0] -= bid_coin
-        escrow[..., 0] += bid_coin
-        ask_unit = (res_hot & ~is_bid.unsqueeze(1)).transpose(1, 2).float()
-        inventory[..., 1:] -= ask_unit
-        escrow[..., 1:] += ask_unit
+        # into escrow: a bid's price in coin, an ask's unit of its resource
+        ask = (ok & ~is_bid).float().unsqueeze(-1)
+        moved = torch.zeros_like(inventory).scatter_(-1, r.unsqueeze(-1) + 1, ask)  # [B, N, 1 + R]
+        moved[..., 0] = (ok & is_bid).float() * price
+        inventory -= moved
+        escrow += moved
         labour += ok.float() * self.order_labour
 
     def _write_slots(self, book, resource, slot, where, **values) -> None:
@@ -218,10 +216,9 @@ class DoubleAuction:
         coin = (expired & book["is_bid"]).float() * book["price"]
         refund_coin = coin.sum(-1).sum(1)  # [B, N]; exact sums of integers, in any order
         refund_unit = (expired & ~book["is_bid"]).float().sum(-1).transpose(1, 2)  # [B, N, R]
-        inventory[..., 0] += refund_coin
-        escrow[..., 0] -= refund_coin
-        inventory[..., 1:] += refund_unit
-        escrow[..., 1:] -= refund_unit
+        refund = torch.cat([refund_coin.unsqueeze(-1), refund_unit], -1)  # [B, N, 1 + R]
+        inventory += refund
+        escrow -= refund
         book["active"] &= ~expired
 
     def masks(self, book: TensorDictBase, inventory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
