@@ -120,7 +120,14 @@ class DoubleAuction:
         escrow += moved
         labour += ok.float() * self.order_labour
 
-    def _write_slots(self, book, resource, slot, where, **values) -> None:
+    def _write_slots(
+        self,
+        book: dict[str, torch.Tensor],
+        resource: torch.Tensor,
+        slot: torch.Tensor,
+        where: torch.Tensor,
+        **values: torch.Tensor | bool | int,
+    ) -> None:
         """Write ``values`` (``[B, N]`` tensors or scalars) into the book's entries of the same
         names at each agent's ``resource`` and ``slot`` ``[B, N]``, where ``where``: one
         scatter per entry (each agent writes one slot) instead of [B, R, N, K] masks."""
