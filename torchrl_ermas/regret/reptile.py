@@ -14,6 +14,7 @@ from torchrl.envs import Compose, EnvBase, Transform
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.objectives.value.functional import reward2go
 
+from ..defaults import default_of
 from ..transforms.kl import KLToReference
 from ..validation import check_bool, check_choice, check_int, check_number, check_real, check_seed
 from .deviation import DeviationDistributions, DeviationPolicy, check_explorable
@@ -25,14 +26,6 @@ _BEHAVIOUR_LOG_PROB = "behaviour_log_prob"
 DEVIATION_OPTIMIZERS = ("line_search", "ppo")
 #: the settings of the PPO deviations (``ppo_kwargs``)
 PPO_SETTINGS = ("lr", "epochs", "minibatches", "clip_epsilon")
-#: the line search's settings, with their defaults (unused by the PPO deviations)
-_LINE_SEARCH_DEFAULTS = {
-    "max_step_scale": 2.0,
-    "line_search_points": 12,
-    "line_search_samples": 1024,
-    "bisection_steps": 6,
-    "confidence": 1.0,
-}
 
 
 def _transforms(transform: Transform | None) -> Iterator[Transform]:
@@ -145,7 +138,7 @@ def _deviation_step(
         if ppo_kwargs is not None:
             raise ValueError("ppo_kwargs applies to deviation_optimizer='ppo' only, got 'line_search'.")
         return TrustRegionStep(dists, kl, **line_search)
-    changed = sorted(name for name, value in line_search.items() if value != _LINE_SEARCH_DEFAULTS[name])
+    changed = sorted(name for name, value in line_search.items() if value != default_of(TrustRegionStep, name))
     if changed:
         raise ValueError(f"{changed} set the line search, which deviation_optimizer='ppo' does not use.")
     unknown = sorted(set(ppo_kwargs or {}) - set(PPO_SETTINGS))

@@ -366,8 +366,9 @@ class PPODeviationStep:
                 optimizer.zero_grad()
                 (-surrogate.mean(-1).sum()).backward()
                 optimizer.step()
-                with torch.no_grad():  # stopped worlds keep their parameters
-                    params.update_(select_worlds(active, params, start))
+                if not active.all():  # stopped worlds keep their parameters
+                    with torch.no_grad():
+                        params.update_(select_worlds(active, params, start))
             # a world beyond the budget returns to the epoch's start and stops
             over = self._kl(params, batch) > budget  # true for NaN too
             active &= ~over
