@@ -19,7 +19,7 @@ agents of its seed and eta (``agents_checkpoint``); the planner then joins (opti
 The small default uses the labour tier (each agent chooses its hours; income is skill x
 hours) with 100-step episodes and 10-step tax periods, which keeps the tax machinery,
 the utility with per-agent ``eta`` and the planner's bracket actions of the full game
-while finishing in about 15 minutes on a 2-core CPU. The ``paper`` config runs the full
+while finishing in about 30 minutes on a 2-core CPU. The ``paper`` config runs the full
 Gather-Trade-Build game (1000-step episodes, 100-step periods).
 
     python examples/economy_tax_policy.py                            # small default
