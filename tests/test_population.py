@@ -7,6 +7,7 @@ whose config helper and results-schema check they reuse.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -245,3 +246,36 @@ def test_a_run_in_a_population_learns_as_it_does_alone(tmp_path, planner_mode):
         for final in (final_together, final_alone):
             moved = final - start
             assert moved.mean().abs() > 3 * moved.std() / 16**0.5, (key, final, start)
+
+
+@pytest.mark.parametrize(
+    "device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
+)
+def test_a_population_with_an_ermas_run_trains_on_its_device(tmp_path, device):
+    """The same code on CPU and CUDA: a population of a MARL and an ERMAS run trains on
+    ``device`` (every parameter and optimizer state stays there), the ERMAS run estimates
+    its regret and moves lambda, and each checkpoint loads with ``weights_only`` and
+    resumes its run on the device."""
+    estimate = {"warmup_iters": 0, "regret_interval": 1, "regret_envs": 2}
+    cfgs = population_cfgs(
+        tmp_path,
+        run0={"device": device, "ermas": estimate},
+        run1={"device": device, "variant": "ermas", "ermas": {**estimate, "lambda_init": 2.0}},
+        run2={"device": device, "ermas": estimate},
+    )
+    population = PopulationTrainer(cfgs)
+    results = population.train()
+    for run in population.runs:
+        assert all(p.device.type == device for p in run.modules.parameters())
+        for optimizer in run.optimizers.values():
+            for state in optimizer.state.values():
+                assert all(v.device.type == device for v in state.values() if torch.is_tensor(v))
+    ermas = results[1]
+    assert all(r is not None and all(map(math.isfinite, r)) for r in ermas["history"]["regret"])
+    assert ermas["history"]["lambda"][-1] != [2.0, 2.0]
+    for cfg, run_results in zip(cfgs, results):
+        checkpoint = torch.load(Path(cfg["output_dir"]) / "checkpoint.pt", weights_only=True, map_location="cpu")
+        assert checkpoint["iteration"] == cfg["iterations"]  # the next iteration to run
+        resumed = ErmasTrainer({**cfg, "resume": True, "iterations": cfg["iterations"] + 1})
+        assert resumed.history == run_results["history"]
+        assert len(resumed.train()["history"]["planner_reward"]) == cfg["iterations"] + 1
