@@ -195,6 +195,20 @@ def test_nupi_tracks_epsilon_in_any_reward_scale(epsilon, scale):
         assert max(abs(regret - epsilon) for regret, _ in plain) > 3.0
 
 
+@pytest.mark.parametrize("violation", [-14.0, 0.5, 30.0])
+def test_first_nupi_update_has_no_proportional_kick(violation):
+    """The first violation is not a change of the proportional term (whose history starts
+    there): it moves the planner's weight by ``lr * u`` only, at most ``lr * max_violation``
+    (with a kick of ``kp * (1 - nu) * u`` on top, lambda fell from 1 to 0.61 at the first
+    estimate of the Fig. 2 runs and the agents overshot into full cooperation)."""
+    lagrange = LagrangeMultiplier(1)
+    lagrange.update(torch.tensor([violation]), 0.0)
+    moved = 0.5 - 1 / (1 + lagrange.value.item())
+    assert moved == pytest.approx(lagrange.lr * lagrange.max_violation * math.copysign(1, violation), rel=1e-5)
+    lagrange.update(torch.tensor([violation]), 0.0)  # a repeated violation keeps xi where it is
+    assert 0.5 - 1 / (1 + lagrange.value.item()) == pytest.approx(2 * moved, rel=1e-4)
+
+
 def test_noise_floor_ignores_noise_level_violations_at_zero_epsilon():
     """At epsilon = 0 a Nash equilibrium's regret estimates are noise around 0: relative to
     a reference return of 35 they are below the noise floor and barely move lambda, while
@@ -205,7 +219,7 @@ def test_noise_floor_ignores_noise_level_violations_at_zero_epsilon():
         floored.update(regret, 0.0, reference=torch.tensor([35.0, 35.0]))
         unfloored.update(regret, 0.0)
     assert ((floored.value - 1.0).abs() < 0.2).all(), floored.value
-    assert ((unfloored.value - 1.0).abs() > 2.0).all(), unfloored.value
+    assert ((unfloored.value - 1.0).abs() > 1.0).all(), unfloored.value
     with pytest.raises(ValueError, match="reference must be finite"):
         floored.update(torch.zeros(2), 0.0, reference=torch.tensor([math.nan, 1.0]))
 

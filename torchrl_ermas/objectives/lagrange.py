@@ -32,14 +32,17 @@ class LagrangeMultiplier(nn.Module):
 
           s_t  = max(std_beta(e), noise_floor * |reference|)   (EMA, bias-corrected)
           u_t  = clip(e_t / s_t, -max_violation, max_violation)
-          xi_t = nu * xi_{t-1} + (1 - nu) * u_t
+          xi_t = nu * xi_{t-1} + (1 - nu) * u_t                 (xi_0 = u_1)
           w    <- clip(w - lr * (u_t + kp * (xi_t - xi_{t-1})), 1 / (1 + max_value), 1)
 
-      Summed over the updates, ``w = w_0 - lr * (sum_t u_t + kp * xi_t)``: an integral
+      Summed over the updates, ``w = w_0 - lr * (sum_t u_t + kp * (xi_t - xi_0))``: an integral
       term that settles where ``regret ~ epsilon`` and a proportional one that damps the
       oscillation the agents' lag would otherwise cause (they follow ``lambda`` with a
       delay of several updates, so an integral-only rule swings between ``0`` and its
-      start). ``nu`` smooths the proportional term against the noise of single estimates.
+      start). ``nu`` smooths the proportional term against the noise of single estimates;
+      ``xi`` starts at the first normalised violation, so that the first update is not
+      counted as a change of the violation (a proportional kick that throws ``lambda``
+      past the agents' switching point before they have moved).
       The spread ``s`` is the standard deviation of the violations (the scale remembers
       about ``1 / (1 - beta)`` updates): violations at the level of the estimate's noise
       and of the oscillation move ``w`` by about ``lr`` per update, while a constraint
@@ -240,6 +243,8 @@ class LagrangeMultiplier(nn.Module):
         scale = spread.maximum(self.noise_floor * level)
         normalised = torch.where(scale > 0, violation / scale, torch.zeros_like(scale))
         normalised = normalised.clamp(-self.max_violation, self.max_violation)
+        if self._updates.item() == 1:  # no proportional kick from an empty history
+            self._xi.copy_(normalised)
         previous = self._xi.clone()
         self._xi.mul_(self.nu).add_((1 - self.nu) * normalised)
         return normalised + self.kp * (self._xi - previous)
