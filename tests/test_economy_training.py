@@ -321,6 +321,33 @@ def test_a_saez_planner_in_training_sees_every_tax_period(tmp_path):
     assert trainer.planner_policy.n_samples == (1 + 2 + 2) * 4 * 4  # the last day comes with the next batch
 
 
+def test_a_run_with_a_saez_planner_resumes_from_its_checkpoint(tmp_path):
+    """The Saez planner sizes its sample buffers at its first call: a run against it resumes
+    from its checkpoint, the fresh planner's empty buffers taking the stored samples, and
+    goes on adding its new ones. (The tax day that the collector carries into the next batch,
+    the last of the batch before the checkpoint, is not in the checkpoint: the resumed run
+    holds one day fewer than a run trained without a break.)"""
+    saez = {"_target_": "torchrl_ermas.envs.economy.SaezPlanner", "fixed_elasticity": 3.0, "buffer_size": 1000}
+
+    def trained(iterations, resume):
+        cfg = _labour_cfg(
+            tmp_path, variant="marl", iterations=iterations, train_planner=False, fixed_planner=saez, resume=resume
+        )
+        cfg["env"] = {**cfg["env"], "period": 10, "planner_action": "rates"}
+        trainer = ErmasTrainer(cfg)
+        trainer.train()
+        return trainer
+
+    first = trained(2, False)
+    stored, _ = first.planner_policy._ordered_samples()
+    resumed = trained(3, True)
+    samples, _ = resumed.planner_policy._ordered_samples()
+    per_day = 4 * 4  # environments x agents
+    assert stored.numel() == (1 + 2) * per_day and samples.numel() == stored.numel() + per_day
+    torch.testing.assert_close(samples[: stored.numel()], stored)
+    assert len(resumed.history["planner_reward"]) == 3
+
+
 def test_saez_planner_keeps_its_samples_when_the_batch_changes():
     planner = SaezPlanner(fixed_elasticity=3.0, buffer_size=4)
     env = EconomyEnv(2, tier="labour", planner_action="rates", episode_length=20, period=5, seed=0)

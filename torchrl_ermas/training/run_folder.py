@@ -119,14 +119,24 @@ def _shape(value: Any) -> list[int] | None:
     return list(value.shape) if isinstance(value, torch.Tensor) else None
 
 
+def _unsized(value: Any) -> bool:
+    """Whether ``value`` is a buffer not sized yet (an empty tensor)."""
+    return isinstance(value, torch.Tensor) and value.numel() == 0
+
+
 def check_state_fits(current: dict[str, Any], stored: dict[str, Any], path: Path) -> None:
     """Refuses a stored state dict whose entries or shapes differ from ``current``'s.
+
+    An empty tensor of ``current`` is a buffer that its module sizes at its first call
+    (e.g. :class:`~torchrl_ermas.envs.economy.SaezPlanner`'s samples, one row per
+    environment): any stored shape fits it, and the module's ``load_state_dict`` sizes it.
 
     Examples:
         >>> check_state_fits({"w": torch.zeros(3)}, {"w": torch.zeros(4)}, Path("c.pt"))
         Traceback (most recent call last):
         ...
         ValueError: checkpoint 'c.pt' does not fit this run: 1 parameter(s) differ (w: [4] in the checkpoint, ...
+        >>> check_state_fits({"samples": torch.zeros(0)}, {"samples": torch.zeros(64)}, Path("c.pt"))
     """
     current, stored = flatten(current), flatten(stored)
     problems = [f"{key} missing" for key in current.keys() - stored.keys()]
@@ -134,7 +144,7 @@ def check_state_fits(current: dict[str, Any], stored: dict[str, Any], path: Path
     problems += [
         f"{key}: {_shape(stored[key])} in the checkpoint, {_shape(current[key])} now"
         for key in current.keys() & stored.keys()
-        if _shape(current[key]) != _shape(stored[key])
+        if _shape(current[key]) != _shape(stored[key]) and not _unsized(current[key])
     ]
     if problems:
         shown = "; ".join(sorted(problems)[:3]) + ("; ..." if len(problems) > 3 else "")
