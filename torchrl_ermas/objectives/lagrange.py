@@ -46,8 +46,9 @@ class LagrangeMultiplier(nn.Module):
       The spread ``s`` is the standard deviation of the violations (the scale remembers
       about ``1 / (1 - beta)`` updates): violations at the level of the estimate's noise
       and of the oscillation move ``w`` by about ``lr`` per update, while a constraint
-      that cannot hold (a violation far outside its spread, every update) drives
-      ``lambda`` to ``max_value`` within a few updates. Bounded steps of ``w`` keep the
+      that cannot hold (a violation far outside its spread, every update) moves ``w`` by
+      ``lr * max_violation`` per update, towards ``max_value`` (from ``lambda = 1`` to 100
+      in about 16 updates with the defaults). Bounded steps of ``w`` keep the
       multiplier from running away while the agents lag behind it, and ``lambda = 0`` is
       reached exactly. ``reference`` (passed to :meth:`update`, e.g. the agents' episode
       returns) floors the spread, so that around ``epsilon ~ 0`` violations at the noise
