@@ -234,17 +234,18 @@ class LagrangeMultiplier(nn.Module):
     def _nupi_step(self, violation: torch.Tensor, reference: torch.Tensor | None) -> torch.Tensor:
         """``u_t + kp * (xi_t - xi_{t-1})`` on the normalised violation; advances the state."""
         self._updates += 1
+        updates = int(self._updates)
         decay = self.scale_decay
         self._mean_ema.mul_(decay).add_((1 - decay) * violation)
         self._square_ema.mul_(decay).add_((1 - decay) * violation.square())
-        correction = 1 - decay ** self._updates.item()
+        correction = 1 - decay**updates
         mean, square = self._mean_ema / correction, self._square_ema / correction
         level = square.sqrt() if reference is None else reference.abs()
         spread = (square - mean.square()).clamp_min(0).sqrt()
         scale = spread.maximum(self.noise_floor * level)
         normalised = torch.where(scale > 0, violation / scale, torch.zeros_like(scale))
         normalised = normalised.clamp(-self.max_violation, self.max_violation)
-        if self._updates.item() == 1:  # no proportional kick from an empty history
+        if updates == 1:  # no proportional kick from an empty history
             self._xi.copy_(normalised)
         previous = self._xi.clone()
         self._xi.mul_(self.nu).add_((1 - self.nu) * normalised)
