@@ -110,7 +110,7 @@ class TestLagrangeMultiplier:
         target.load_state_dict(source.state_dict())
         torch.testing.assert_close(target.value, source.value)
         assert target.frozen
-        assert set(source.state_dict()) == {"multiplier", "_frozen", "_updates", "_mean_ema", "_square_ema", "_xi"}
+        assert set(source.state_dict()) == {"multiplier", "_frozen", "_updates", "_mean_ema", "_square_ema", "_xi", "_last_sign", "_sign_changes"}
         source.unfreeze(), target.unfreeze()  # the controller state travels too
         regret = torch.tensor([0.5, -2.0, 1.0])
         torch.testing.assert_close(target.update(regret, 0.0), source.update(regret, 0.0))
@@ -131,6 +131,7 @@ class TestLagrangeMultiplier:
             ({"n_agents": 2, "init": "8"}, r"init must be a finite number.*got '8' \(str\)"),
             ({"n_agents": 2, "rule": "pid"}, r"rule must be one of \('nupi', 'gradient_ascent'\)"),
             ({"n_agents": 2, "kp": -1.0}, r"kp must be"),
+            ({"n_agents": 2, "sign_change_decay": -1.0}, r"sign_change_decay must be"),
             ({"n_agents": 2, "nu": 1.0}, r"nu must be"),
             ({"n_agents": 2, "scale_decay": math.nan}, r"scale_decay must be"),
             ({"n_agents": 2, "noise_floor": 0.0}, r"noise_floor must be a finite number > 0"),
@@ -207,6 +208,29 @@ def test_first_nupi_update_has_no_proportional_kick(violation):
     assert moved == pytest.approx(lagrange.lr * lagrange.max_violation * math.copysign(1, violation), rel=1e-5)
     lagrange.update(torch.tensor([violation]), 0.0)  # a repeated violation keeps xi where it is
     assert 0.5 - 1 / (1 + lagrange.value.item()) == pytest.approx(2 * moved, rel=1e-4)
+
+
+def _weights(lagrange: LagrangeMultiplier, violations: list[float]) -> list[float]:
+    """The planner's weight ``1 / (1 + lambda)`` after each of ``violations``."""
+    weights = []
+    for violation in violations:
+        lagrange.update(torch.tensor([violation]), 0.0)
+        weights.append(1 / (1 + lagrange.value.item()))
+    return weights
+
+
+def test_sign_change_decay_shrinks_the_step_only_when_the_violation_flips():
+    """Kesten's rule: a violation of one sign moves lambda as without the decay; once the
+    violation flips sign, the k-th flip scales the step by ``1 / sqrt(1 + decay * k)``."""
+    rising = [2.0, 3.0, 2.5, 4.0, 3.0]
+    assert _weights(LagrangeMultiplier(1, sign_change_decay=1.0), rising) == _weights(LagrangeMultiplier(1), rising)
+    flipping = [2.0, -2.0] * 5
+    decayed, constant = (LagrangeMultiplier(1, sign_change_decay=decay) for decay in (1.0, 0.0))
+    decayed_steps = torch.tensor(_weights(decayed, flipping)).diff().abs()
+    constant_steps = torch.tensor(_weights(constant, flipping)).diff().abs()
+    flips = torch.arange(1, len(flipping), dtype=torch.float)
+    torch.testing.assert_close(decayed_steps, constant_steps / (1 + flips).sqrt())
+    assert decayed._sign_changes.item() == len(flipping) - 1
 
 
 def test_noise_floor_ignores_noise_level_violations_at_zero_epsilon():

@@ -33,9 +33,10 @@ class LagrangeMultiplier(nn.Module):
           s_t  = max(std_beta(e), noise_floor * |reference|)   (EMA, bias-corrected)
           u_t  = clip(e_t / s_t, -max_violation, max_violation)
           xi_t = nu * xi_{t-1} + (1 - nu) * u_t                 (xi_0 = u_1)
-          w    <- clip(w - lr * (u_t + kp * (xi_t - xi_{t-1})), 1 / (1 + max_value), 1)
+          g_t  = 1 / sqrt(1 + sign_change_decay * k_t)          (k_t: sign flips of e so far)
+          w    <- clip(w - lr * g_t * (u_t + kp * (xi_t - xi_{t-1})), 1 / (1 + max_value), 1)
 
-      Summed over the updates, ``w = w_0 - lr * (sum_t u_t + kp * (xi_t - xi_0))``: an integral
+      Summed over the updates (at ``g = 1``), ``w = w_0 - lr * (sum_t u_t + kp * (xi_t - xi_0))``: an integral
       term that settles where ``regret ~ epsilon`` and a proportional one that damps the
       oscillation the agents' lag would otherwise cause (they follow ``lambda`` with a
       delay of several updates, so an integral-only rule swings between ``0`` and its
@@ -43,6 +44,12 @@ class LagrangeMultiplier(nn.Module):
       ``xi`` starts at the first normalised violation, so that the first update is not
       counted as a change of the violation (a proportional kick that throws ``lambda``
       past the agents' switching point before they have moved).
+      The gain ``g_t`` is Kesten's rule (1958): the step shrinks each time the violation
+      changes sign, that is once ``lambda`` moves around its target (the estimates' noise,
+      the agents' lag), so that it settles within a budget, while a violation of one sign
+      (the approach, a constraint that cannot hold) keeps the full step. At steady state
+      the violations are noise of unit spread, and without the decay every update moves
+      ``w`` by about ``lr`` whatever the run's length.
       The spread ``s`` is the standard deviation of the violations (the scale remembers
       about ``1 / (1 - beta)`` updates): violations at the level of the estimate's noise
       and of the oscillation move ``w`` by about ``lr`` per update, while a constraint
@@ -102,6 +109,10 @@ class LagrangeMultiplier(nn.Module):
             ``"nupi"``, ``> 0``. Defaults to ``3.0``.
         noise_floor (float, optional): the spread's floor relative to ``reference`` (or,
             without one, to the violations' root mean square), ``> 0``. Defaults to ``0.05``.
+        sign_change_decay (float, optional): how fast the step of ``"nupi"`` shrinks with
+            the sign flips of the violation, ``>= 0`` (``0``: a constant step).
+            Defaults to ``2.0``: after ``k`` flips the step is ``1 / sqrt(1 + 2 k)`` of
+            ``lr`` (a third after 4 flips, a fifth after 12).
 
     Examples:
         >>> import torch
@@ -145,6 +156,7 @@ class LagrangeMultiplier(nn.Module):
         scale_decay: float = 0.9,
         noise_floor: float = 0.05,
         max_violation: float = 3.0,
+        sign_change_decay: float = 2.0,
     ) -> None:
         check_int("n_agents", n_agents, 1)
         check_real("lr", lr, low=0)
@@ -157,6 +169,7 @@ class LagrangeMultiplier(nn.Module):
         check_real("scale_decay", scale_decay, low=0, high=1, high_inclusive=False)
         check_real("noise_floor", noise_floor, low=0, low_inclusive=False)
         check_real("max_violation", max_violation, low=0, low_inclusive=False)
+        check_real("sign_change_decay", sign_change_decay, low=0)
         super().__init__()
         self.n_agents = n_agents
         self.lr = float(lr)
@@ -167,6 +180,7 @@ class LagrangeMultiplier(nn.Module):
         self.scale_decay = float(scale_decay)
         self.noise_floor = float(noise_floor)
         self.max_violation = float(max_violation)
+        self.sign_change_decay = float(sign_change_decay)
         self.multiplier = nn.Parameter(torch.full((self.n_agents,), float(init)))
         self.register_buffer("_frozen", torch.tensor(bool(frozen)))
         # nuPI state: updates so far, EMAs of e and e^2 (the spread), EMA of e / s (xi)
@@ -174,6 +188,9 @@ class LagrangeMultiplier(nn.Module):
         self.register_buffer("_mean_ema", torch.zeros(self.n_agents))
         self.register_buffer("_square_ema", torch.zeros(self.n_agents))
         self.register_buffer("_xi", torch.zeros(self.n_agents))
+        # the sign of the last non-zero violation and how often it flipped (step decay)
+        self.register_buffer("_last_sign", torch.zeros(self.n_agents))
+        self.register_buffer("_sign_changes", torch.zeros(self.n_agents))
 
     @property
     def value(self) -> torch.Tensor:
@@ -249,7 +266,11 @@ class LagrangeMultiplier(nn.Module):
             self._xi.copy_(normalised)
         previous = self._xi.clone()
         self._xi.mul_(self.nu).add_((1 - self.nu) * normalised)
-        return normalised + self.kp * (self._xi - previous)
+        sign = violation.sign()
+        self._sign_changes.add_((sign * self._last_sign < 0).to(self._sign_changes.dtype))
+        self._last_sign.copy_(torch.where(sign != 0, sign, self._last_sign))
+        gain = (1 + self.sign_change_decay * self._sign_changes).rsqrt()
+        return gain * (normalised + self.kp * (self._xi - previous))
 
     def project_(self) -> None:
         """Clamps the multipliers into ``[0, max_value]``, in place."""

@@ -131,6 +131,7 @@ class ErmasConfig:
     lambda_scale_decay: float = default_of(LagrangeMultiplier, "scale_decay")
     lambda_noise_floor: float = default_of(LagrangeMultiplier, "noise_floor")
     lambda_max_violation: float = default_of(LagrangeMultiplier, "max_violation")
+    lambda_sign_change_decay: float = default_of(LagrangeMultiplier, "sign_change_decay")
     warmup_iters: int = 10
     regret_interval: int = 5
     regret_envs: int = 32
@@ -293,6 +294,7 @@ LAMBDA_FIELDS = {
     "scale_decay": "lambda_scale_decay",
     "noise_floor": "lambda_noise_floor",
     "max_violation": "lambda_max_violation",
+    "sign_change_decay": "lambda_sign_change_decay",
 }
 
 
