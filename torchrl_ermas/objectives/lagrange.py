@@ -44,11 +44,12 @@ class LagrangeMultiplier(nn.Module):
       ``xi`` starts at the first normalised violation, so that the first update is not
       counted as a change of the violation (a proportional kick that throws ``lambda``
       past the agents' switching point before they have moved).
-      The gain ``g_t`` is Kesten's rule (1958): the step shrinks each time the violation
-      changes sign, that is once ``lambda`` moves around its target (the estimates' noise,
-      the agents' lag), so that it settles within a budget, while a violation of one sign
-      (the approach, a constraint that cannot hold) keeps the full step. At steady state
-      the violations are noise of unit spread, and without the decay every update moves
+      The gain ``g_t`` (``1`` by default) is Kesten's rule (1958) when
+      ``sign_change_decay > 0``: the step shrinks each time the violation changes sign,
+      that is once ``lambda`` moves around its target (the estimates' noise, the agents'
+      lag), so that it settles within a budget, while a violation of one sign (the
+      approach, a constraint that cannot hold) keeps the full step. At steady state the
+      violations are noise of unit spread, and with a constant step every update moves
       ``w`` by about ``lr`` whatever the run's length.
       The spread ``s`` is the standard deviation of the violations (the scale remembers
       about ``1 / (1 - beta)`` updates): violations at the level of the estimate's noise
@@ -110,9 +111,11 @@ class LagrangeMultiplier(nn.Module):
         noise_floor (float, optional): the spread's floor relative to ``reference`` (or,
             without one, to the violations' root mean square), ``> 0``. Defaults to ``0.05``.
         sign_change_decay (float, optional): how fast the step of ``"nupi"`` shrinks with
-            the sign flips of the violation, ``>= 0`` (``0``: a constant step).
-            Defaults to ``2.0``: after ``k`` flips the step is ``1 / sqrt(1 + 2 k)`` of
-            ``lr`` (a third after 4 flips, a fifth after 12).
+            the sign flips of the violation, ``>= 0``. Defaults to ``0.0``: a constant
+            step. With ``1`` the step after ``k`` flips is ``1 / sqrt(1 + k)`` of ``lr``
+            and ``lambda`` settles on the bimatrix game's Fig. 2 grid, but the agents
+            then end further past epsilon where the regret estimate reads low (the
+            README's Fig. 2 section has the measurements).
 
     Examples:
         >>> import torch
@@ -156,7 +159,7 @@ class LagrangeMultiplier(nn.Module):
         scale_decay: float = 0.9,
         noise_floor: float = 0.05,
         max_violation: float = 3.0,
-        sign_change_decay: float = 2.0,
+        sign_change_decay: float = 0.0,
     ) -> None:
         check_int("n_agents", n_agents, 1)
         check_real("lr", lr, low=0)
