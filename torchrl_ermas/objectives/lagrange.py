@@ -252,7 +252,7 @@ class LagrangeMultiplier(nn.Module):
         return self.value
 
     def _nupi_step(self, violation: torch.Tensor, reference: torch.Tensor | None) -> torch.Tensor:
-        """``u_t + kp * (xi_t - xi_{t-1})`` on the normalised violation; advances the state."""
+        """``g_t * (u_t + kp * (xi_t - xi_{t-1}))`` on the normalised violation; advances the state."""
         self._updates += 1
         updates = int(self._updates)
         decay = self.scale_decay
