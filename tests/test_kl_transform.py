@@ -298,6 +298,26 @@ def test_reference_params_argument():
     torch.testing.assert_close(transform(data.clone())["agents", "kl_ref"], hand_kl(policy, other, data))
 
 
+def test_references_stacked_per_world():
+    """References stacked on a leading dim W: entry w of data [W, ...] is measured against
+    reference w, exactly as a transform holding reference w alone measures it."""
+    env = bimatrix_passive()
+    policy = make_policy(env, share_params=False)
+    others = [make_policy(env, share_params=False) for _ in range(3)]
+    for index, other in enumerate(others):
+        perturb(other, seed=index)
+    transform = KLToReference(policy)
+    transform.update_reference(torch.stack([TensorDict.from_module(other).data for other in others]))
+    data = TensorDict({OBS: torch.rand(3, 8, 2, obs_dim(env))}, [3, 8])
+    kl = transform(data.clone())["agents", "kl_ref"]
+    for world, other in enumerate(others):
+        torch.testing.assert_close(kl[world], hand_kl(policy, other, data[world]))
+    transform.update_reference()  # back to one reference
+    torch.testing.assert_close(transform(data.clone())["agents", "kl_ref"], torch.zeros(3, 8, 2, 1))
+    with pytest.raises(ValueError, match="stacked on one leading dim"):
+        transform.update_reference(TensorDict.from_module(policy).data.expand(2, 3).clone())
+
+
 # ---------------------------------------------------------------- pipelines
 def test_replay_buffer_transform():
     base = bimatrix_officers()

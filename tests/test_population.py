@@ -60,16 +60,28 @@ def test_population_of_one_replays_the_trainer(tmp_path, variant, q):
             assert states_equal(mine["optimizers"][group]["state"][index], state)
 
 
-@pytest.mark.parametrize("with_ermas", [False, True])
-def test_runs_do_not_talk_to_each_other(tmp_path, with_ermas):
-    estimate = {"warmup_iters": 0, "regret_interval": 1, "regret_envs": 2}  # shared by every run
-    extra = {"run0": {}, "run1": {}, "run2": {}}
-    if with_ermas:
-        extra = {
-            "run0": {"ermas": estimate},
-            "run1": {"ermas": {**estimate, "lambda_init": 2.0}},
-            "run2": {"variant": "ermas", "ermas": estimate},
-        }
+ESTIMATE = {"warmup_iters": 0, "regret_interval": 1, "regret_envs": 2}  # shared by every run
+
+
+def ermas_runs(count: int) -> dict[str, dict]:
+    """Overrides of :func:`population_cfgs` that make the last ``count`` runs ``ermas`` runs
+    (with an estimate at every iteration); two or more estimate in one batch."""
+    extra = {
+        "run0": {"ermas": ESTIMATE},
+        "run1": {"ermas": {**ESTIMATE, "lambda_init": 2.0}},
+        "run2": {"ermas": ESTIMATE},
+    }
+    for r in range(3 - count, 3):
+        extra[f"run{r}"]["variant"] = "ermas"
+        extra[f"run{r}"]["ermas"] = {**extra[f"run{r}"]["ermas"], "epsilon": 0.5 * r}
+    return extra
+
+
+@pytest.mark.parametrize("n_ermas", [0, 1, 3])
+def test_runs_do_not_talk_to_each_other(tmp_path, n_ermas):
+    """Perturbing run 1 (its seed and reality gap) leaves the other runs bit-identical, also
+    when their regrets are estimated in one batch with run 1's (``n_ermas=3``)."""
+    extra = ermas_runs(n_ermas)
     reference = PopulationTrainer(population_cfgs(tmp_path / "a", **extra))
     reference.train()
     perturbed_run1 = {**extra["run1"], "seed": 7, "reward": {"q": -1.0}}
@@ -79,9 +91,13 @@ def test_runs_do_not_talk_to_each_other(tmp_path, with_ermas):
     assert states_equal(a0, b0) and states_equal(a2, b2)
     assert not states_equal(a1, b1)
     assert reference.runs[0].history["planner_reward"] == perturbed.runs[0].history["planner_reward"]
-    if with_ermas:  # the estimate ran and moved the multipliers, identically
+    if n_ermas:  # the estimate ran and moved the multipliers, identically
         assert reference.runs[2].history["regret"][-1] is not None
         assert reference.runs[2].history["lambda"] == perturbed.runs[2].history["lambda"]
+    if n_ermas == 3:
+        assert reference.estimator is not None  # the batched estimate
+        assert reference.runs[0].history["regret"] == perturbed.runs[0].history["regret"]
+        assert reference.runs[1].history["regret"] != perturbed.runs[1].history["regret"]
 
 
 def test_each_run_writes_the_layout_of_a_run_alone(tmp_path):
@@ -98,12 +114,14 @@ def test_each_run_writes_the_layout_of_a_run_alone(tmp_path):
     assert lambdas == [None, [2.0, 2.0], None]
 
 
-def test_resume_reproduces_the_uninterrupted_population(tmp_path):
-    whole = PopulationTrainer(population_cfgs(tmp_path / "whole"))
+@pytest.mark.parametrize("n_ermas", [0, 2])
+def test_resume_reproduces_the_uninterrupted_population(tmp_path, n_ermas):
+    extra = ermas_runs(n_ermas)
+    whole = PopulationTrainer(population_cfgs(tmp_path / "whole", **extra))
     whole.train()
-    cut = population_cfgs(tmp_path / "cut", **{f"run{r}": {"iterations": 2} for r in range(3)})
+    cut = population_cfgs(tmp_path / "cut", **{r: {**extra[r], "iterations": 2} for r in extra})
     PopulationTrainer(cut).train()  # stops after iteration 1 with every run's checkpoint
-    resumed = PopulationTrainer([{**cfg, "resume": True} for cfg in population_cfgs(tmp_path / "cut")])
+    resumed = PopulationTrainer([{**cfg, "resume": True} for cfg in population_cfgs(tmp_path / "cut", **extra)])
     assert resumed.start_iteration == 2
     resumed.train()
     for run, other in zip(whole.runs, resumed.runs):

@@ -1,9 +1,11 @@
 """Unilateral-deviation worlds: one batched policy in which agent ``i`` of world ``i`` deviates.
 
-The environment batch ``[W * B]`` is split into ``W = n_agents`` contiguous worlds of ``B``
-environments. In world ``i`` agent ``i`` acts with its own deviation parameters, stacked
-along a leading world dim, while every other agent acts with the current parameters.
-All worlds run in one batched call (the deviation parameters are ``vmap``-ed).
+The environment batch ``[W * B]`` is split into ``W`` contiguous worlds of ``B``
+environments, ``n_agents`` per run: world ``r * n_agents + i`` is run ``r``'s world in which
+agent ``i`` acts with its own deviation parameters, stacked along a leading world dim, while
+every other agent acts with the run's current parameters. A single run (``W = n_agents``)
+acts with the actor's own parameters; the runs of a population with their own, stacked per
+world. All worlds run in one batched call (the parameters are ``vmap``-ed).
 """
 
 from __future__ import annotations
@@ -16,15 +18,25 @@ from tensordict.nn import ProbabilisticTensorDictSequential, TensorDictModuleBas
 from torch import nn
 
 
-def world_mask(n_worlds: int, device: torch.device | None = None) -> torch.Tensor:
-    """``[W, N]`` boolean mask, true for the deviating agent of each world (``W == N``).
+def world_mask(n_worlds: int, device: torch.device | None = None, *, n_agents: int | None = None) -> torch.Tensor:
+    """``[W, N]`` boolean mask, true for the deviating agent ``w % N`` of each world ``w``.
+
+    ``n_agents`` defaults to ``n_worlds`` (one run); ``n_worlds`` must be a multiple of it.
 
     Examples:
         >>> world_mask(2)
         tensor([[ True, False],
                 [False,  True]])
+        >>> world_mask(4, n_agents=2).int()  # two runs of two agents
+        tensor([[1, 0],
+                [0, 1],
+                [1, 0],
+                [0, 1]], dtype=torch.int32)
     """
-    return torch.eye(n_worlds, dtype=torch.bool, device=device)
+    n_agents = n_worlds if n_agents is None else n_agents
+    if n_worlds % n_agents:
+        raise ValueError(f"n_worlds ({n_worlds}) must be a multiple of n_agents ({n_agents}).")
+    return torch.eye(n_agents, dtype=torch.bool, device=device).repeat(n_worlds // n_agents, 1)
 
 
 def broadcast_world_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -85,9 +97,15 @@ class DeviationDistributions:
     def __init__(self, actor: ProbabilisticTensorDictSequential, dist_keys: list) -> None:
         self.actor = actor
         self.dist_keys = dist_keys
+        #: the current parameters per world (``[W]``, the runs of a population), or ``None``:
+        #: the actor's own parameters in every world
+        self.current_params: TensorDictBase | None = None
 
     def current(self, td: TensorDictBase) -> TensorDictBase:
-        """Distribution parameters of the current policy, for data of any batch shape."""
+        """Distribution parameters of the current policy: the actor's own for data of any batch
+        shape, or :attr:`current_params` for ``td`` ``[W, ...]``."""
+        if self.current_params is not None:
+            return self.deviating(self.current_params, td)
         return self.actor.get_dist_params(td.copy()).select(*self.dist_keys)
 
     def deviating(self, params: TensorDictBase, td: TensorDictBase) -> TensorDictBase:
@@ -106,12 +124,19 @@ class DeviationDistributions:
         """Current parameters for every agent except agent ``i`` of world ``i``."""
         current = self.current(td)
         deviating = self.deviating(params, td)
-        mask = world_mask(params.batch_size[0], td.device)
-        return current.apply(lambda c, d: torch.where(broadcast_world_mask(mask, c), d, c), deviating)
+        n_worlds = params.batch_size[0]
+
+        def merge(c: torch.Tensor, d: torch.Tensor) -> torch.Tensor:  # c, d: [W, *batch, N, event]
+            mask = world_mask(n_worlds, td.device, n_agents=c.shape[-2])
+            return torch.where(broadcast_world_mask(mask, c), d, c)
+
+        return current.apply(merge, deviating)
 
 
 class DeviationPolicy(TensorDictModuleBase):
-    """Acts in ``n_agents`` stacked deviation worlds (env batch ``[n_agents * B]``).
+    """Acts in ``W`` stacked deviation worlds (env batch ``[W * B]``): ``n_agents`` per run,
+    one run unless the distributions hold per-world current parameters
+    (:attr:`DeviationDistributions.current_params`, ``[W]``).
 
     The deviating agent of each world samples from its deviation policy mixed (weight
     ``exploration``) with an exploration distribution of the same family
@@ -152,11 +177,18 @@ class DeviationPolicy(TensorDictModuleBase):
         """Acts with ``planner_policy`` first (kept out of this module's parameters)."""
         self.__dict__["planner_policy"] = planner_policy
 
+    @property
+    def n_worlds(self) -> int:
+        """``W``: ``n_agents`` per run."""
+        current = self.dists.current_params
+        return self.n_agents if current is None else current.batch_size[0]
+
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         if self.planner_policy is not None:
             tensordict = self.planner_policy(tensordict)
         batch = tensordict.batch_size
-        worlds = tensordict.reshape(self.n_agents, -1)
+        n_worlds = self.n_worlds
+        worlds = tensordict.reshape(n_worlds, -1)
         if self.params is None:  # every agent plays the current policy
             dist_params = self.dists.current(worlds)
         else:
@@ -165,7 +197,7 @@ class DeviationPolicy(TensorDictModuleBase):
         build = self.dists.actor.build_dist_from_params
         dist = build(dist_params)
         action = dist.sample()  # [W, B, N, *event]
-        mask = world_mask(self.n_agents, action.device).view(self.n_agents, 1, self.n_agents)
+        mask = world_mask(n_worlds, action.device, n_agents=self.n_agents).view(n_worlds, 1, self.n_agents)
         if self.exploration > 0:
             wide = build(exploration_params(dist_params))
             explore = mask & (torch.rand(dist.batch_shape, device=action.device) < self.exploration)

@@ -334,7 +334,7 @@ class ReptileRegretEstimator:
         """The current agent-policy parameters (shared storage with the actor)."""
         return TensorDict.from_module(self.actor)
 
-    def estimate(self, seed: int | None = None) -> TensorDictBase:
+    def estimate(self, seed: int | None = None, params: TensorDictBase | None = None) -> TensorDictBase:
         """Runs the deviations and returns a TensorDict of batch ``[n_agents]``.
 
         Its entries are ``regret``, ``kl``, ``deviation_return``, ``current_return``,
@@ -346,13 +346,57 @@ class ReptileRegretEstimator:
         Args:
             seed (int, optional): re-seeds the estimator first, which makes this call
                 reproducible on its own (e.g. after resuming a run).
+            params (TensorDictBase, optional): the current agent-policy parameters of ``R``
+                runs stacked on a leading dim (``batch_size=[R]``, e.g. the runs of a
+                population), which then deviate in one batch: run ``r``'s ``n_agents`` worlds
+                are the ``r``-th of ``R`` contiguous chunks of the environment batch, and the
+                result has batch ``[R, n_agents]``. The planner policy and the value network
+                must then act per run, too (e.g.
+                :class:`~torchrl_ermas.training.PopulationPolicy`). Defaults to ``None``: one
+                run, the actor's own parameters.
         """
         check_seed("seed", seed, optional=True)
+        current = self._current(params)
         if seed is not None:
             self._seeds.manual_seed(seed)
         self._env_state = {name: buffer.clone() for name, buffer in persistent_env_state(self.env).items()}
-        current = self.params.data.expand(self.n_agents).clone()
-        self.kl.update_reference(self.params.data)
+        self.dists.current_params = None if params is None else current
+        try:
+            result = self._estimate(current, self.params.data if params is None else current)
+        finally:
+            self.dists.current_params = None
+            self._restore_env_state()
+        return result if params is None else result.reshape(-1, self.n_agents)
+
+    def _current(self, params: TensorDictBase | None) -> TensorDictBase:
+        """The current parameters of every world, ``[W]``: ``params`` ``[R]`` repeated for each
+        run's ``n_agents`` worlds, or the actor's own."""
+        n_agents = self.n_agents
+        if params is None:
+            return self.params.data.expand(n_agents).clone()
+        own_params = self.params
+        ok = isinstance(params, TensorDictBase) and params.batch_dims == 1
+        if ok:
+            keys = set(own_params.keys(True, True))
+            ok = set(params.keys(True, True)) == keys and all(
+                params.get(k).shape[1:] == own_params.get(k).shape for k in keys
+            )
+        if not ok:
+            raise ValueError(
+                "params must be the actor's parameters (TensorDict.from_module(actor)) of R runs "
+                "stacked on a leading dim, batch_size=[R]."
+            )
+        runs = params.batch_size[0]
+        if self.env.batch_size[0] % (runs * n_agents):
+            raise ValueError(
+                f"env.batch_size must be [R * n_agents * B] = [{runs} * {n_agents} * B] to hold the "
+                f"deviation worlds of R={runs} runs, got {list(self.env.batch_size)}."
+            )
+        return params.data.unsqueeze(1).expand(runs, n_agents).reshape(runs * n_agents).clone()
+
+    def _estimate(self, current: TensorDictBase, reference: TensorDictBase) -> TensorDictBase:
+        """The estimate from ``current`` ``[W]``, within the trust region around ``reference``."""
+        self.kl.update_reference(reference)
         deviation = current
         for k in range(self.deviation_steps):
             batch = self._batch(self._rollout(deviation, exploration=self.exploration))
@@ -380,11 +424,10 @@ class ReptileRegretEstimator:
                 "current_return": current_return,
                 "deviation_params": deviation,
             },
-            batch_size=[self.n_agents],
+            batch_size=[current.batch_size[0]],
         )
         if self.meta_gradient:
             result["meta_gradient"] = own_policy_gradient(self.dists, deviation, self._batch(deviation_data))
-        self._restore_env_state()
         return result
 
     # ------------------------------------------------------------------ internals
@@ -430,7 +473,7 @@ class ReptileRegretEstimator:
                 "non-finite action probabilities in the regret estimate's rollouts (NaN or "
                 "inf in the agent policy's parameters or in the observations)"
             )
-        return data.reshape(self.n_agents, -1, self.horizon)  # [W, B, T]
+        return data.reshape(self.policy.n_worlds, -1, self.horizon)  # [W, B, T]
 
     def _own_reward(self, data: TensorDictBase) -> torch.Tensor:
         """Agent ``i``'s reward in world ``i``, ``[W, B, T]``."""

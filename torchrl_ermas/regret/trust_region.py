@@ -39,7 +39,8 @@ def select_worlds(mask: torch.Tensor, a: TensorDictBase, b: TensorDictBase) -> T
 
 
 def own(x: torch.Tensor, world_dim: int = 0) -> torch.Tensor:
-    """Selects agent ``i`` in world ``i`` (the agent dim is last and is removed).
+    """Selects the deviating agent ``w % N`` in each world ``w`` (the agent dim ``N`` is last
+    and is removed).
 
     Examples:
         >>> import torch
@@ -47,10 +48,10 @@ def own(x: torch.Tensor, world_dim: int = 0) -> torch.Tensor:
         >>> own(x)  # agent 0 in world 0, agent 1 in world 1
         tensor([10., 21.])
     """
-    n_agents = x.shape[-1]
+    n_worlds, n_agents = x.shape[world_dim], x.shape[-1]
     shape = [1] * x.dim()
-    shape[world_dim] = shape[-1] = n_agents
-    return (x * world_mask(n_agents, x.device).view(shape)).sum(-1)
+    shape[world_dim], shape[-1] = n_worlds, n_agents
+    return (x * world_mask(n_worlds, x.device, n_agents=n_agents).view(shape)).sum(-1)
 
 
 def _score(dist: torch.distributions.Distribution, action: torch.Tensor) -> torch.Tensor:

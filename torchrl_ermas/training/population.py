@@ -32,7 +32,7 @@ from torchrl.objectives.value import MultiAgentGAE
 from tqdm.auto import tqdm
 
 from torchrl_ermas.objectives import ErmasLoss, PlannerAdvantage
-from torchrl_ermas.regret import persistent_env_state, seed_env
+from torchrl_ermas.regret import ReptileRegretEstimator, persistent_env_state, seed_env
 
 from ..validation import check_int
 from .checkpoint import save_checkpoint
@@ -43,6 +43,8 @@ from .trainer import (
     NonFiniteError,
     PassSampler,
     _group_keys,
+    check_finite_estimate,
+    continue_env_state,
     episode_collector,
     ppo_loss_settings,
 )
@@ -432,7 +434,11 @@ class PopulationTrainer:
     2. critics, advantages (multi-agent GAE on ``[R, num_envs, T]``) and the PPO losses
        are vmapped over the runs; runs of one variant share one vmapped loss;
     3. each run's loss is backpropagated to its own parameters (the runs' losses are
-       summed), its gradient clipped to its own norm and its own Adam stepped.
+       summed), its gradient clipped to its own norm and its own Adam stepped;
+    4. the ``ermas`` runs estimate their regrets in one batch
+       (:meth:`~torchrl_ermas.regret.ReptileRegretEstimator.estimate` with every run's
+       policy: ``n_agents`` deviation worlds per run, with the run's own planner, critic,
+       ``reward.q`` and environment state), and each run moves its own multipliers.
 
     The random stream (iteration seeds, environment seeds, minibatch permutations, one per
     epoch and shared by the runs) follows the first run's seed. A population of one
@@ -495,6 +501,9 @@ class PopulationTrainer:
         self.policy = PopulationPolicy([run.collection_policy for run in self.runs])
         frames = len(self.runs) * self.cfg.num_envs * self.horizon
         self.collector = episode_collector(self.env, self.policy, frames, self.device)
+        #: the runs that estimate their regret (``ermas``), and their batched estimator
+        self.estimating = [index for index, run in enumerate(self.runs) if run.estimator is not None]
+        self.estimator = self._batched_estimator() if len(self.estimating) > 1 else None
 
     def _groups(self) -> list[_RunGroup]:
         by_variant: dict[str, list[int]] = {}
@@ -513,10 +522,25 @@ class PopulationTrainer:
                 stored = persistent_env_state(run.env)[name]
                 (stored if to_runs else own).copy_(own if to_runs else stored)
 
-    def _env_q(self) -> torch.Tensor:
-        """``reward.q`` of each environment ``[R * num_envs]``, run-major."""
-        q = torch.tensor([run.cfg.reward.q for run in self.runs], device=self.device)
-        return q.repeat_interleave(self.cfg.num_envs)
+    def _env_q(self, runs: Sequence[ErmasTrainer] | None = None, envs: int | None = None) -> torch.Tensor:
+        """``reward.q`` of each environment ``[R * envs]`` of ``runs`` (default: every run's
+        ``num_envs`` environments), run-major."""
+        runs = self.runs if runs is None else runs
+        q = torch.tensor([run.cfg.reward.q for run in runs], device=self.device)
+        return q.repeat_interleave(self.cfg.num_envs if envs is None else envs)
+
+    def _batched_estimator(self) -> ReptileRegretEstimator:
+        """One regret estimator for every run of :attr:`estimating`: run ``r``'s deviation
+        worlds (``n_agents * ermas.regret_envs`` environments with its ``reward.q``) are the
+        ``r``-th chunk of its environment batch, acting with run ``r``'s policy, planner and
+        critic."""
+        runs = [self.runs[index] for index in self.estimating]
+        lead = runs[0]
+        envs = lead.n_agents * self.cfg.ermas.regret_envs
+        env = lead._make_env(len(runs) * envs, q=self._env_q(runs, envs))
+        planner = None if lead.planner_policy is None else PopulationPolicy([run.planner_policy for run in runs])
+        critic = PopulationPolicy([run.agent_critic for run in runs])
+        return lead.make_estimator(copy.deepcopy(lead.agent_policy), env, planner_policy=planner, critic=critic)
 
     def train(self) -> list[dict[str, Any]]:
         """Runs the remaining iterations and returns each run's ``results.json`` content."""
@@ -562,11 +586,34 @@ class PopulationTrainer:
             group.update(group_data)
         time_train = time.perf_counter() - start
         self._share_env_state(to_runs=True)  # each run's estimate starts from its environments' state
-        for run, row in zip(self.runs, rows):  # each run's regret estimate, in its own worlds
-            start = time.perf_counter()
-            row.update(run._adversarial_search(iteration, run._iteration_seed(iteration)))
-            row.update(time_collect=time_collect, time_train=time_train, time_regret=time.perf_counter() - start)
+        start = time.perf_counter()
+        if self.estimator is not None and self.runs[self.estimating[0]].estimates_at(iteration):
+            results = self._estimate_regrets(iteration)
+            searches = {index: self.runs[index].apply_estimate(result) for index, result in results.items()}
+        else:  # at most one run estimates, alone in its own worlds
+            searches = {
+                index: run._adversarial_search(iteration, run._iteration_seed(iteration))
+                for index, run in enumerate(self.runs)
+            }
+        time_regret = time.perf_counter() - start
+        for index, row in enumerate(rows):
+            row.update(searches.get(index, {}))
+            row.update(time_collect=time_collect, time_train=time_train, time_regret=time_regret)
         return rows
+
+    def _estimate_regrets(self, iteration: int) -> dict[int, TensorDictBase]:
+        """The regret estimates of the runs of :attr:`estimating`, in one batch, by run index."""
+        runs = [self.runs[index] for index in self.estimating]
+        continue_env_state(self.env, self.estimator.env, training_runs=len(self.runs), runs=self.estimating)
+        params = torch.stack([TensorDict.from_module(run.agent_policy).data for run in runs])
+        try:
+            result = self.estimator.estimate(seed=runs[0]._iteration_seed(iteration), params=params)
+        except FloatingPointError as err:
+            folders = [str(run.cfg.output_dir) for run in runs]
+            raise NonFiniteError(f"{err} (the batched regret estimate of the runs in {folders})") from err
+        for run, run_result in zip(runs, result.unbind(0)):
+            check_finite_estimate(run_result, f" of the run in {run.cfg.output_dir}")
+        return dict(zip(self.estimating, result.unbind(0)))
 
     @torch.no_grad()
     def _collect(self, seed: int) -> TensorDictBase:

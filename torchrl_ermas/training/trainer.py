@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, is_dataclass
 from functools import partial
 from pathlib import Path
@@ -52,6 +52,32 @@ from .variants import VARIANTS
 
 class NonFiniteError(FloatingPointError):
     """A loss or a parameter became NaN or infinite; the run stopped."""
+
+
+def check_finite_estimate(result: TensorDictBase, where: str = "") -> None:
+    """Raises :class:`NonFiniteError` for a non-finite regret or KL in a regret estimate."""
+    for name in ("regret", "kl"):
+        if not torch.isfinite(result[name]).all():
+            raise NonFiniteError(f"non-finite {name} estimate {result[name].tolist()}{where}")
+
+
+def continue_env_state(
+    training_env: EnvBase, estimator_env: EnvBase, *, training_runs: int = 1, runs: Sequence[int] = (0,)
+) -> None:
+    """Gives the estimator's environments the training environments' per-environment state
+    (:func:`~torchrl_ermas.regret.persistent_env_state`, e.g. the economy's curricula).
+
+    The training batch holds ``training_runs`` runs' environments in contiguous chunks, the
+    estimator's batch the deviation worlds of the training runs ``runs``, in that order;
+    environment ``j`` of a run's estimator chunk takes the state of its training environment
+    ``j % num_envs``.
+    """
+    training = persistent_env_state(training_env)
+    for name, buffer in persistent_env_state(estimator_env).items():
+        source = training[name].unflatten(0, (training_runs, -1))[list(runs)]
+        target = buffer.unflatten(0, (len(runs), -1))
+        index = torch.arange(target.shape[1], device=source.device) % source.shape[1]
+        target.copy_(source[:, index])
 
 
 def _group_keys(group: str) -> dict[str, tuple[str, str]]:
@@ -418,12 +444,24 @@ class ErmasTrainer:
     def _build_estimator(self) -> ReptileRegretEstimator | None:
         if not self.variant.estimates_regret:
             return None
+        return self.make_estimator(
+            self.agent_policy,
+            self._make_env(self.cfg.ermas.regret_envs * self.n_agents),
+            planner_policy=self.planner_policy,
+            critic=self.agent_critic,
+        )
+
+    def make_estimator(
+        self, actor: nn.Module, env: EnvBase, *, planner_policy: nn.Module | None, critic: nn.Module
+    ) -> ReptileRegretEstimator:
+        """The regret estimator of ``cfg.ermas`` for ``actor`` in ``env``, with ``critic`` as
+        the deviations' baseline (``ermas.regret_baseline: critic``)."""
         e = self.cfg.ermas
         return ReptileRegretEstimator(
-            self.agent_policy,
-            self._make_env(e.regret_envs * self.n_agents),
-            planner_policy=self.planner_policy,
-            value_network=self.agent_critic if e.regret_baseline == "critic" else None,
+            actor,
+            env,
+            planner_policy=planner_policy,
+            value_network=critic if e.regret_baseline == "critic" else None,
             gamma=self.cfg.agents.gamma if e.regret_gamma is None else e.regret_gamma,
             horizon=e.regret_horizon if e.regret_horizon is not None else self.horizon,
             trust_region=e.trust_region,
@@ -587,15 +625,24 @@ class ErmasTrainer:
             if not torch.isfinite(p).all():
                 raise NonFiniteError(f"non-finite {group} parameters")
 
-    def _adversarial_search(self, iteration: int, seed: int) -> dict[str, Any]:
+    def estimates_at(self, iteration: int) -> bool:
+        """Whether the regret is estimated (and the multipliers move) after ``iteration``."""
         e = self.cfg.ermas
         if self.estimator is None or iteration < e.warmup_iters:
+            return False
+        return (iteration - e.warmup_iters) % e.regret_interval == 0
+
+    def _adversarial_search(self, iteration: int, seed: int) -> dict[str, Any]:
+        if not self.estimates_at(iteration):
             return {}
-        if (iteration - e.warmup_iters) % e.regret_interval:
-            return {}
+        return self.apply_estimate(self.estimate_regret(seed))
+
+    def apply_estimate(self, result: TensorDictBase) -> dict[str, Any]:
+        """Moves the multipliers (and the meta-gradient term) on a regret estimate ``result``
+        (:meth:`estimate_regret`'s) and returns the row entries it logs."""
+        e = self.cfg.ermas
         if self.lagrange.frozen:
             self.lagrange.unfreeze()
-        result = self.estimate_regret(seed)
         regret = result["regret"]
         self.lagrange.update(regret, e.epsilon, reference=result["current_return"])
         if self.meta is not None:
@@ -617,17 +664,12 @@ class ErmasTrainer:
         """
         if self.estimator is None:
             raise ValueError(f"variant {self.cfg.variant!r} estimates no regret; use variant='ermas'.")
-        training = persistent_env_state(self.env)
-        for name, buffer in persistent_env_state(self.estimator.env).items():
-            source = training[name]
-            buffer.copy_(source[torch.arange(buffer.shape[0], device=source.device) % source.shape[0]])
+        continue_env_state(self.env, self.estimator.env)
         try:
             result = self.estimator.estimate(seed=seed)
         except FloatingPointError as err:
             raise NonFiniteError(str(err)) from err
-        for name in ("regret", "kl"):
-            if not torch.isfinite(result[name]).all():
-                raise NonFiniteError(f"non-finite {name} estimate {result[name].tolist()}")
+        check_finite_estimate(result)
         return result
 
     # ------------------------------------------------------------------ state

@@ -66,8 +66,9 @@ class KLToReference(Transform):
         out_key (NestedKey): where the KL is written; nested in the policy's group so that its
             spec is ``[*group shape, 1]``. Defaults to ``("agents", "kl_ref")``.
         reference_params (TensorDictBase, optional): reference parameters with the structure
-            of ``TensorDict.from_module(policy)``; copied. Defaults to a copy of the policy's
-            current parameters.
+            of ``TensorDict.from_module(policy)``, or such parameters stacked on one leading
+            dim (one reference per world, see :meth:`update_reference`); copied. Defaults to a
+            copy of the policy's current parameters.
         num_samples (int): Monte-Carlo samples where no analytic KL is registered.
             Defaults to ``64``.
 
@@ -140,30 +141,50 @@ class KLToReference(Transform):
         return self._reference
 
     def update_reference(self, params: TensorDictBase | None = None) -> None:
-        """Copies ``params`` (default: the policy's current parameters) into the reference."""
+        """Copies ``params`` (default: the policy's current parameters) into the reference.
+
+        ``params`` may be stacked on one leading dim ``W`` (``batch_size=[W]``): one reference
+        per world, e.g. the runs of a population in
+        :class:`~torchrl_ermas.regret.ReptileRegretEstimator`. :meth:`reference_dist` then
+        evaluates entry ``w`` of data ``[W, ...]`` under reference ``w``.
+        """
         if params is None:
             params = TensorDict.from_module(self.policy)
-        self._reference.data.update_(self._check_params(params).data)
+        params = self._check_params(params).data
+        if params.batch_size == self._reference.batch_size:
+            self._reference.data.update_(params)
+        else:
+            self._reference = TensorDictParams(params.clone(), no_convert=True)
 
     def _check_params(self, params: TensorDictBase) -> TensorDictBase:
         expected = TensorDict.from_module(self.policy)
-        ok = isinstance(params, TensorDictBase)
+        ok = isinstance(params, TensorDictBase) and params.batch_dims <= 1
         if ok:
             keys = set(expected.keys(True, True))
             ok = set(params.keys(True, True)) == keys and all(
-                params.get(k).shape == expected.get(k).shape for k in keys
+                params.get(k).shape == (*params.batch_size, *expected.get(k).shape) for k in keys
             )
         if not ok:
             raise ValueError(
-                "reference_params must be a TensorDict with the keys and shapes of TensorDict.from_module(policy)."
+                "reference_params must be a TensorDict with the keys and shapes of "
+                "TensorDict.from_module(policy), or such TensorDicts stacked on one leading dim."
             )
         return params
 
     def reference_dist(self, tensordict: TensorDictBase) -> Distribution:
-        """The reference policy's distribution at the root entries of ``tensordict``."""
+        """The reference policy's distribution at the root entries of ``tensordict``
+        (``[W, ...]`` with references stacked per world)."""
         policy = self.policy
-        with torch.no_grad(), self._reference.to_module(policy):
-            return policy.get_dist(tensordict.select(*self.in_keys))
+        inputs = tensordict.select(*self.in_keys)
+        with torch.no_grad():
+            if not self._reference.batch_dims:
+                with self._reference.to_module(policy):
+                    return policy.get_dist(inputs)
+            return policy.build_dist_from_params(torch.vmap(self._dist_params)(self._reference.data, inputs))
+
+    def _dist_params(self, params: TensorDictBase, inputs: TensorDictBase) -> TensorDictBase:
+        with params.to_module(self.policy):
+            return self.policy.get_dist_params(inputs)
 
     def divergence(self, reference: Distribution, policy: Distribution) -> torch.Tensor:
         """``KL(reference || policy)`` of two distributions (no trailing dim added).
