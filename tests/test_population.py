@@ -244,18 +244,27 @@ def _tail_means(histories: list[dict], key: str, window: int) -> torch.Tensor:
     return torch.tensor([torch.tensor(h[key][-window:], dtype=torch.float64).sum(-1).mean() for h in histories])
 
 
-@pytest.mark.parametrize("planner_mode", ["passive", "officers"])
-def test_a_run_in_a_population_learns_as_it_does_alone(tmp_path, planner_mode):
+@pytest.mark.parametrize(("planner_mode", "variant"), [("passive", "marl"), ("officers", "marl"), ("passive", "ermas")])
+def test_a_run_in_a_population_learns_as_it_does_alone(tmp_path, planner_mode, variant):
     """Statistically indistinguishable from the same runs trained alone (16 seeds), with a
-    passive planner and with one that acts and learns: the final planner and agent rewards
-    agree within 3 standard errors of their difference, and both moved away from their start
-    by more than that (they learn the same thing)."""
-    settings = {"variant": "marl", "iterations": 12, "num_envs": 8, "planner_mode": planner_mode}
+    passive planner and with one that acts and learns, and for ERMAS runs whose regrets are
+    estimated in one batch: the final planner and agent rewards agree within 3 standard
+    errors of their difference, and both moved away from their start by more than that
+    (they learn the same thing); the ERMAS runs' mean regret estimates and multipliers agree
+    within 3 standard errors too."""
+    settings = {"variant": variant, "iterations": 12, "num_envs": 8, "planner_mode": planner_mode}
     ppo = {"lr": 1e-2, "epochs": 2, "minibatches": 2, "hidden": 16}
     settings.update(agents=ppo, planner=ppo)
     cfgs = [make_cfg(tmp_path / "population" / str(s), seed=s, **settings) for s in range(16)]
     together = [r["history"] for r in PopulationTrainer(cfgs).train()]
     alone = [ErmasTrainer({**c, "output_dir": c["output_dir"] + "-alone"}).train()["history"] for c in cfgs]
+    for key in ("regret", "lambda") if variant == "ermas" else ():
+        means = [
+            torch.tensor([torch.tensor([r for r in h[key] if r is not None]).mean() for h in hs])
+            for hs in (together, alone)
+        ]
+        se = (means[0].var() / 16 + means[1].var() / 16).sqrt()
+        assert (means[0].mean() - means[1].mean()).abs() <= 3 * se, (key, *means)
     for key in ("planner_reward", "agent_reward"):
         start = _tail_means([{key: h[key][:3]} for h in alone], key, 3)
         final_together, final_alone = _tail_means(together, key, 3), _tail_means(alone, key, 3)
