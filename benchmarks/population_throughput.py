@@ -1,14 +1,17 @@
 """Throughput of a population of training runs against the same runs trained one by one.
 
-A population of ``R`` MAPPO (``marl``) runs of the Fig. 2 example's training setting
-(seeds ``0 .. R-1``) trains as one batched computation
+A population of ``R`` runs of the Fig. 2 example's training setting (seeds ``0 .. R-1``;
+MAPPO, ``marl``, by default, or ``--variant ermas`` with its regret estimate in every
+iteration) trains as one batched computation
 (:class:`~torchrl_ermas.training.PopulationTrainer`); beside it, in the same process, on
 the same threads and device, single-run trainers (:class:`~torchrl_ermas.training.ErmasTrainer`)
 train the same runs one after the other. Both are timed per full training iteration
-(collection and PPO update) after one warm-up iteration; the separate runs' time is the
-mean of ``--alone`` of them times ``R``. Env-steps/s counts every run's environment steps.
+(collection, PPO update and, for ``ermas``, the regret estimate) after one warm-up
+iteration; the separate runs' time is the mean of ``--alone`` of them times ``R``.
+Env-steps/s counts every run's training environment steps.
 
     python benchmarks/population_throughput.py --threads 1
+    python benchmarks/population_throughput.py --variant ermas --sizes 1 8 32
     python benchmarks/population_throughput.py --sizes 1 8 32 128 --device cuda
     python benchmarks/population_throughput.py num_envs=64 env.max_steps=50
 """
@@ -28,11 +31,14 @@ from torchrl_ermas.training import ErmasTrainer, PopulationTrainer, TrainConfig,
 CONFIG = Path(__file__).parents[1] / "examples" / "configs" / "bimatrix_adversarial_search.yaml"
 
 
-def base_config(overrides: list[str], device: str) -> TrainConfig:
-    """The Fig. 2 example's training run as MAPPO, with command-line ``key=value`` overrides."""
+def base_config(overrides: list[str], device: str, variant: str = "marl") -> TrainConfig:
+    """The Fig. 2 example's training run as ``variant`` (``ermas``: an estimate in every
+    iteration), with command-line ``key=value`` overrides."""
     train = with_overrides(TrainConfig(), OmegaConf.to_container(OmegaConf.load(CONFIG).train))
+    estimates = {"ermas.warmup_iters": 0, "ermas.regret_interval": 1}
+    train = with_overrides(train, {"variant": variant, **(estimates if variant == "ermas" else {})})
     train = with_overrides(train, OmegaConf.to_container(OmegaConf.from_dotlist(overrides)))
-    settings = {"variant": "marl", "device": device, "progress": False, "logger.backend": ""}
+    settings = {"device": device, "progress": False, "logger.backend": ""}
     return with_overrides(train, {**settings, "checkpoint_interval": 10**6})
 
 
@@ -63,6 +69,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--variant", default="marl", choices=["marl", "ermas"])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 8, 32, 128], help="population sizes R")
     parser.add_argument("--iterations", type=int, default=3, help="timed iterations + 1 warm-up")
     parser.add_argument("--alone", type=int, default=4, help="separate runs timed per size (at most R)")
@@ -71,10 +78,10 @@ def main() -> None:
     if args.iterations < 2:
         parser.error(f"--iterations must be >= 2 (one warm-up, then the timed ones), got {args.iterations}.")
     torch.set_num_threads(args.threads)
-    cfg = base_config(args.overrides, args.device)
+    cfg = base_config(args.overrides, args.device, args.variant)
     steps = cfg.num_envs * cfg.env["max_steps"]
     print(
-        f"settings: num_envs={cfg.num_envs} episode={cfg.env['max_steps']} epochs={cfg.agents.epochs} "
+        f"settings: {cfg.variant} num_envs={cfg.num_envs} episode={cfg.env['max_steps']} epochs={cfg.agents.epochs} "
         f"minibatches={cfg.agents.minibatches} | device={args.device} threads={args.threads}"
     )
     print(f"{'R':>5} {'population s/it':>16} {'separate s/it':>14} {'population steps/s':>19} {'ratio':>7}")
