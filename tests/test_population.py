@@ -77,6 +77,37 @@ def ermas_runs(count: int) -> dict[str, dict]:
     return extra
 
 
+@pytest.mark.parametrize("reward", [{"dr_scale": 0.5}, {"rr_eta": 1.0}])
+def test_population_of_one_replays_dr_and_rr_runs(tmp_path, reward):
+    alone = ErmasTrainer(make_cfg(tmp_path / "alone", variant="marl", reward=reward))
+    results = alone.train()
+    (pop_results,) = PopulationTrainer([make_cfg(tmp_path / "population", variant="marl", reward=reward)]).train()
+    assert without_times(pop_results["history"]) == without_times(results["history"])
+    assert states_equal(
+        load_checkpoint(tmp_path / "population" / "checkpoint.pt")["modules"], alone.modules.state_dict()
+    )
+
+
+def test_dr_and_rr_runs_do_not_talk_to_the_others(tmp_path):
+    """A DR run and an RR run in one population with plain runs (per-environment noise
+    scales and per-run etas): the plain runs end bit-identical to a population without
+    them, and the DR and RR runs differ from plain ones."""
+    plain = {"run0": {"variant": "marl"}, "run1": {"variant": "marl"}, "run2": {"variant": "marl"}}
+    reference = PopulationTrainer(population_cfgs(tmp_path / "a", **plain))
+    reference.train()
+    robust = {
+        **plain,
+        "run1": {"variant": "marl", "reward": {"dr_scale": 0.5}},
+        "run2": {"variant": "marl", "reward": {"rr_eta": 1.0}},
+    }
+    mixed = PopulationTrainer(population_cfgs(tmp_path / "b", **robust))
+    mixed.train()
+    (a0, a1, a2), (b0, b1, b2) = final_states(reference), final_states(mixed)
+    assert states_equal(a0, b0)
+    assert not states_equal(a1, b1) and not states_equal(a2, b2)
+    assert mixed.groups[0].rr.eta.tolist() == [0.0, 0.0, 1.0]
+
+
 @pytest.mark.parametrize("n_ermas", [0, 1, 3])
 def test_runs_do_not_talk_to_each_other(tmp_path, n_ermas):
     """Perturbing run 1 (its seed and reality gap) leaves the other runs bit-identical, also
@@ -157,7 +188,7 @@ def test_run_many_resumes_runs_at_different_iterations_alone(tmp_path):
     [
         ({"num_envs": 8}, "num_envs"),
         ({"agents": {"epochs": 3}}, "agents.epochs"),
-        ({"reward": {"dr_scale": 0.5}}, "reward.dr_scale"),
+        ({"reward": {"dr_resample": "step"}}, "reward.dr_resample"),
         ({"env": {"max_steps": 20}}, "env.max_steps"),
     ],
 )

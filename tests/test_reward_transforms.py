@@ -222,7 +222,50 @@ def test_concave_online_raises_outside_domain():
         rollout(env, 10)
 
 
+def test_concave_per_environment_equals_scalar_etas():
+    """One eta per environment (a population's runs): each environment gets its own eta's
+    utility, an environment with eta 0 keeps its reward bit for bit (even outside the
+    domain, where a run without RR has rewards <= -1), and the domain is checked only
+    where eta > 0."""
+    eta = torch.tensor([0.0, 1.0, 2.0, 0.5])
+    reward = torch.tensor([-3.0, 0.5, 1.0, 3.0]).reshape(4, 1, 1, 1).expand(4, 5, 1, 1).clone()
+    out = ConcavePlannerReward(eta)(TensorDict({PLANNER_R: reward}, [4, 5]))[PLANNER_R]
+    assert torch.equal(out[0], reward[0])
+    for env in (1, 2, 3):
+        torch.testing.assert_close(out[env], isoelastic(reward[env], eta[env].item()))
+    with pytest.raises(ValueError, match=r"planner rewards > -1.*holds -3.0"):
+        ConcavePlannerReward(torch.tensor([1.0, 1.0, 2.0, 0.5]))(TensorDict({PLANNER_R: reward}, [4, 5]))
+
+
+@pytest.mark.parametrize("eta", [torch.tensor([1.0, -0.5]), torch.tensor([1.0, float("nan")]), torch.tensor(1.0)])
+def test_concave_rejects_bad_per_environment_eta(eta):
+    with pytest.raises(ValueError, match="eta must be a finite number >= 0 or a 1-d or larger float tensor"):
+        ConcavePlannerReward(eta)
+
+
 # ---------------------------------------------------------------- DomainRandomizedReward
+def test_dr_per_environment_scale():
+    """One scale per environment: online, each environment's noise is the scalar transform's
+    draws times its scale (0: no noise), and the noise spec bounds each environment by its
+    own scale."""
+    scale = torch.tensor([0.0, 0.3, 1.0, 2.0])
+    per_env = TransformedEnv(bimatrix_passive(), DomainRandomizedReward(scale, seed=0))
+    unit = TransformedEnv(bimatrix_passive(), DomainRandomizedReward(1.0, seed=0))
+    noise = rollout(per_env, 2 * MAX_STEPS, break_when_any_done=False)[NOISE]
+    expected = rollout(unit, 2 * MAX_STEPS, break_when_any_done=False)[NOISE] * scale.view(4, 1, 1, 1)
+    assert torch.equal(noise, expected)
+    assert (noise[0] == 0).all() and (noise[1:] != 0).all()
+    high = per_env.full_observation_spec["agents", "reward_noise"].space.high
+    assert torch.equal(high, scale.view(4, 1, 1).expand(4, 2, 1))
+    check_env_specs(per_env)
+
+
+@pytest.mark.parametrize("scale", [torch.tensor([0.5, -0.1]), torch.tensor([float("inf")]), torch.tensor([1, 2])])
+def test_dr_rejects_bad_per_environment_scale(scale):
+    with pytest.raises(ValueError, match="scale must be a finite number >= 0 or a 1-d or larger float tensor"):
+        DomainRandomizedReward(scale)
+
+
 @pytest.mark.parametrize("scale", [-1.0, float("nan"), float("inf")])
 def test_dr_rejects_bad_scale(scale):
     with pytest.raises(ValueError, match="scale must be"):

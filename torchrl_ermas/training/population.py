@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from torchrl_ermas.objectives import ErmasLoss, PlannerAdvantage
 from torchrl_ermas.regret import ReptileRegretEstimator, persistent_env_state, seed_env
+from torchrl_ermas.transforms import ConcavePlannerReward
 
 from ..validation import check_int
 from .checkpoint import save_checkpoint
@@ -58,6 +59,8 @@ PER_RUN_KEYS = (
     "ermas.epsilon",
     "ermas.lambda_init",
     "reward.q",
+    "reward.dr_scale",
+    "reward.rr_eta",
     "agents.lr",
     "planner.lr",
     "planner_checkpoint",
@@ -289,6 +292,16 @@ def _gae(value_key: tuple[str, str], group: str, gamma: float, lmbda: float) -> 
     return gae
 
 
+def _risk_robust_reward(etas: list[float], device: torch.device) -> ConcavePlannerReward | None:
+    """The RR transform of a group's planner rewards ``[G, ...]``: ``None`` if no run has one,
+    the runs' common ``reward.rr_eta`` (as a run alone), or one per run."""
+    if not any(eta > 0 for eta in etas):
+        return None
+    if len(set(etas)) == 1:
+        return ConcavePlannerReward(etas[0])
+    return ConcavePlannerReward(torch.tensor(etas, device=device))
+
+
 class _RunGroup:
     """Runs of a population whose modules have one structure (one variant): they share
     vmapped losses, advantages and minibatches.
@@ -303,7 +316,7 @@ class _RunGroup:
         lead = self.runs[0]
         self.cfg = cfg = lead.cfg
         self.template = copy.deepcopy(lead.modules).requires_grad_(False)
-        self.rr = lead.rr
+        self.rr = _risk_robust_reward([run.cfg.reward.rr_eta for run in self.runs], lead.device)
         modules = self.template
         self.losses: dict[str, LossModule | PlannerAdvantage] = {}
         make = _RunErmasLoss if lead.variant.uses_planner_advantage else _RunPPOLoss
@@ -496,7 +509,7 @@ class PopulationTrainer:
         self.horizon = lead.horizon
         self.groups = self._groups()
         torch.manual_seed(self.cfg.seed)  # the environment's own draws, as for a run alone
-        self.env = lead._make_env(len(self.runs) * self.cfg.num_envs, q=self._env_q())
+        self.env = lead._make_env(len(self.runs) * self.cfg.num_envs, **self._env_rewards(self.runs))
         self._share_env_state(to_runs=False)
         self.policy = PopulationPolicy([run.collection_policy for run in self.runs])
         frames = len(self.runs) * self.cfg.num_envs * self.horizon
@@ -522,12 +535,13 @@ class PopulationTrainer:
                 stored = persistent_env_state(run.env)[name]
                 (stored if to_runs else own).copy_(own if to_runs else stored)
 
-    def _env_q(self, runs: Sequence[ErmasTrainer] | None = None, envs: int | None = None) -> torch.Tensor:
-        """``reward.q`` of each environment ``[R * envs]`` of ``runs`` (default: every run's
-        ``num_envs`` environments), run-major."""
-        runs = self.runs if runs is None else runs
-        q = torch.tensor([run.cfg.reward.q for run in runs], device=self.device)
-        return q.repeat_interleave(self.cfg.num_envs if envs is None else envs)
+    def _env_rewards(self, runs: Sequence[ErmasTrainer], envs: int | None = None) -> dict[str, torch.Tensor]:
+        """``reward.q`` and ``reward.dr_scale`` of each environment ``[R * envs]`` of ``runs``
+        (``envs`` per run, by default ``num_envs``), run-major."""
+        envs = self.cfg.num_envs if envs is None else envs
+        per_run = {name: [getattr(run.cfg.reward, name) for run in runs] for name in ("q", "dr_scale")}
+        device = self.device
+        return {name: torch.tensor(values, device=device).repeat_interleave(envs) for name, values in per_run.items()}
 
     def _batched_estimator(self) -> ReptileRegretEstimator:
         """One regret estimator for every run of :attr:`estimating`: run ``r``'s deviation
@@ -537,7 +551,7 @@ class PopulationTrainer:
         runs = [self.runs[index] for index in self.estimating]
         lead = runs[0]
         envs = lead.n_agents * self.cfg.ermas.regret_envs
-        env = lead._make_env(len(runs) * envs, q=self._env_q(runs, envs))
+        env = lead._make_env(len(runs) * envs, **self._env_rewards(runs, envs))
         planner = None if lead.planner_policy is None else PopulationPolicy([run.planner_policy for run in runs])
         critic = PopulationPolicy([run.agent_critic for run in runs])
         return lead.make_estimator(copy.deepcopy(lead.agent_policy), env, planner_policy=planner, critic=critic)

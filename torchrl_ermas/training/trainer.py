@@ -316,11 +316,15 @@ class ErmasTrainer:
             env_cfg = asdict(env_cfg)
         return instantiate(env_cfg, batch_size=batch_size, device=device)
 
-    def _make_env(self, batch_size: int, q: float | torch.Tensor | None = None) -> TransformedEnv:
-        """``batch_size`` environments with the reward transforms of ``cfg.reward``; ``q``
-        (a number, or one value per environment) replaces ``reward.q``."""
+    def _make_env(
+        self, batch_size: int, q: float | torch.Tensor | None = None, dr_scale: float | torch.Tensor | None = None
+    ) -> TransformedEnv:
+        """``batch_size`` environments with the reward transforms of ``cfg.reward``; ``q`` and
+        ``dr_scale`` (numbers, or one value per environment) replace ``reward.q`` and
+        ``reward.dr_scale``."""
         reward = self.cfg.reward
         q = reward.q if q is None else q
+        dr_scale = reward.dr_scale if dr_scale is None else dr_scale
         env = self._env_fn(batch_size, self.device)
         transforms = []
         if bool((torch.as_tensor(q) != 0).any()):
@@ -331,8 +335,8 @@ class ErmasTrainer:
                     f"reward.gap_key {list(gap_key)} is not an output of the environment; its outputs are {outputs}."
                 )
             transforms.append(PlannerRewardGap(q, planner_reward_key=gap_key))
-        if reward.dr_scale > 0:
-            transforms.append(DomainRandomizedReward(reward.dr_scale, resample=reward.dr_resample))
+        if bool((torch.as_tensor(dr_scale) > 0).any()):
+            transforms.append(DomainRandomizedReward(dr_scale, resample=reward.dr_resample))
         return TransformedEnv(env, Compose(*transforms), auto_unwrap=True)
 
     def _check_episode_metrics(self) -> None:

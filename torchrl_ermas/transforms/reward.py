@@ -44,6 +44,27 @@ def _unbounded(spec: TensorSpec) -> Unbounded:
     return Unbounded(shape=spec.shape, device=spec.device, dtype=spec.dtype)
 
 
+def _coefficient(module: Transform, name: str, value: float | torch.Tensor, low: float | None = None) -> None:
+    """Sets ``module.<name>`` to a number, or to a buffer of one value per environment (a
+    float tensor shaped like the leading batch dims of the data), each finite and ``>= low``."""
+    if not isinstance(value, torch.Tensor):
+        setattr(module, name, check_real(name, value, low=low))
+        return
+    ok = value.is_floating_point() and value.ndim >= 1 and bool(value.isfinite().all())
+    if not ok or (low is not None and not bool((value >= low).all())):
+        bound = "" if low is None else f" >= {low}"
+        raise ValueError(
+            f"{name} must be a finite number{bound} or a 1-d or larger float tensor of them "
+            f"(one per environment), got {value!r}."
+        )
+    module.register_buffer(name, value.clone())  # moves with the transform (.to(device))
+
+
+def _per_env(value: float | torch.Tensor, like: torch.Tensor) -> float | torch.Tensor:
+    """A coefficient of :func:`_coefficient` broadcast to ``like`` (leading batch dims first)."""
+    return expand_as_right(value, like) if isinstance(value, torch.Tensor) else value
+
+
 class PlannerRewardGap(Transform):
     """Reality gap ``Q``: each agent's reward becomes ``r_i - q * r_p``.
 
@@ -97,18 +118,12 @@ class PlannerRewardGap(Transform):
             in_keys=[self.agent_reward_key, self.planner_reward_key],
             out_keys=[self.agent_reward_key],
         )
-        if isinstance(q, torch.Tensor):
-            if not (q.is_floating_point() and q.ndim >= 1 and bool(q.isfinite().all())):
-                raise ValueError(f"q must be a finite number or a 1-d or larger finite float tensor, got {q!r}.")
-            self.register_buffer("q", q.clone())  # moves with the transform (.to(device))
-        else:
-            self.q = check_real("q", q)
+        _coefficient(self, "q", q)
 
     def _call(self, next_tensordict: TensorDictBase) -> TensorDictBase:
         reward = next_tensordict.get(self.agent_reward_key)
         planner = next_tensordict.get(self.planner_reward_key)
-        q = expand_as_right(self.q, planner) if isinstance(self.q, torch.Tensor) else self.q
-        next_tensordict.set(self.agent_reward_key, reward - q * planner)
+        next_tensordict.set(self.agent_reward_key, reward - _per_env(self.q, planner) * planner)
         return next_tensordict
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
@@ -145,16 +160,24 @@ class PlannerRewardGap(Transform):
         )
 
 
-def isoelastic(x: torch.Tensor, eta: float) -> torch.Tensor:
+def isoelastic(x: torch.Tensor, eta: float | torch.Tensor) -> torch.Tensor:
     """The isoelastic utility ``((x + 1)^(1 - eta) - 1) / (1 - eta)``; ``log1p(x)`` at ``eta = 1``.
 
     Defined for ``x > -1``; ``eta = 0`` is the identity. Computed as
-    ``expm1((1 - eta) * log1p(x)) / (1 - eta)`` for accuracy near ``x = 0``.
+    ``expm1((1 - eta) * log1p(x)) / (1 - eta)`` for accuracy near ``x = 0``. ``eta`` may be
+    a tensor broadcastable to ``x`` (one value per element); elements with ``eta = 0`` are
+    then returned unchanged.
 
     Examples:
         >>> isoelastic(torch.tensor([0.0, 3.0]), 2.0)
         tensor([0.0000, 0.7500])
+        >>> isoelastic(torch.tensor([3.0, 3.0, 3.0]), torch.tensor([0.0, 1.0, 2.0]))
+        tensor([3.0000, 1.3863, 0.7500])
     """
+    if isinstance(eta, torch.Tensor):
+        power = 1 - eta
+        curved = torch.expm1(power * torch.log1p(x)) / torch.where(power == 0, 1.0, power)
+        return torch.where(eta == 0, x, torch.where(power == 0, torch.log1p(x), curved))
     if eta == 1:
         return torch.log1p(x)
     return torch.expm1((1 - eta) * torch.log1p(x)) / (1 - eta)
@@ -173,7 +196,9 @@ class ConcavePlannerReward(Transform):
     is one ``.all()`` per call, which synchronises with the device.
 
     Args:
-        eta (float): the risk aversion ``eta >= 0``, finite.
+        eta (float or torch.Tensor): the risk aversion ``eta >= 0``, finite; or one per
+            environment, a tensor shaped like the leading batch dims of the data (e.g.
+            ``[num_envs]``; environments with ``eta = 0`` keep their reward, whatever it is).
 
     Keyword Args:
         planner_reward_key (NestedKey): the planner reward, transformed in place.
@@ -189,18 +214,21 @@ class ConcavePlannerReward(Transform):
     """
 
     def __init__(self, eta: float, *, planner_reward_key: NestedKey = ("planner", "reward")) -> None:
-        self.eta = check_real("eta", eta, low=0)
-        self.planner_reward_key = unravel_key(planner_reward_key)
-        super().__init__(in_keys=[self.planner_reward_key], out_keys=[self.planner_reward_key])
+        planner_reward_key = unravel_key(planner_reward_key)
+        super().__init__(in_keys=[planner_reward_key], out_keys=[planner_reward_key])
+        self.planner_reward_key = planner_reward_key
+        _coefficient(self, "eta", eta, low=0)
 
     def _call(self, next_tensordict: TensorDictBase) -> TensorDictBase:
         reward = next_tensordict.get(self.planner_reward_key)
-        if not bool((reward > -1).all()):
+        eta = _per_env(self.eta, reward)
+        outside = ~(reward > -1) & (eta != 0) if isinstance(eta, torch.Tensor) else ~(reward > -1)
+        if bool(outside.any()):
             raise ValueError(
                 f"{type(self).__name__} is defined for planner rewards > -1, but "
-                f"{self.planner_reward_key} holds {reward.min().item()} (or NaN)."
+                f"{self.planner_reward_key} holds {reward[outside].min().item()} (or NaN)."
             )
-        next_tensordict.set(self.planner_reward_key, isoelastic(reward, self.eta))
+        next_tensordict.set(self.planner_reward_key, isoelastic(reward, eta))
         return next_tensordict
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
@@ -239,8 +267,10 @@ class DomainRandomizedReward(Transform):
     environments all reset together.
 
     Args:
-        scale (float): half-width of the uniform noise, finite and ``>= 0``. Defaults to
-            ``1.0`` (the ERMAS paper's ``U[-1, 1]``).
+        scale (float or torch.Tensor): half-width of the uniform noise, finite and ``>= 0``;
+            or one per environment, a tensor shaped like the leading batch dims of the data
+            (e.g. ``[num_envs]``, ``0`` for environments without noise). Defaults to ``1.0``
+            (the ERMAS paper's ``U[-1, 1]``).
         resample (str): ``"episode"`` or ``"step"``. Defaults to ``"episode"``.
 
     Keyword Args:
@@ -281,7 +311,6 @@ class DomainRandomizedReward(Transform):
         done_key: NestedKey = "done",
         seed: int | None = None,
     ) -> None:
-        self.scale = check_real("scale", scale, low=0)
         check_choice("resample", resample, RESAMPLE_MODES)
         self.resample = resample
         self.agent_reward_key = unravel_key(agent_reward_key)
@@ -289,6 +318,7 @@ class DomainRandomizedReward(Transform):
         self.reset_key = unravel_key(reset_key)
         self.done_key = unravel_key(done_key)
         super().__init__(in_keys=[self.agent_reward_key], out_keys=[self.agent_reward_key, self.noise_key])
+        _coefficient(self, "scale", scale, low=0)
         self.register_buffer("_noise", None, persistent=False)
         self._generator = torch.Generator()
         self.set_seed(seed)
@@ -306,14 +336,18 @@ class DomainRandomizedReward(Transform):
         self._generator.manual_seed(seed)
 
     def _draw(self, shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
-        """``U[-scale, scale]`` noise of ``shape`` on the device and dtype of ``like``."""
+        """``U[-1, 1]`` draws of ``shape`` on the device and dtype of ``like``."""
         unit = torch.rand(shape, generator=self._generator)
-        return ((2 * unit - 1) * self.scale).to(device=like.device, dtype=like.dtype)
+        return (2 * unit - 1).to(device=like.device, dtype=like.dtype)
+
+    def _scaled(self, unit: torch.Tensor) -> torch.Tensor:
+        """``U[-scale, scale]`` noise from :meth:`_draw`'s (leading batch dims first)."""
+        return unit * _per_env(self.scale, unit)
 
     # ------------------------------------------------------------------ online
     def _reset(self, tensordict: TensorDictBase, tensordict_reset: TensorDictBase) -> TensorDictBase:
         zero = self.parent.full_reward_spec[self.agent_reward_key].zero()
-        fresh = self._draw(zero.shape, zero) if self.resample == "episode" else zero
+        fresh = self._scaled(self._draw(zero.shape, zero)) if self.resample == "episode" else zero
         old = self._noise
         if old is None or old.shape != fresh.shape:
             self._noise = fresh
@@ -329,7 +363,7 @@ class DomainRandomizedReward(Transform):
     def _step(self, tensordict: TensorDictBase, next_tensordict: TensorDictBase) -> TensorDictBase:
         reward = next_tensordict.get(self.agent_reward_key)
         if self.resample == "step":
-            self._noise = self._draw(reward.shape, reward)
+            self._noise = self._scaled(self._draw(reward.shape, reward))
         elif self._noise is None:
             raise RuntimeError(f"{type(self).__name__}: reset the environment before stepping.")
         next_tensordict.set(self.agent_reward_key, reward + self._noise)
@@ -342,7 +376,7 @@ class DomainRandomizedReward(Transform):
         reward = data.get(self.agent_reward_key)
         names = tensordict.names
         if "time" not in names:
-            noise = self._draw(reward.shape, reward)
+            noise = self._scaled(self._draw(reward.shape, reward))
         else:
             time_dim = names.index("time")
             # time-major draws, [T, *other batch dims, *reward feature dims]
@@ -353,7 +387,7 @@ class DomainRandomizedReward(Transform):
                 episode = (done.cumsum(time_dim) - done).movedim(time_dim, 0)
                 index = expand_as_right(episode, noise)
                 noise = noise.gather(0, index)
-            noise = noise.movedim(0, time_dim)
+            noise = self._scaled(noise.movedim(0, time_dim))
         data.set(self.agent_reward_key, reward + noise)
         data.set(self.noise_key, noise)
         return tensordict
@@ -363,9 +397,10 @@ class DomainRandomizedReward(Transform):
         output_spec = output_spec.clone()
         reward_spec = output_spec["full_reward_spec"][self.agent_reward_key]
         output_spec["full_reward_spec"][self.agent_reward_key] = _unbounded(reward_spec)
+        scale = _per_env(self.scale, torch.zeros(reward_spec.shape, device=reward_spec.device))
         output_spec["full_observation_spec"][self.noise_key] = Bounded(
-            low=-self.scale,
-            high=self.scale,
+            low=-scale,
+            high=scale,
             shape=reward_spec.shape,
             device=reward_spec.device,
             dtype=reward_spec.dtype,
