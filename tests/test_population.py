@@ -256,10 +256,10 @@ def test_run_many_trains_compatible_runs_as_populations(tmp_path):
     assert [r["config"]["output_dir"] for r in results] == [cfg["output_dir"] for cfg in cfgs]
     assert all(r["final"]["trained_iterations"] == 3 for r in results)
     alone = [{**cfg, "output_dir": str(tmp_path / "alone" / str(i))} for i, cfg in enumerate(cfgs)]
-    expected = [
-        *PopulationTrainer(alone[:2]).train(),  # the first chunk: runs 0 and 1
-        *(ErmasTrainer(cfg).train() for cfg in alone[2:]),  # a chunk of one, and the meta run
-    ]
+    # runs dealt to two chunks in turn, variant by variant (fixed_lambda: 1, marl: 0 and 2)
+    run1, run2 = PopulationTrainer(alone[1:3]).train()  # the first chunk: runs 1 and 2
+    run0, meta_run = (ErmasTrainer(cfg).train() for cfg in (alone[0], alone[3]))  # a chunk of one, the meta run
+    expected = [run0, run1, run2, meta_run]
     for result, reference in zip(results, expected):
         assert without_times(result["history"]) == without_times(reference["history"])
         assert {k: v for k, v in result["final"].items() if k != "trained_iterations"} == reference["final"]

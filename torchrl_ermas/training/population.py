@@ -124,16 +124,20 @@ def populations(cfgs: Sequence[TrainConfig], *, size: int, workers: int = 1) -> 
     Runs that can batch (:func:`check_population`) are grouped by their shared settings;
     each group is cut into chunks of at most ``size`` runs, and into at least ``workers``
     chunks when it has as many runs, so that the chunks keep ``workers`` processes busy.
-    Every other run is a population of its own. Larger populations come first.
+    The runs are dealt to the chunks in turn, variant by variant, so that every chunk holds
+    its share of each variant (an ``ermas`` run, with its regret estimates, costs several
+    times a ``marl`` one). Every other run is a population of its own. Larger populations
+    come first.
 
     Examples:
         >>> from torchrl_ermas.training import ErmasConfig
         >>> meta = TrainConfig(variant="ermas", ermas=ErmasConfig(meta_scale=0.2))  # trains alone
         >>> cfgs = [TrainConfig(variant="marl", seed=s) for s in range(5)] + [meta]
         >>> populations(cfgs, size=2)
-        [[0, 1], [2, 3], [4], [5]]
+        [[0, 3], [1, 4], [2], [5]]
+        >>> cfgs = [TrainConfig(variant=v, seed=s) for v in ("ermas", "marl") for s in range(3)]
         >>> populations(cfgs, size=32, workers=2)
-        [[0, 1, 2], [3, 4], [5]]
+        [[0, 2, 4], [1, 3, 5]]
     """
     check_int("size", size, 1)
     check_int("workers", workers, 1)
@@ -147,8 +151,10 @@ def populations(cfgs: Sequence[TrainConfig], *, size: int, workers: int = 1) -> 
     chunks = []
     for indices in groups.values():
         count = max(math.ceil(len(indices) / size), min(workers, len(indices)))
-        bounds = [-(-i * len(indices) // count) for i in range(count + 1)]
-        chunks.extend(indices[start:end] for start, end in zip(bounds, bounds[1:]))
+        dealt: list[list[int]] = [[] for _ in range(count)]
+        for turn, index in enumerate(sorted(indices, key=lambda i: (cfgs[i].variant, i))):
+            dealt[turn % count].append(index)
+        chunks.extend(sorted(chunk) for chunk in dealt)
     return sorted(chunks + alone, key=len, reverse=True)
 
 
