@@ -185,7 +185,9 @@ class ReptileRegretEstimator:
     deviates in world ``i``, and the per-world parameters are ``vmap``-ed. The deviating
     agent explores with probability ``exploration`` (uniform actions, importance-weighted),
     so a near-deterministic current policy still produces data about the actions it no
-    longer takes.
+    longer takes. The policies of ``R`` runs (e.g. a population's) estimate in one call
+    too (:meth:`estimate` with ``params``): the batch then holds ``R * n_agents`` worlds, and
+    each world's trust region is centred on its own run's policy.
 
     Reference: "ERMAS: Learning Policies Robust to Reality Gaps in Multi-Agent
     Simulations", ICLR 2021 submission, Sec. 3 (Eqs. 9-13).
