@@ -152,7 +152,8 @@ def test_regret_estimate_runs_in_the_training_environments_curriculum_state(tmp_
     trainer.train()
     for run in trainer.runs if population else [trainer]:
         assert run.env.base_env.completed_episodes.tolist() == [3] * 4
-        assert run.estimator.env.base_env.completed_episodes.tolist() == [3] * 8  # 4 worlds of 2 envs
+    # 4 worlds of 2 envs per run; the population's runs estimate in one batch
+    assert trainer.estimator.env.base_env.completed_episodes.tolist() == [3] * 8 * len(runs)
 
 
 @pytest.mark.parametrize("variant", ["marl", "ermas"])
