@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from numbers import Real
 
 import torch
+from tensordict import TensorDict, TensorDictBase
 
 #: seeds accepted everywhere: torch's generators take unsigned 64-bit seeds, kept signed-safe
 MAX_SEED = 2**63 - 1
@@ -141,6 +142,41 @@ def check_bool(name: str, value) -> None:
     """
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be a bool (True or False), got {value!r} ({type(value).__name__}).")
+
+
+def check_module_params(name: str, params, module: torch.nn.Module, *, stacked: tuple[bool, ...] = (False,)):
+    """``params`` must have the keys and shapes of ``TensorDict.from_module(module)``, unstacked
+    and / or stacked on one leading dim as ``stacked`` allows; returns ``params``.
+
+    Examples:
+        >>> from tensordict import TensorDict
+        >>> linear = torch.nn.Linear(2, 1)
+        >>> params = TensorDict.from_module(linear).data
+        >>> check_module_params("params", params.expand(3), linear, stacked=(True,)).batch_size
+        torch.Size([3])
+        >>> check_module_params("params", params, linear, stacked=(True,))
+        Traceback (most recent call last):
+        ...
+        ValueError: params must be a TensorDict ..., stacked on a leading dim (batch_size=[R], ...).
+    """
+    expected = TensorDict.from_module(module)
+    ok = isinstance(params, TensorDictBase) and params.batch_dims in [int(s) for s in stacked]
+    if ok:
+        keys = set(expected.keys(True, True))
+        ok = set(params.keys(True, True)) == keys and all(
+            params.get(k).shape == (*params.batch_size, *expected.get(k).shape) for k in keys
+        )
+    if not ok:
+        forms = {
+            (False,): "",
+            (True,): ", stacked on a leading dim (batch_size=[R], one entry per run)",
+            (False, True): ", or such TensorDicts stacked on one leading dim",
+        }[tuple(stacked)]
+        raise ValueError(
+            f"{name} must be a TensorDict with the keys and shapes of "
+            f"TensorDict.from_module({type(module).__name__}){forms}."
+        )
+    return params
 
 
 def as_batch_size(value, *, max_dims: int | None = None, name: str = "batch_size") -> torch.Size:

@@ -16,7 +16,15 @@ from torchrl.objectives.value.functional import reward2go
 
 from ..defaults import default_of
 from ..transforms.kl import KLToReference
-from ..validation import check_bool, check_choice, check_int, check_number, check_real, check_seed
+from ..validation import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_module_params,
+    check_number,
+    check_real,
+    check_seed,
+)
 from .deviation import DeviationDistributions, DeviationPolicy, check_explorable
 from .meta import own_policy_gradient
 from .trust_region import DeviationBatch, PPODeviationStep, TrustRegionStep, own, select_worlds
@@ -376,18 +384,7 @@ class ReptileRegretEstimator:
         n_agents = self.n_agents
         if params is None:
             return self.params.data.expand(n_agents).clone()
-        own_params = self.params
-        ok = isinstance(params, TensorDictBase) and params.batch_dims == 1
-        if ok:
-            keys = set(own_params.keys(True, True))
-            ok = set(params.keys(True, True)) == keys and all(
-                params.get(k).shape[1:] == own_params.get(k).shape for k in keys
-            )
-        if not ok:
-            raise ValueError(
-                "params must be the actor's parameters (TensorDict.from_module(actor)) of R runs "
-                "stacked on a leading dim, batch_size=[R]."
-            )
+        check_module_params("params", params, self.actor, stacked=(True,))
         runs = params.batch_size[0]
         if self.env.batch_size[0] % (runs * n_agents):
             raise ValueError(

@@ -12,7 +12,7 @@ from torch.distributions import Distribution, kl_divergence
 from torchrl.data import Composite, Unbounded
 from torchrl.envs.transforms import Transform
 
-from torchrl_ermas.validation import check_int
+from torchrl_ermas.validation import check_int, check_module_params
 
 __all__ = ["KLToReference"]
 
@@ -157,19 +157,7 @@ class KLToReference(Transform):
             self._reference = TensorDictParams(params.clone(), no_convert=True)
 
     def _check_params(self, params: TensorDictBase) -> TensorDictBase:
-        expected = TensorDict.from_module(self.policy)
-        ok = isinstance(params, TensorDictBase) and params.batch_dims <= 1
-        if ok:
-            keys = set(expected.keys(True, True))
-            ok = set(params.keys(True, True)) == keys and all(
-                params.get(k).shape == (*params.batch_size, *expected.get(k).shape) for k in keys
-            )
-        if not ok:
-            raise ValueError(
-                "reference_params must be a TensorDict with the keys and shapes of "
-                "TensorDict.from_module(policy), or such TensorDicts stacked on one leading dim."
-            )
-        return params
+        return check_module_params("reference_params", params, self.policy, stacked=(False, True))
 
     def reference_dist(self, tensordict: TensorDictBase) -> Distribution:
         """The reference policy's distribution at the root entries of ``tensordict``
