@@ -33,7 +33,6 @@ from tqdm.auto import tqdm
 
 from torchrl_ermas.objectives import ErmasLoss, PlannerAdvantage
 from torchrl_ermas.regret import ReptileRegretEstimator, persistent_env_state, seed_env
-from torchrl_ermas.transforms import ConcavePlannerReward
 
 from ..validation import check_int
 from .checkpoint import save_checkpoint
@@ -48,6 +47,7 @@ from .trainer import (
     continue_env_state,
     episode_collector,
     ppo_loss_settings,
+    risk_robust_reward,
 )
 
 #: the settings in which the runs of one population may differ
@@ -298,16 +298,6 @@ def _gae(value_key: tuple[str, str], group: str, gamma: float, lmbda: float) -> 
     return gae
 
 
-def _risk_robust_reward(etas: list[float], device: torch.device) -> ConcavePlannerReward | None:
-    """The RR transform of a group's planner rewards ``[G, ...]``: ``None`` if no run has one,
-    the runs' common ``reward.rr_eta`` (as a run alone), or one per run."""
-    if not any(eta > 0 for eta in etas):
-        return None
-    if len(set(etas)) == 1:
-        return ConcavePlannerReward(etas[0])
-    return ConcavePlannerReward(torch.tensor(etas, device=device))
-
-
 class _RunGroup:
     """Runs of a population whose modules have one structure (one variant): they share
     vmapped losses, advantages and minibatches.
@@ -322,7 +312,7 @@ class _RunGroup:
         lead = self.runs[0]
         self.cfg = cfg = lead.cfg
         self.template = copy.deepcopy(lead.modules).requires_grad_(False)
-        self.rr = _risk_robust_reward([run.cfg.reward.rr_eta for run in self.runs], lead.device)
+        self.rr = risk_robust_reward([run.cfg.reward.rr_eta for run in self.runs], lead.device)
         modules = self.template
         self.losses: dict[str, LossModule | PlannerAdvantage] = {}
         make = _RunErmasLoss if lead.variant.uses_planner_advantage else _RunPPOLoss
@@ -625,7 +615,7 @@ class PopulationTrainer:
         """The regret estimates of the runs of :attr:`estimating`, in one batch, by run index."""
         runs = [self.runs[index] for index in self.estimating]
         continue_env_state(self.env, self.estimator.env, training_runs=len(self.runs), runs=self.estimating)
-        params = torch.stack([TensorDict.from_module(run.agent_policy).data for run in runs])
+        params = stack_runs([run.agent_policy for run in runs]).data
         try:
             result = self.estimator.estimate(seed=runs[0]._iteration_seed(iteration), params=params)
         except FloatingPointError as err:

@@ -80,6 +80,16 @@ def continue_env_state(
         target.copy_(source[:, index])
 
 
+def risk_robust_reward(etas: Sequence[float], device: torch.device) -> ConcavePlannerReward | None:
+    """The RR transform of the planner rewards ``[R, ...]`` of runs with ``reward.rr_eta``
+    ``etas``: ``None`` if no run has one, their common eta (a run alone), or one per run."""
+    if not any(eta > 0 for eta in etas):
+        return None
+    if len(set(etas)) == 1:
+        return ConcavePlannerReward(etas[0])
+    return ConcavePlannerReward(torch.tensor(list(etas), device=device))
+
+
 def _group_keys(group: str) -> dict[str, tuple[str, str]]:
     names = ("advantage", "value_target", "reward", "action")
     keys = {name: (group, name) for name in names}
@@ -258,7 +268,7 @@ class ErmasTrainer:
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self._build_agents()
         self._build_planner()
-        self.rr = ConcavePlannerReward(cfg.reward.rr_eta) if cfg.reward.rr_eta > 0 else None
+        self.rr = risk_robust_reward([cfg.reward.rr_eta], self.device)
         self.estimator = self._build_estimator()
         self.collection_policy = TensorDictSequential(
             *([self.planner_policy] if self.planner_acts else []), self.agent_policy
