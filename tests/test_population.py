@@ -127,6 +127,7 @@ def test_runs_do_not_talk_to_each_other(tmp_path, n_ermas):
         assert reference.runs[2].history["lambda"] == perturbed.runs[2].history["lambda"]
     if n_ermas == 3:
         assert reference.estimator is not None  # the batched estimate
+        assert all("estimator" not in vars(run) for run in reference.runs)  # none built its own
         assert reference.runs[0].history["regret"] == perturbed.runs[0].history["regret"]
         assert reference.runs[1].history["regret"] != perturbed.runs[1].history["regret"]
 

@@ -511,7 +511,7 @@ class PopulationTrainer:
         frames = len(self.runs) * self.cfg.num_envs * self.horizon
         self.collector = episode_collector(self.env, self.policy, frames, self.device)
         #: the runs that estimate their regret (``ermas``), and their batched estimator
-        self.estimating = [index for index, run in enumerate(self.runs) if run.estimator is not None]
+        self.estimating = [index for index, run in enumerate(self.runs) if run.variant.estimates_regret]
         self.estimator = self._batched_estimator() if len(self.estimating) > 1 else None
 
     def _groups(self) -> list[_RunGroup]:

@@ -7,7 +7,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, is_dataclass
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -269,7 +269,6 @@ class ErmasTrainer:
         self._build_agents()
         self._build_planner()
         self.rr = risk_robust_reward([cfg.reward.rr_eta], self.device)
-        self.estimator = self._build_estimator()
         self.collection_policy = TensorDictSequential(
             *([self.planner_policy] if self.planner_acts else []), self.agent_policy
         )
@@ -455,7 +454,12 @@ class ErmasTrainer:
             return None
         return {name: getattr(self.cfg.agents, name) for name in PPO_SETTINGS}
 
-    def _build_estimator(self) -> ReptileRegretEstimator | None:
+    @cached_property
+    def estimator(self) -> ReptileRegretEstimator | None:
+        """The run's regret estimator and its deviation worlds (``None`` for variants without
+        regret estimates), built at its first use: the runs of a
+        :class:`~torchrl_ermas.training.population.PopulationTrainer` estimate in the
+        population's batched estimator and never build their own."""
         if not self.variant.estimates_regret:
             return None
         return self.make_estimator(
@@ -642,7 +646,7 @@ class ErmasTrainer:
     def estimates_at(self, iteration: int) -> bool:
         """Whether the regret is estimated (and the multipliers move) after ``iteration``."""
         e = self.cfg.ermas
-        if self.estimator is None or iteration < e.warmup_iters:
+        if not self.variant.estimates_regret or iteration < e.warmup_iters:
             return False
         return (iteration - e.warmup_iters) % e.regret_interval == 0
 
@@ -676,7 +680,7 @@ class ErmasTrainer:
         (:meth:`~torchrl_ermas.regret.ReptileRegretEstimator.estimate`); a non-finite
         rollout, regret or KL raises :class:`NonFiniteError`.
         """
-        if self.estimator is None:
+        if not self.variant.estimates_regret:
             raise ValueError(f"variant {self.cfg.variant!r} estimates no regret; use variant='ermas'.")
         continue_env_state(self.env, self.estimator.env)
         try:
