@@ -17,6 +17,7 @@ from test_training import assert_results_schema, make_cfg, without_times
 
 from torchrl_ermas.training import ErmasTrainer, PopulationTrainer, check_population, load_checkpoint, run_many
 from torchrl_ermas.training.config import as_config
+from torchrl_ermas.training.population import populations
 
 
 def population_cfgs(root: Path, **per_run: dict) -> list[dict]:
@@ -200,10 +201,27 @@ def test_refuses_runs_that_differ_elsewhere(tmp_path, override, key):
     assert not (tmp_path / "run0").exists()  # refused before any run's folder is touched
 
 
-def test_refuses_the_meta_gradient_and_empty_populations(tmp_path):
-    cfgs = population_cfgs(tmp_path, run1={"variant": "ermas", "ermas": {"meta_scale": 0.2}})
-    with pytest.raises(ValueError, match=r"run 1 has ermas.meta_scale=0.2: .* train alone"):
+SAEZ = {"_target_": "torchrl_ermas.envs.economy.SaezPlanner"}
+
+
+@pytest.mark.parametrize(
+    "run1, reason",
+    [
+        ({"variant": "ermas", "ermas": {"meta_scale": 0.2}}, r"ermas.meta_scale=0.2 \(the meta-gradient term\)"),
+        ({"train_planner": False, "fixed_planner": SAEZ}, r"fixed_planner is .*SaezPlanner.*, not a network"),
+    ],
+)
+def test_runs_that_train_alone_are_refused_and_dealt_alone(tmp_path, run1, reason):
+    """The meta-gradient term and a hand-written fixed planner (the Saez planner steps on
+    its own data, which vmap cannot trace) keep a run out of populations."""
+    cfgs = population_cfgs(tmp_path, run1=run1)
+    with pytest.raises(ValueError, match=rf"run 1 trains alone \(ErmasTrainer\): {reason}"):
         PopulationTrainer(cfgs)
+    assert not (tmp_path / "run0").exists()
+    assert populations([as_config(cfg) for cfg in cfgs], size=32) == [[0, 2], [1]]
+
+
+def test_refuses_empty_populations(tmp_path):
     with pytest.raises(ValueError, match="at least one run"):
         check_population([])
     check_population([as_config(cfg) for cfg in population_cfgs(tmp_path)])  # per-run keys only

@@ -79,9 +79,8 @@ def _shared_settings(cfg: TrainConfig) -> dict[str, Any]:
 def check_population(cfgs: Sequence[TrainConfig]) -> None:
     """Refuses runs that cannot train as one population, naming the setting.
 
-    The runs must agree on every setting but those of :data:`PER_RUN_KEYS`, their
-    variants must be among :data:`POPULATION_VARIANTS`, and none may have the
-    meta-gradient term (``ermas.meta_scale > 0``, whose per-run state trains alone).
+    The runs must agree on every setting but those of :data:`PER_RUN_KEYS`, and none may
+    be a run that trains alone (:func:`alone_reason`).
 
     Examples:
         >>> check_population([TrainConfig(variant="marl"), TrainConfig(variant="marl", num_envs=8)])
@@ -92,16 +91,9 @@ def check_population(cfgs: Sequence[TrainConfig]) -> None:
     if not cfgs:
         raise ValueError("a population needs at least one run configuration, got none.")
     for index, cfg in enumerate(cfgs):
-        if cfg.variant not in POPULATION_VARIANTS:
-            raise ValueError(
-                f"variant of run {index} is {cfg.variant!r}, but a population trains the variants "
-                f"{list(POPULATION_VARIANTS)}."
-            )
-        if _trains_alone(cfg):
-            raise ValueError(
-                f"run {index} has ermas.meta_scale={cfg.ermas.meta_scale}: runs with the "
-                "meta-gradient term train alone (ErmasTrainer)."
-            )
+        reason = alone_reason(cfg)
+        if reason is not None:
+            raise ValueError(f"run {index} trains alone (ErmasTrainer): {reason}.")
     flat = [_shared_settings(cfg) for cfg in cfgs]
     for index, other in enumerate(flat[1:], start=1):
         for key in sorted(flat[0].keys() | other.keys()):
@@ -113,9 +105,28 @@ def check_population(cfgs: Sequence[TrainConfig]) -> None:
                 )
 
 
-def _trains_alone(cfg: TrainConfig) -> bool:
-    """Whether a run cannot join a population (its variant, or the meta-gradient term)."""
-    return cfg.variant not in POPULATION_VARIANTS or (cfg.variant == "ermas" and cfg.ermas.meta_scale > 0)
+def alone_reason(cfg: TrainConfig) -> str | None:
+    """Why a run cannot join a population, or ``None`` if it can.
+
+    A run trains alone if its variant is not among :data:`POPULATION_VARIANTS`, if it has
+    the meta-gradient term (``ermas.meta_scale > 0``, whose per-run state is not batched),
+    or if it has a ``fixed_planner`` (a hand-written policy, e.g. the Saez planner, with
+    no parameters to stack over runs and possibly state and data-dependent steps).
+
+    Examples:
+        >>> alone_reason(TrainConfig(variant="marl")) is None
+        True
+        >>> alone_reason(TrainConfig(variant="marl", train_planner=False,
+        ...                          fixed_planner={"_target_": "torchrl_ermas.envs.economy.SaezPlanner"}))
+        "fixed_planner is {'_target_': 'torchrl_ermas.envs.economy.SaezPlanner'}, not a network"
+    """
+    if cfg.variant not in POPULATION_VARIANTS:
+        return f"variant is {cfg.variant!r}, but a population trains the variants {list(POPULATION_VARIANTS)}"
+    if cfg.variant == "ermas" and cfg.ermas.meta_scale > 0:
+        return f"ermas.meta_scale={cfg.ermas.meta_scale} (the meta-gradient term)"
+    if cfg.fixed_planner is not None:
+        return f"fixed_planner is {cfg.fixed_planner!r}, not a network"
+    return None
 
 
 def populations(cfgs: Sequence[TrainConfig], *, size: int, workers: int = 1) -> list[list[int]]:
@@ -144,7 +155,7 @@ def populations(cfgs: Sequence[TrainConfig], *, size: int, workers: int = 1) -> 
     groups: dict[str, list[int]] = {}
     alone: list[list[int]] = []
     for index, cfg in enumerate(cfgs):
-        if not _trains_alone(cfg):
+        if alone_reason(cfg) is None:
             groups.setdefault(json.dumps(_shared_settings(cfg), sort_keys=True), []).append(index)
         else:
             alone.append([index])
