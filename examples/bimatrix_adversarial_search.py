@@ -52,6 +52,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from torchrl_ermas.envs.bimatrix_analysis import exact_values, policy_table  # noqa: E402
 from torchrl_ermas.envs.bimatrix_frontier import epsilon_frontier  # noqa: E402
 
+from torchrl_ermas.defaults import default_of  # noqa: E402
 from torchrl_ermas.training import (  # noqa: E402
     TrainConfig,
     launch_settings,
@@ -78,7 +79,7 @@ class AdversarialSearchConfig:
         seeds: seeds of every configuration.
         workers: runs in parallel (processes).
         population_size: the largest population of runs trained as one batched computation
-            (``1``, the default: every run alone; see :func:`~torchrl_ermas.training.run_many`).
+            (:func:`~torchrl_ermas.training.run_many`'s default; ``1`` trains every run alone).
         ray_address: run the grid on Ray instead (``local``, or a cluster's address:
             see :func:`~torchrl_ermas.training.run_many`).
     """
@@ -89,7 +90,7 @@ class AdversarialSearchConfig:
     marl: bool = True
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     workers: int = 2
-    population_size: int = 1
+    population_size: int = default_of(run_many, "population_size")
     ray_address: str | None = None
 
 

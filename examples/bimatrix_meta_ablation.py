@@ -31,6 +31,7 @@ from hydra.utils import instantiate  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from torchrl_ermas.envs.bimatrix_frontier import epsilon_frontier  # noqa: E402
 
+from torchrl_ermas.defaults import default_of  # noqa: E402
 from torchrl_ermas.training import (  # noqa: E402
     TrainConfig,
     launch_settings,
@@ -51,7 +52,7 @@ class MetaAblationConfig:
             whose first fall to the exact frontier (per seed) measures how soon the agents
             reach the worst epsilon-equilibrium.
         population_size: the largest population of runs trained as one batched computation
-            (``1``, the default: every run alone; see :func:`~torchrl_ermas.training.run_many`).
+            (:func:`~torchrl_ermas.training.run_many`'s default; ``1`` trains every run alone).
         ray_address: run the grid on Ray instead (``local``, or a cluster's address:
             see :func:`~torchrl_ermas.training.run_many`).
     """
@@ -61,7 +62,7 @@ class MetaAblationConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     smoothing: int = 5
     workers: int = 2
-    population_size: int = 1
+    population_size: int = default_of(run_many, "population_size")
     ray_address: str | None = None
 
 

@@ -26,6 +26,7 @@ from hydra.core.config_store import ConfigStore  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from torchrl_ermas.defaults import default_of  # noqa: E402
 from torchrl_ermas.training import (  # noqa: E402
     TrainConfig,
     launch_settings,
@@ -52,7 +53,7 @@ class RobustPlannerConfig:
         seeds: training seeds; each seed's planner is transferred with the same seed.
         workers: runs in parallel (processes).
         population_size: the largest population of runs trained as one batched computation
-            (``1``, the default: every run alone; see :func:`~torchrl_ermas.training.run_many`).
+            (:func:`~torchrl_ermas.training.run_many`'s default; ``1`` trains every run alone).
         ray_address: run the grid on Ray instead (``local``, or a cluster's address:
             see :func:`~torchrl_ermas.training.run_many`).
     """
@@ -64,7 +65,7 @@ class RobustPlannerConfig:
     q_test: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     workers: int = 2
-    population_size: int = 1
+    population_size: int = default_of(run_many, "population_size")
     ray_address: str | None = None
 
 

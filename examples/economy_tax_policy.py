@@ -42,6 +42,7 @@ from hydra.core.config_store import ConfigStore  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from torchrl_ermas.defaults import default_of  # noqa: E402
 from torchrl_ermas.training import (  # noqa: E402
     TrainConfig,
     launch_settings,
@@ -78,7 +79,7 @@ class TaxPolicyConfig:
         seeds: seeds; each learned planner is evaluated with the seed it was trained with.
         workers: runs in parallel (processes, one torch thread each).
         population_size: the largest population of runs trained as one batched computation
-            (``1``, the default: every run alone; see :func:`~torchrl_ermas.training.run_many`).
+            (:func:`~torchrl_ermas.training.run_many`'s default; ``1`` trains every run alone).
         ray_address: run the grid on Ray instead (``local``, or a cluster's address:
             see :func:`~torchrl_ermas.training.run_many`).
     """
@@ -92,7 +93,7 @@ class TaxPolicyConfig:
     eta_test: list[float] = field(default_factory=lambda: [0.11, 0.19, 0.23, 0.27, 0.35])
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     workers: int = 2
-    population_size: int = 1
+    population_size: int = default_of(run_many, "population_size")
     ray_address: str | None = None
 
 

@@ -32,6 +32,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torchrl.envs import Compose, EnvBase, TransformedEnv
 
+from torchrl_ermas.defaults import default_of
 from torchrl_ermas.training import (
     TrainConfig,
     launch_settings,
@@ -80,7 +81,7 @@ class VmasSearchConfig:
         seeds: seeds of every point.
         workers: runs in parallel (processes, one torch thread each).
         population_size: the largest population of runs trained as one batched computation
-            (``1``, the default: every run alone; see :func:`~torchrl_ermas.training.run_many`).
+            (:func:`~torchrl_ermas.training.run_many`'s default; ``1`` trains every run alone).
         ray_address: run the grid on Ray instead (``local``, or a cluster's address:
             see :func:`~torchrl_ermas.training.run_many`).
     """
@@ -91,7 +92,7 @@ class VmasSearchConfig:
     marl: bool = True
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     workers: int = 2
-    population_size: int = 1
+    population_size: int = default_of(run_many, "population_size")
     ray_address: str | None = None
 
 

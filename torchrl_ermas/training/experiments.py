@@ -344,7 +344,7 @@ def run_many(
     configs: Sequence[TrainConfig | dict],
     *,
     workers: int = 1,
-    population_size: int = 1,
+    population_size: int = 32,
     ray_address: str | None = None,
     post: PostHook | None = None,
     env_factory: EnvFactory | None = None,
@@ -352,12 +352,14 @@ def run_many(
 ) -> list[dict[str, Any]]:
     """Runs ``configs`` together; results in input order.
 
-    With ``population_size > 1`` the runs that can batch train as populations of at most
-    ``population_size`` runs (:func:`~torchrl_ermas.training.population.populations`: the
-    ``marl``, ``fixed_lambda`` and ``ermas`` runs that differ only in per-run values such
-    as seeds, ``reward.q``, epsilon or a frozen planner); every other run trains alone. The default ``1``
-    trains every run alone: populations are opt-in until a run in a population is shown to
-    learn as it does alone in every experiment (see the README).
+    The runs that can batch train as populations of at most ``population_size`` runs
+    (:func:`~torchrl_ermas.training.population.populations`: the ``marl``, ``fixed_lambda``
+    and ``ermas`` runs that differ only in per-run values such as seeds, ``reward.q``,
+    epsilon or a frozen planner, dealt to at least ``workers`` populations); every other run
+    trains alone, and ``population_size=1`` trains every run alone. A run in a population
+    learns as it does alone, in distribution: it draws its random numbers from a stretch of
+    its population's stream, so its numbers depend on the grid and on ``workers`` (the same
+    call gives the same results).
 
     Without ``ray_address`` the populations share ``workers`` processes of this machine,
     each single-threaded, so ``workers`` equal to the number of cores uses
