@@ -14,10 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 from test_training import assert_results_schema, make_cfg, without_times
+from torchrl.envs import Compose, TransformedEnv
+from torchrl.envs.libs.vmas import VmasEnv
 
 from torchrl_ermas.training import ErmasTrainer, PopulationTrainer, check_population, load_checkpoint, run_many
 from torchrl_ermas.training.config import as_config
-from torchrl_ermas.training.population import populations
+from torchrl_ermas.training.population import TrainsAloneError, populations
+from torchrl_ermas.transforms import PlannerFromAgents, TimeLimitAsTruncated
 
 
 def population_cfgs(root: Path, **per_run: dict) -> list[dict]:
@@ -219,6 +222,25 @@ def test_runs_that_train_alone_are_refused_and_dealt_alone(tmp_path, run1, reaso
         PopulationTrainer(cfgs)
     assert not (tmp_path / "run0").exists()
     assert populations([as_config(cfg) for cfg in cfgs], size=32) == [[0, 2], [1]]
+
+
+def navigation_with_regulator(cfg, batch_size: int, device: torch.device):
+    """VMAS navigation (continuous actions) with a regulator planner: an ``env_factory``."""
+    base = VmasEnv("navigation", num_envs=batch_size, n_agents=2, max_steps=10, device=device)
+    regulator = PlannerFromAgents("speed", features=(2, 4))
+    return TransformedEnv(base, Compose(TimeLimitAsTruncated(base.max_steps), regulator))
+
+
+def test_continuous_actions_train_alone(tmp_path):
+    """A population cannot sample continuous actions under vmap: it refuses them before
+    any run is built beyond the first, and run_many trains each such run alone."""
+    cfgs = [make_cfg(tmp_path / f"run{seed}", variant="marl", seed=seed, iterations=2) for seed in (0, 1)]
+    env_fn = lambda batch, device: navigation_with_regulator(None, batch, device)  # noqa: E731
+    with pytest.raises(TrainsAloneError, match=r"\('agents', 'action'\) is continuous"):
+        PopulationTrainer(cfgs, env_fn=env_fn)
+    results = run_many(cfgs, workers=1, population_size=2, env_factory=navigation_with_regulator)
+    alone = ErmasTrainer({**cfgs[1], "output_dir": str(tmp_path / "alone")}, env_fn=env_fn).train()
+    assert without_times(results[1]["history"]) == without_times(alone["history"])
 
 
 def test_refuses_empty_populations(tmp_path):

@@ -37,6 +37,7 @@ from torchrl_ermas.regret import ReptileRegretEstimator, persistent_env_state, s
 from ..validation import check_int
 from .checkpoint import save_checkpoint
 from .config import TrainConfig, as_config
+from .models import has_action
 from .run_folder import flatten
 from .trainer import (
     ErmasTrainer,
@@ -169,9 +170,28 @@ def populations(cfgs: Sequence[TrainConfig], *, size: int, workers: int = 1) -> 
     return sorted(chunks + alone, key=len, reverse=True)
 
 
-class ResumeMismatchError(ValueError):
+class TrainsAloneError(ValueError):
+    """Runs that :class:`PopulationTrainer` cannot batch, found once their environment or
+    checkpoints are read (:func:`alone_reason` finds the rest from the configurations);
+    each can train alone (:func:`~torchrl_ermas.training.run_population` does so)."""
+
+
+class ResumeMismatchError(TrainsAloneError):
     """The runs of a population to resume have checkpoints at different iterations (e.g. a
     kill between the runs' checkpoint writes); each can resume alone."""
+
+
+def check_batchable_env(run: ErmasTrainer) -> None:
+    """Raises :class:`TrainsAloneError` if ``run``'s environment has continuous actions: a
+    population samples its runs' actions under :func:`torch.vmap`, and TorchRL's Normal and
+    TanhNormal draw their noise in place (``Tensor.normal_``), which vmap refuses with
+    independent draws per run; their sampled entropy likewise."""
+    for group in ("agents", "planner"):
+        if has_action(run.env, group) and run.env.full_action_spec[group, "action"].dtype.is_floating_point:
+            raise TrainsAloneError(
+                f"the environment's ({group!r}, 'action') is continuous, and a population batches "
+                "categorical actions only: these runs train alone (ErmasTrainer)."
+            )
 
 
 class _VmapEntropy:
@@ -501,7 +521,9 @@ class PopulationTrainer:
     ) -> None:
         cfgs = [as_config(cfg) for cfg in cfgs]
         check_population(cfgs)
-        self.runs = [ErmasTrainer(cfg, env_fn) for cfg in cfgs]
+        lead = ErmasTrainer(cfgs[0], env_fn)
+        check_batchable_env(lead)
+        self.runs = [lead, *(ErmasTrainer(cfg, env_fn) for cfg in cfgs[1:])]
         starts = [run.start_iteration for run in self.runs]
         if len(set(starts)) > 1:
             found = ", ".join(f"{run.cfg.output_dir}: {start}" for run, start in zip(self.runs, starts))
