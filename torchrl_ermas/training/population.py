@@ -37,7 +37,7 @@ from torchrl_ermas.regret import ReptileRegretEstimator, persistent_env_state, s
 from ..validation import check_int
 from .checkpoint import save_checkpoint
 from .config import TrainConfig, as_config
-from .models import has_action
+from .models import has_continuous_action
 from .run_folder import flatten
 from .trainer import (
     ErmasTrainer,
@@ -187,7 +187,7 @@ def check_batchable_env(run: ErmasTrainer) -> None:
     TanhNormal draw their noise in place (``Tensor.normal_``), which vmap refuses with
     independent draws per run; their sampled entropy likewise."""
     for group in ("agents", "planner"):
-        if has_action(run.env, group) and run.env.full_action_spec[group, "action"].dtype.is_floating_point:
+        if has_continuous_action(run.env, group):
             raise TrainsAloneError(
                 f"the environment's ({group!r}, 'action') is continuous, and a population batches "
                 "categorical actions only: these runs train alone (ErmasTrainer)."
