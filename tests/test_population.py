@@ -19,7 +19,7 @@ from torchrl.envs.libs.vmas import VmasEnv
 
 from torchrl_ermas.training import ErmasTrainer, PopulationTrainer, check_population, load_checkpoint, run_many
 from torchrl_ermas.training.config import as_config
-from torchrl_ermas.training.population import TrainsAloneError, populations
+from torchrl_ermas.training.population import populations
 from torchrl_ermas.transforms import PlannerFromAgents, TimeLimitAsTruncated
 
 
@@ -231,16 +231,54 @@ def navigation_with_regulator(cfg, batch_size: int, device: torch.device):
     return TransformedEnv(base, Compose(TimeLimitAsTruncated(base.max_steps), regulator))
 
 
-def test_continuous_actions_train_alone(tmp_path):
-    """A population cannot sample continuous actions under vmap: it refuses them before
-    any run is built beyond the first, and run_many trains each such run alone."""
-    cfgs = [make_cfg(tmp_path / f"run{seed}", variant="marl", seed=seed, iterations=2) for seed in (0, 1)]
-    env_fn = lambda batch, device: navigation_with_regulator(None, batch, device)  # noqa: E731
-    with pytest.raises(TrainsAloneError, match=r"\('agents', 'action'\) is continuous"):
-        PopulationTrainer(cfgs, env_fn=env_fn)
-    results = run_many(cfgs, workers=1, population_size=2, env_factory=navigation_with_regulator)
-    alone = ErmasTrainer({**cfgs[1], "output_dir": str(tmp_path / "alone")}, env_fn=env_fn).train()
-    assert without_times(results[1]["history"]) == without_times(alone["history"])
+def navigation_cfgs(root: Path, *variants: str) -> list[dict]:
+    """Runs on :func:`navigation_with_regulator`, one per variant (seeds 0, 1, ...; the
+    ``ermas`` ones estimate every iteration, with an epsilon of their own)."""
+    estimate = {"warmup_iters": 0, "regret_interval": 1, "regret_envs": 2, "deviation_steps": 1}
+    return [
+        make_cfg(root / f"run{r}", variant=variant, seed=r, iterations=2, ermas={**estimate, "epsilon": 0.1 * r})
+        for r, variant in enumerate(variants)
+    ]
+
+
+def navigation_env(batch_size: int, device: torch.device):
+    return navigation_with_regulator(None, batch_size, device)
+
+
+@pytest.mark.parametrize("variant", ["marl", "ermas"])
+def test_population_of_one_replays_continuous_actions(tmp_path, variant):
+    """Continuous (TanhNormal) actions and sampled entropies drawn under vmap: a population
+    of one replays the run alone bit for bit."""
+    (cfg,) = navigation_cfgs(tmp_path / "population", variant)
+    alone = ErmasTrainer({**cfg, "output_dir": str(tmp_path / "alone")}, env_fn=navigation_env)
+    results = alone.train()
+    population = PopulationTrainer([cfg], env_fn=navigation_env)
+    (pop_results,) = population.train()
+    assert without_times(pop_results["history"]) == without_times(results["history"])
+    assert states_equal(population.runs[0].modules.state_dict(), alone.modules.state_dict())
+
+
+def test_continuous_runs_batch_without_cross_talk(tmp_path):
+    """Continuous runs train as one population (the ERMAS runs estimating in one batch),
+    and perturbing the last run's seed leaves the other runs bit-identical; run_many
+    batches them into that population."""
+    variants = ("marl", "ermas", "ermas")
+    reference = PopulationTrainer(navigation_cfgs(tmp_path / "a", *variants), env_fn=navigation_env)
+    results = reference.train()
+    assert reference.estimator is not None
+    assert all(math.isfinite(regret) for result in results[1:] for regret in result["final"]["regret"])
+    cfgs = navigation_cfgs(tmp_path / "b", *variants)
+    cfgs[2]["seed"] = 7
+    perturbed = PopulationTrainer(cfgs, env_fn=navigation_env)
+    perturbed.train()
+    (a0, a1, a2), (b0, b1, b2) = final_states(reference), final_states(perturbed)
+    assert states_equal(a0, b0) and states_equal(a1, b1)
+    assert not states_equal(a2, b2)
+    grouped = run_many(
+        navigation_cfgs(tmp_path / "c", *variants), workers=1, population_size=3, env_factory=navigation_with_regulator
+    )
+    for mine, theirs in zip(grouped, results):
+        assert without_times(mine["history"]) == without_times(theirs["history"])
 
 
 def test_refuses_empty_populations(tmp_path):

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ..validation import check_int
 from .config import TrainConfig, as_config, validate
-from .population import PopulationTrainer, TrainsAloneError, populations
+from .population import PopulationTrainer, ResumeMismatchError, populations
 from .ray_backend import check_ray_address, ray_results
 from .run_folder import flatten, is_under
 from .trainer import ErmasTrainer
@@ -327,16 +327,15 @@ def run_population(
     thread) and returns each run's results; ``post`` is applied to each run's trainer and
     ``env_factory`` receives the first run's configuration (the runs share one batched
     environment; see :func:`run`). A population of one is :func:`run`, and so is each run
-    of a population that cannot batch (:class:`~torchrl_ermas.training.population.TrainsAloneError`:
-    continuous actions, or checkpoints to resume at different iterations after a kill
-    between the runs' checkpoint writes): each trains, or resumes, alone."""
+    of a population whose checkpoints to resume are at different iterations (a kill
+    between the runs' checkpoint writes): each resumes alone from its own."""
     if len(cfgs) == 1:
         return [run(cfgs[0], post, env_factory)]
     torch.set_num_threads(1)
     env_fn = None if env_factory is None else partial(env_factory, cfgs[0])
     try:
         population = PopulationTrainer(cfgs, env_fn=env_fn)
-    except TrainsAloneError:
+    except ResumeMismatchError:
         return [run(cfg, post, env_factory) for cfg in cfgs]
     return [_with_post(trainer, results, post) for trainer, results in zip(population.runs, population.train())]
 

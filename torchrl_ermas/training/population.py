@@ -26,6 +26,7 @@ from torch import distributions as D
 from torch import nn
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.envs import EnvBase
+from torchrl.modules.distributions import has_analytic_entropy
 from torchrl.objectives import LossModule
 from torchrl.objectives.multiagent import MAPPOLoss
 from torchrl.objectives.value import MultiAgentGAE
@@ -37,7 +38,6 @@ from torchrl_ermas.regret import ReptileRegretEstimator, persistent_env_state, s
 from ..validation import check_int
 from .checkpoint import save_checkpoint
 from .config import TrainConfig, as_config
-from .models import has_continuous_action
 from .run_folder import flatten
 from .trainer import (
     ErmasTrainer,
@@ -170,36 +170,21 @@ def populations(cfgs: Sequence[TrainConfig], *, size: int, workers: int = 1) -> 
     return sorted(chunks + alone, key=len, reverse=True)
 
 
-class TrainsAloneError(ValueError):
-    """Runs that :class:`PopulationTrainer` cannot batch, found once their environment or
-    checkpoints are read (:func:`alone_reason` finds the rest from the configurations);
-    each can train alone (:func:`~torchrl_ermas.training.run_population` does so)."""
-
-
-class ResumeMismatchError(TrainsAloneError):
+class ResumeMismatchError(ValueError):
     """The runs of a population to resume have checkpoints at different iterations (e.g. a
     kill between the runs' checkpoint writes); each can resume alone."""
 
 
-def check_batchable_env(run: ErmasTrainer) -> None:
-    """Raises :class:`TrainsAloneError` if ``run``'s environment has continuous actions: a
-    population samples its runs' actions under :func:`torch.vmap`, and TorchRL's Normal and
-    TanhNormal draw their noise in place (``Tensor.normal_``), which vmap refuses with
-    independent draws per run; their sampled entropy likewise."""
-    for group in ("agents", "planner"):
-        if has_continuous_action(run.env, group):
-            raise TrainsAloneError(
-                f"the environment's ({group!r}, 'action') is continuous, and a population batches "
-                "categorical actions only: these runs train alone (ErmasTrainer)."
-            )
-
-
 class _VmapEntropy:
     """The analytic entropy without the stock losses' data-dependent finiteness check,
-    which :func:`torch.vmap` cannot trace (an infinite entropy is not replaced)."""
+    which :func:`torch.vmap` cannot trace (an infinite entropy is not replaced); a
+    distribution without one (TanhNormal) keeps the stock sampled entropy, which
+    :class:`~torchrl_ermas.training.models.VmappableTanhNormal` draws under vmap."""
 
     def _get_entropy(self, dist: D.Distribution, adv_shape: torch.Size) -> torch.Tensor:
-        return dist.entropy().unsqueeze(-1)
+        if has_analytic_entropy(dist):
+            return dist.entropy().unsqueeze(-1)
+        return super()._get_entropy(dist, adv_shape)
 
 
 class _RunPPOLoss(_VmapEntropy, MAPPOLoss):
@@ -481,7 +466,8 @@ class PopulationTrainer:
        ``reward.q`` and environment state), and each run moves its own multipliers.
 
     The random stream (iteration seeds, environment seeds, minibatch permutations, one per
-    epoch and shared by the runs) follows the first run's seed. A population of one
+    epoch and shared by the runs) follows the first run's seed, and the batched regret
+    estimate's the first ``ermas`` run's. A population of one
     therefore replays :class:`ErmasTrainer` bit for bit; in a larger population a run's
     values never depend on another run's, but its random draws differ from its solo run's
     (the runs are equivalent to solo runs in distribution).
@@ -521,9 +507,7 @@ class PopulationTrainer:
     ) -> None:
         cfgs = [as_config(cfg) for cfg in cfgs]
         check_population(cfgs)
-        lead = ErmasTrainer(cfgs[0], env_fn)
-        check_batchable_env(lead)
-        self.runs = [lead, *(ErmasTrainer(cfg, env_fn) for cfg in cfgs[1:])]
+        self.runs = [ErmasTrainer(cfg, env_fn) for cfg in cfgs]
         starts = [run.start_iteration for run in self.runs]
         if len(set(starts)) > 1:
             found = ", ".join(f"{run.cfg.output_dir}: {start}" for run, start in zip(self.runs, starts))
