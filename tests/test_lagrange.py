@@ -133,6 +133,8 @@ class TestLagrangeMultiplier:
             ({"n_agents": 2, "rule": "pid"}, r"rule must be one of \('nupi', 'gradient_ascent'\)"),
             ({"n_agents": 2, "kp": -1.0}, r"kp must be"),
             ({"n_agents": 2, "sign_change_decay": -1.0}, r"sign_change_decay must be"),
+            ({"n_agents": 2, "sign_change_after": -1}, r"sign_change_after must be"),
+            ({"n_agents": 2, "sign_change_after": 2.5}, r"sign_change_after must be"),
             ({"n_agents": 2, "nu": 1.0}, r"nu must be"),
             ({"n_agents": 2, "scale_decay": math.nan}, r"scale_decay must be"),
             ({"n_agents": 2, "noise_floor": 0.0}, r"noise_floor must be a finite number > 0"),
@@ -224,14 +226,29 @@ def test_sign_change_decay_shrinks_the_step_only_when_the_violation_flips():
     """Kesten's rule: a violation of one sign moves lambda as without the decay; once the
     violation flips sign, the k-th flip scales the step by ``1 / sqrt(1 + decay * k)``."""
     rising = [2.0, 3.0, 2.5, 4.0, 3.0]
-    assert _weights(LagrangeMultiplier(1, sign_change_decay=1.0), rising) == _weights(LagrangeMultiplier(1), rising)
+    constant = {"sign_change_decay": 0.0}
+    assert _weights(LagrangeMultiplier(1), rising) == _weights(LagrangeMultiplier(1, **constant), rising)
     flipping = [2.0, -2.0] * 5
-    decayed, constant = (LagrangeMultiplier(1, sign_change_decay=decay) for decay in (1.0, 0.0))
+    decayed = LagrangeMultiplier(1, sign_change_decay=1.0, sign_change_after=0)
     decayed_steps = torch.tensor(_weights(decayed, flipping)).diff().abs()
-    constant_steps = torch.tensor(_weights(constant, flipping)).diff().abs()
+    constant_steps = torch.tensor(_weights(LagrangeMultiplier(1, **constant), flipping)).diff().abs()
     flips = torch.arange(1, len(flipping), dtype=torch.float)
     torch.testing.assert_close(decayed_steps, constant_steps / (1 + flips).sqrt())
     assert decayed._sign_changes.item() == len(flipping) - 1
+
+
+@pytest.mark.parametrize("after", [0, 4, 10])
+def test_sign_flips_count_after_the_approach(after):
+    """The flips of the first ``sign_change_after`` updates (the agents' overshoot on the
+    approach) leave the step at ``lr``; the later ones shrink it."""
+    flipping = [2.0, -2.0] * 8
+    delayed = LagrangeMultiplier(1, sign_change_after=after)
+    steps = torch.tensor(_weights(delayed, flipping)).diff().abs()
+    constant_steps = torch.tensor(_weights(LagrangeMultiplier(1, sign_change_decay=0.0), flipping)).diff().abs()
+    updates = torch.arange(2, len(flipping) + 1)  # the steps of the weights' diff; each flips
+    counted = (updates - max(after, 1)).clamp_min(0).float()  # the first flip is at update 2
+    torch.testing.assert_close(steps, constant_steps / (1 + 2.0 * counted).sqrt())
+    assert delayed._sign_changes.item() == len(flipping) - max(after, 1)
 
 
 def test_noise_floor_ignores_noise_level_violations_at_zero_epsilon():

@@ -33,7 +33,8 @@ class LagrangeMultiplier(nn.Module):
           s_t  = max(std_beta(e), noise_floor * |reference|)   (EMA, bias-corrected)
           u_t  = clip(e_t / s_t, -max_violation, max_violation)
           xi_t = nu * xi_{t-1} + (1 - nu) * u_t                 (xi_0 = u_1)
-          g_t  = 1 / sqrt(1 + sign_change_decay * k_t)          (k_t: sign flips of e so far)
+          g_t  = 1 / sqrt(1 + sign_change_decay * k_t)          (k_t: sign flips of e after
+                                                                 update sign_change_after)
           w    <- clip(w - lr * g_t * (u_t + kp * (xi_t - xi_{t-1})), 1 / (1 + max_value), 1)
 
       Summed over the updates (at ``g = 1``), ``w = w_0 - lr * (sum_t u_t + kp * (xi_t - xi_0))``: an integral
@@ -44,13 +45,15 @@ class LagrangeMultiplier(nn.Module):
       ``xi`` starts at the first normalised violation, so that the first update is not
       counted as a change of the violation (a proportional kick that throws ``lambda``
       past the agents' switching point before they have moved).
-      The gain ``g_t`` (``1`` by default) is Kesten's rule (1958) when
-      ``sign_change_decay > 0``: the step shrinks each time the violation changes sign,
-      that is once ``lambda`` moves around its target (the estimates' noise, the agents'
-      lag), so that it settles within a budget, while a violation of one sign (the
-      approach, a constraint that cannot hold) keeps the full step. At steady state the
-      violations are noise of unit spread, and with a constant step every update moves
-      ``w`` by about ``lr`` whatever the run's length.
+      The gain ``g_t`` is Kesten's rule (1958): the step shrinks each time the violation
+      changes sign, that is once ``lambda`` moves around its target, so that it settles
+      within a budget, while a violation of one sign (the approach, a constraint that
+      cannot hold) keeps the full step. At steady state the violations are noise of unit
+      spread, and with a constant step every update would move ``w`` by about ``lr``
+      whatever the run's length. The flips of the first ``sign_change_after`` updates do
+      not count: there the agents, lagging behind ``lambda``, overshoot the target once or
+      twice, and a step already shrunk by those flips brings ``lambda`` back too slowly
+      (on the bimatrix game's Fig. 2 grid the agents then ended past epsilon).
       The spread ``s`` is the standard deviation of the violations (the scale remembers
       about ``1 / (1 - beta)`` updates): violations at the level of the estimate's noise
       and of the oscillation move ``w`` by about ``lr`` per update, while a constraint
@@ -111,11 +114,14 @@ class LagrangeMultiplier(nn.Module):
         noise_floor (float, optional): the spread's floor relative to ``reference`` (or,
             without one, to the violations' root mean square), ``> 0``. Defaults to ``0.05``.
         sign_change_decay (float, optional): how fast the step of ``"nupi"`` shrinks with
-            the sign flips of the violation, ``>= 0``. Defaults to ``0.0``: a constant
-            step. With ``1`` the step after ``k`` flips is ``1 / sqrt(1 + k)`` of ``lr``
-            and ``lambda`` settles on the bimatrix game's Fig. 2 grid, but the agents
-            then end further past epsilon where the regret estimate reads low (the
-            README's Fig. 2 section has the measurements).
+            the sign flips of the violation, ``>= 0``: after ``k`` flips the step is
+            ``1 / sqrt(1 + sign_change_decay * k)`` of ``lr``. Defaults to ``2.0``; ``0``
+            keeps the step constant (``lambda`` then keeps moving by the estimates' noise,
+            10-40 % over the last fifth of the Fig. 2 runs; the README has the
+            measurements).
+        sign_change_after (int, optional): the updates whose sign flips do not count
+            (the approach), ``>= 0``. Defaults to ``10``, the spread's memory
+            (``1 / (1 - scale_decay)`` updates with the default ``scale_decay``).
 
     Examples:
         >>> import torch
@@ -159,7 +165,8 @@ class LagrangeMultiplier(nn.Module):
         scale_decay: float = 0.9,
         noise_floor: float = 0.05,
         max_violation: float = 3.0,
-        sign_change_decay: float = 0.0,
+        sign_change_decay: float = 2.0,
+        sign_change_after: int = 10,
     ) -> None:
         check_int("n_agents", n_agents, 1)
         check_real("lr", lr, low=0)
@@ -173,6 +180,7 @@ class LagrangeMultiplier(nn.Module):
         check_real("noise_floor", noise_floor, low=0, low_inclusive=False)
         check_real("max_violation", max_violation, low=0, low_inclusive=False)
         check_real("sign_change_decay", sign_change_decay, low=0)
+        check_int("sign_change_after", sign_change_after, 0)
         super().__init__()
         self.n_agents = n_agents
         self.lr = float(lr)
@@ -184,6 +192,7 @@ class LagrangeMultiplier(nn.Module):
         self.noise_floor = float(noise_floor)
         self.max_violation = float(max_violation)
         self.sign_change_decay = float(sign_change_decay)
+        self.sign_change_after = sign_change_after
         self.multiplier = nn.Parameter(torch.full((self.n_agents,), float(init)))
         self.register_buffer("_frozen", torch.tensor(bool(frozen)))
         # nuPI state: updates so far, EMAs of e and e^2 (the spread), EMA of e / s (xi)
@@ -270,7 +279,8 @@ class LagrangeMultiplier(nn.Module):
         previous = self._xi.clone()
         self._xi.mul_(self.nu).add_((1 - self.nu) * normalised)
         sign = violation.sign()
-        self._sign_changes.add_((sign * self._last_sign < 0).to(self._sign_changes.dtype))
+        if updates > self.sign_change_after:
+            self._sign_changes.add_((sign * self._last_sign < 0).to(self._sign_changes.dtype))
         self._last_sign.copy_(torch.where(sign != 0, sign, self._last_sign))
         gain = (1 + self.sign_change_decay * self._sign_changes).rsqrt()
         return gain * (normalised + self.kp * (self._xi - previous))

@@ -132,6 +132,7 @@ class ErmasConfig:
     lambda_noise_floor: float = default_of(LagrangeMultiplier, "noise_floor")
     lambda_max_violation: float = default_of(LagrangeMultiplier, "max_violation")
     lambda_sign_change_decay: float = default_of(LagrangeMultiplier, "sign_change_decay")
+    lambda_sign_change_after: int = default_of(LagrangeMultiplier, "sign_change_after")
     warmup_iters: int = 10
     regret_interval: int = 5
     regret_envs: int = 32
@@ -295,6 +296,7 @@ LAMBDA_FIELDS = {
     "noise_floor": "lambda_noise_floor",
     "max_violation": "lambda_max_violation",
     "sign_change_decay": "lambda_sign_change_decay",
+    "sign_change_after": "lambda_sign_change_after",
 }
 
 
