@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf.errors import ConfigKeyError
+from tensordict import TensorDict
 from test_training import MAX_STEPS, _merge, make_cfg, run, without_times
 from torchrl.envs import TransformedEnv
 from torchrl.objectives.multiagent import MAPPOLoss
@@ -38,6 +39,7 @@ from torchrl_ermas.training import (
 )
 from torchrl_ermas.training.checkpoint import CheckpointError, load_latest_checkpoint
 from torchrl_ermas.transforms import PlannerRewardGap
+from torchrl_ermas.validation import check_module_params
 
 
 @pytest.fixture(autouse=True)
@@ -579,3 +581,9 @@ def test_huge_ints_are_refused_as_numbers():
 
     with pytest.raises(ValueError, match="x must be a finite number"):
         check_real("x", 10**400)
+
+
+def test_module_params_check_names_the_forms_it_accepts():
+    linear = torch.nn.Linear(2, 1)
+    with pytest.raises(ValueError, match=r"stacked must be one of \[\(False,\), \(True,\), \(False, True\)\]"):
+        check_module_params("params", TensorDict.from_module(linear), linear, stacked=(True, False))

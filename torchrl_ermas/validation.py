@@ -144,9 +144,18 @@ def check_bool(name: str, value) -> None:
         raise ValueError(f"{name} must be a bool (True or False), got {value!r} ({type(value).__name__}).")
 
 
+#: the forms :func:`check_module_params` accepts, by its ``stacked`` argument
+_PARAMS_FORMS = {
+    (False,): "",
+    (True,): ", stacked on a leading dim (batch_size=[R], one entry per run)",
+    (False, True): ", or such TensorDicts stacked on one leading dim",
+}
+
+
 def check_module_params(name: str, params, module: torch.nn.Module, *, stacked: tuple[bool, ...] = (False,)):
     """``params`` must have the keys and shapes of ``TensorDict.from_module(module)``, unstacked
-    and / or stacked on one leading dim as ``stacked`` allows; returns ``params``.
+    and / or stacked on one leading dim as ``stacked`` allows (``(False,)``, ``(True,)`` or
+    ``(False, True)``); returns ``params``.
 
     Examples:
         >>> from tensordict import TensorDict
@@ -159,6 +168,9 @@ def check_module_params(name: str, params, module: torch.nn.Module, *, stacked: 
         ...
         ValueError: params must be a TensorDict ..., stacked on a leading dim (batch_size=[R], ...).
     """
+    stacked = tuple(stacked)
+    if stacked not in _PARAMS_FORMS:
+        raise ValueError(f"stacked must be one of {list(_PARAMS_FORMS)}, got {stacked}.")
     expected = TensorDict.from_module(module)
     ok = isinstance(params, TensorDictBase) and params.batch_dims in [int(s) for s in stacked]
     if ok:
@@ -167,14 +179,9 @@ def check_module_params(name: str, params, module: torch.nn.Module, *, stacked: 
             params.get(k).shape == (*params.batch_size, *expected.get(k).shape) for k in keys
         )
     if not ok:
-        forms = {
-            (False,): "",
-            (True,): ", stacked on a leading dim (batch_size=[R], one entry per run)",
-            (False, True): ", or such TensorDicts stacked on one leading dim",
-        }[tuple(stacked)]
         raise ValueError(
             f"{name} must be a TensorDict with the keys and shapes of "
-            f"TensorDict.from_module({type(module).__name__}){forms}."
+            f"TensorDict.from_module({type(module).__name__}){_PARAMS_FORMS[stacked]}."
         )
     return params
 
