@@ -227,7 +227,8 @@ def test_sign_change_decay_shrinks_the_step_only_when_the_violation_flips():
     violation flips sign, the k-th flip scales the step by ``1 / sqrt(1 + decay * k)``."""
     rising = [2.0, 3.0, 2.5, 4.0, 3.0]
     constant = {"sign_change_decay": 0.0}
-    assert _weights(LagrangeMultiplier(1), rising) == _weights(LagrangeMultiplier(1, **constant), rising)
+    decaying = LagrangeMultiplier(1, sign_change_decay=2.0, sign_change_after=0)
+    assert _weights(decaying, rising) == _weights(LagrangeMultiplier(1, **constant), rising)
     flipping = [2.0, -2.0] * 5
     decayed = LagrangeMultiplier(1, sign_change_decay=1.0, sign_change_after=0)
     decayed_steps = torch.tensor(_weights(decayed, flipping)).diff().abs()
@@ -242,7 +243,7 @@ def test_sign_flips_count_after_the_approach(after):
     """The flips of the first ``sign_change_after`` updates (the agents' overshoot on the
     approach) leave the step at ``lr``; the later ones shrink it."""
     flipping = [2.0, -2.0] * 8
-    delayed = LagrangeMultiplier(1, sign_change_after=after)
+    delayed = LagrangeMultiplier(1, sign_change_decay=2.0, sign_change_after=after)
     steps = torch.tensor(_weights(delayed, flipping)).diff().abs()
     constant_steps = torch.tensor(_weights(LagrangeMultiplier(1, sign_change_decay=0.0), flipping)).diff().abs()
     updates = torch.arange(2, len(flipping) + 1)  # the steps of the weights' diff; each flips
