@@ -88,8 +88,11 @@ class VmappableTanhNormal(TanhNormal):
         preimage = self._preimage(sample_shape)
         (transform,) = self.transforms
         sample = transform(preimage)
-        jacobian = _sum_rightmost(transform.log_abs_det_jacobian(preimage, sample), len(self.event_shape))
-        return sample, self.base_dist.log_prob(preimage) - jacobian
+        # the Normal's term first, as TorchRL's TanhNormal: the order of the graph's nodes
+        # sets the order in which the gradients sum, and so their rounding
+        log_prob = self.base_dist.log_prob(preimage)
+        jacobian = transform.log_abs_det_jacobian(preimage, sample)
+        return sample, log_prob - _sum_rightmost(jacobian, len(self.event_shape))
 
 
 def group_sizes(env: EnvBase, group: str) -> tuple[int, int]:
