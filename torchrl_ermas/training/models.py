@@ -106,12 +106,6 @@ def has_action(env: EnvBase, group: str) -> bool:
     return (group, "action") in env.full_action_spec.keys(True, True)
 
 
-def has_continuous_action(env: EnvBase, group: str) -> bool:
-    """Whether ``group`` acts in ``env`` with continuous actions (:func:`make_policy` gives
-    it a :class:`~torchrl.modules.TanhNormal` policy)."""
-    return has_action(env, group) and env.full_action_spec[group, "action"].dtype.is_floating_point
-
-
 def make_policy(env: EnvBase, group: str, cfg: PPOConfig, device: torch.device) -> ProbabilisticActor:
     """A policy over ``(group, "action")`` reading ``(group, "observation")``.
 
@@ -123,9 +117,9 @@ def make_policy(env: EnvBase, group: str, cfg: PPOConfig, device: torch.device) 
     (``[*B, n_members, D]``) get a TanhNormal (:class:`VmappableTanhNormal`) within the
     spec's bounds, as in TorchRL's multi-agent PPO script.
     """
-    if has_continuous_action(env, group):
-        return _continuous_policy(env, group, cfg, device)
     action_spec = env.full_action_spec[group, "action"]
+    if action_spec.dtype.is_floating_point:
+        return _continuous_policy(env, group, cfg, device)
     n, obs_dim = group_sizes(env, group)
     if not isinstance(getattr(action_spec.space, "n", None), int):
         raise ValueError(
