@@ -14,6 +14,10 @@ Env-steps/s counts every run's training environment steps.
     python benchmarks/population_throughput.py --variant ermas --sizes 1 8 32
     python benchmarks/population_throughput.py --sizes 1 8 32 128 --device cuda
     python benchmarks/population_throughput.py num_envs=64 env.max_steps=50
+    python benchmarks/population_throughput.py --variant ermas --sizes 16 --profile 15
+
+``--profile N`` then profiles one more population iteration per size and prints its
+``N`` most costly operators (self time): where the time goes.
 """
 
 from __future__ import annotations
@@ -65,6 +69,18 @@ def seconds_per_iteration(trainer: ErmasTrainer | PopulationTrainer, iterations:
     return (time.perf_counter() - start) / (iterations - 1)
 
 
+def print_profile(trainer: PopulationTrainer, iteration: int, rows: int) -> None:
+    """Profiles one more iteration and prints its ``rows`` most costly operators."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if trainer.device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profile:
+        trainer._iteration(iteration)
+        synchronize(trainer.device)
+    sort = "self_cuda_time_total" if trainer.device.type == "cuda" else "self_cpu_time_total"
+    print(profile.key_averages().table(sort_by=sort, row_limit=rows))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -73,8 +89,11 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 8, 32, 128], help="population sizes R")
     parser.add_argument("--iterations", type=int, default=3, help="timed iterations + 1 warm-up")
     parser.add_argument("--alone", type=int, default=4, help="separate runs timed per size (at most R)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N", help="print N top operators per size")
     parser.add_argument("overrides", nargs="*", help="dotted TrainConfig overrides, e.g. num_envs=64")
     args = parser.parse_args()
+    if args.profile < 0:
+        parser.error(f"--profile must be >= 0 (0: no profile), got {args.profile}.")
     if args.iterations < 2:
         parser.error(f"--iterations must be >= 2 (one warm-up, then the timed ones), got {args.iterations}.")
     torch.set_num_threads(args.threads)
@@ -87,8 +106,9 @@ def main() -> None:
     print(f"{'R':>5} {'population s/it':>16} {'separate s/it':>14} {'population steps/s':>19} {'ratio':>7}")
     for size in args.sizes:
         with tempfile.TemporaryDirectory() as folder:
-            cfgs = run_configs(cfg, size, args.iterations, folder)
-            population = seconds_per_iteration(PopulationTrainer(cfgs), args.iterations)
+            cfgs = run_configs(cfg, size, args.iterations + (args.profile > 0), folder)
+            trainer = PopulationTrainer(cfgs)
+            population = seconds_per_iteration(trainer, args.iterations)
             timed = cfgs[: min(args.alone, size)]
             alone = sum(
                 seconds_per_iteration(
@@ -97,8 +117,10 @@ def main() -> None:
                 for c in timed
             )
             separate = alone / len(timed) * size
-        rate, ratio = size * steps / population, separate / population
-        print(f"{size:>5} {population:>16.3f} {separate:>14.3f} {rate:>19.0f} {ratio:>6.2f}x")
+            rate, ratio = size * steps / population, separate / population
+            print(f"{size:>5} {population:>16.3f} {separate:>14.3f} {rate:>19.0f} {ratio:>6.2f}x")
+            if args.profile:
+                print_profile(trainer, args.iterations, args.profile)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,9 @@ agents of its seed and eta (``agents_checkpoint``); the planner then joins (opti
 The small default uses the labour tier (each agent chooses its hours; income is skill x
 hours) with 100-step episodes and 10-step tax periods, which keeps the tax machinery,
 the utility with per-agent ``eta`` and the planner's bracket actions of the full game
-while finishing in about 30 minutes on a 2-core CPU. The ``paper`` config runs the full
-Gather-Trade-Build game (1000-step episodes, 100-step periods).
+while finishing in about 14 minutes on a 2-core CPU (its runs train in populations). The
+``paper`` config runs the full Gather-Trade-Build game (1000-step episodes, 100-step
+periods).
 
     python examples/economy_tax_policy.py                            # small default
     python examples/economy_tax_policy.py --config-name economy_tax_policy_paper
