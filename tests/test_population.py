@@ -10,17 +10,20 @@ import json
 import math
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+from tensordict import TensorDict
 from test_training import assert_results_schema, make_cfg, without_times
+from torchrl.data import Bounded, Composite, Unbounded
 from torchrl.envs import Compose, TransformedEnv
 from torchrl.envs.libs.vmas import VmasEnv
 from torchrl.modules import TanhNormal
 
 from torchrl_ermas.training import ErmasTrainer, PopulationTrainer, check_population, load_checkpoint, run_many
-from torchrl_ermas.training.config import as_config
-from torchrl_ermas.training.models import VmappableTanhNormal
+from torchrl_ermas.training.config import PPOConfig, as_config
+from torchrl_ermas.training.models import VmappableTanhNormal, make_policy
 from torchrl_ermas.training.population import populations
 from torchrl_ermas.transforms import PlannerFromAgents, TimeLimitAsTruncated
 
@@ -250,6 +253,44 @@ def test_vmappable_tanh_normal_is_torchrl_s_outside_vmap(sample_shape):
         (action_log_prob.sum() - log_prob.sum() + sample.sum()).backward()
         outputs.append((sample.detach(), log_prob.detach(), params.grad))
     assert all(torch.equal(a, b) for a, b in zip(*outputs))
+
+
+def test_continuous_policy_acts_on_batches_of_any_size():
+    """The policy keeps one environment's bounds (not the batch's), so that the regret
+    estimator's worlds and a population, whose batches differ from the policy's
+    environment, act within them; bounds other than [-1, 1] are rescaled by the TanhNormal."""
+    spec = Composite(
+        agents=Composite(
+            action=Bounded(
+                low=torch.tensor([0.0, -3.0]).expand(4, 3, 2), high=torch.tensor([2.0, 1.0]).expand(4, 3, 2)
+            ),
+            shape=(4, 3),
+        ),
+        shape=(4,),
+    )
+    observation = Composite(agents=Composite(observation=Unbounded(shape=(4, 3, 5)), shape=(4, 3)), shape=(4,))
+    env = SimpleNamespace(full_action_spec=spec, full_observation_spec=observation, batch_size=torch.Size([4]))
+    policy = make_policy(env, "agents", PPOConfig(hidden=8), torch.device("cpu"))
+    data = TensorDict({("agents", "observation"): torch.randn(6, 3, 5)}, [6])
+    action = policy(data)["agents", "action"]
+    assert action.shape == (6, 3, 2)
+    dist = policy.get_dist(data)
+    assert torch.equal(dist.low, torch.tensor([[0.0, -3.0]] * 3))  # one environment's [n, D]
+    assert torch.equal(dist.high, torch.tensor([[2.0, 1.0]] * 3))
+    assert ((action >= dist.low) & (action <= dist.high)).all()
+
+
+def test_continuous_policy_refuses_bounds_that_differ_between_environments():
+    low = torch.zeros(4, 3, 2)
+    low[1] = -1.0
+    spec = Composite(
+        agents=Composite(action=Bounded(low=low, high=torch.ones(4, 3, 2), shape=(4, 3, 2)), shape=(4, 3)),
+        shape=(4,),
+    )
+    observation = Composite(agents=Composite(observation=Unbounded(shape=(4, 3, 5)), shape=(4, 3)), shape=(4,))
+    env = SimpleNamespace(full_action_spec=spec, full_observation_spec=observation, batch_size=torch.Size([4]))
+    with pytest.raises(ValueError, match=r"same bounds in every environment of the batch; its low bound differs"):
+        make_policy(env, "agents", PPOConfig(hidden=8), torch.device("cpu"))
 
 
 def navigation_cfgs(root: Path, *variants: str) -> list[dict]:

@@ -182,15 +182,31 @@ def _continuous_policy(env: EnvBase, group: str, cfg: PPOConfig, device: torch.d
         )
     net = torch.nn.Sequential(_mlp(obs_dim, 2 * event[0], n, cfg, device), NormalParamExtractor())
     module = TensorDictModule(net, [(group, "observation")], [(group, "loc"), (group, "scale")])
-    space = action_spec.space
     return ProbabilisticActor(
         module,
         in_keys={"loc": (group, "loc"), "scale": (group, "scale")},
         out_keys=[(group, "action")],
         distribution_class=VmappableTanhNormal,
-        distribution_kwargs={"low": space.low, "high": space.high},
+        distribution_kwargs=dict(zip(("low", "high"), _member_bounds(env, group))),
         return_log_prob=True,
     )
+
+
+def _member_bounds(env: EnvBase, group: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The action bounds of ``group``'s members in one environment, ``[n, D]`` each: the
+    policy then acts on batches of any size (the regret estimator's worlds, a population)."""
+    space = env.full_action_spec[group, "action"].space
+    batch_dims = len(env.batch_size)
+    bounds = []
+    for name, bound in (("low", space.low), ("high", space.high)):
+        flat = bound.reshape(-1, *bound.shape[batch_dims:])
+        if not (flat == flat[0]).all():
+            raise ValueError(
+                f"({group!r}, 'action') must have the same bounds in every environment of the batch; "
+                f"its {name} bound differs between environments."
+            )
+        bounds.append(flat[0])
+    return bounds[0], bounds[1]
 
 
 def make_critic(env: EnvBase, group: str, cfg: PPOConfig, device: torch.device) -> TensorDictModule:
