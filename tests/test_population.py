@@ -117,6 +117,29 @@ def test_dr_and_rr_runs_do_not_talk_to_the_others(tmp_path):
     assert mixed.groups[0].rr.eta.tolist() == [0.0, 0.0, 1.0]
 
 
+def test_ppo_deviations_train_at_their_own_run_s_lr(tmp_path):
+    """With PPO deviations each run's worlds train at its own ``agents.lr``: another run's
+    rate (here the first run's, which leads the batched estimator) leaves them bit-identical
+    while the run holds the population's highest rate."""
+    ppo = {**ESTIMATE, "regret_envs": 8, "trust_region": 3.0, "deviation_optimizer": "ppo"}
+
+    def population(root: Path, lr0: float) -> PopulationTrainer:
+        cfgs = [
+            make_cfg(root / f"run{r}", variant="ermas", seed=r, agents={"lr": lr, "epochs": 4}, ermas=ppo)
+            for r, lr in enumerate((lr0, 0.1))
+        ]
+        return PopulationTrainer(cfgs)
+
+    reference, perturbed = population(tmp_path / "a", 0.02), population(tmp_path / "b", 0.05)
+    assert reference.estimator.step.lr.tolist() == [0.02, 0.02, 0.1, 0.1]  # one rate per world
+    reference.train()
+    perturbed.train()
+    assert any(regret != 0 for row in reference.runs[1].history["regret"] for regret in row)
+    assert reference.runs[1].history["regret"] == perturbed.runs[1].history["regret"]
+    assert states_equal(final_states(reference)[1], final_states(perturbed)[1])
+    assert reference.runs[0].history["regret"] != perturbed.runs[0].history["regret"]
+
+
 @pytest.mark.parametrize("n_ermas", [0, 1, 3])
 def test_runs_do_not_talk_to_each_other(tmp_path, n_ermas):
     """Perturbing run 1 (its seed and reality gap) leaves the other runs bit-identical, also

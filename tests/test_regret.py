@@ -14,7 +14,7 @@ from torchrl_ermas.envs.bimatrix_analysis import exact_regret, policy_table
 
 from torchrl_ermas.regret import MetaGradient, ReptileRegretEstimator, own_policy_gradient
 from torchrl_ermas.regret.deviation import DeviationDistributions
-from torchrl_ermas.regret.trust_region import DeviationBatch, _score
+from torchrl_ermas.regret.trust_region import DeviationBatch, PPODeviationStep, _score
 from torchrl_ermas.transforms import KLToReference
 
 STAY, UP, DOWN = 0, 1, 2  # UP cooperates (towards n-1), DOWN defects in "dilemma"
@@ -145,6 +145,50 @@ class TestPPODeviations:
         before = copy.deepcopy(TensorDict.from_module(actor).data)
         self.estimate(actor, make_env(8))
         assert (TensorDict.from_module(actor).data == before).all()
+
+    def test_one_rate_per_world_is_each_world_s_own_adam(self):
+        """With one learning rate per world each world takes the steps of its own Adam: the
+        world at the highest rate exactly, the others up to rounding."""
+        torch.manual_seed(0)
+        net = MultiAgentMLP(4, 3, n_agents=2, centralized=False, share_params=True, depth=1, num_cells=8)
+        actor = ProbabilisticActor(
+            TensorDictModule(net, [("agents", "observation")], [("agents", "logits")]),
+            in_keys=[("agents", "logits")],
+            out_keys=[("agents", "action")],
+            distribution_class=torch.distributions.Categorical,
+        )
+        dists = DeviationDistributions(actor, [("agents", "logits")])
+        kl = KLToReference(actor, in_keys=list(actor.in_keys))
+        obs = TensorDict({("agents", "observation"): torch.randn(4, 64, 2, 4)}, [4, 64])
+        batch = DeviationBatch(obs, torch.randint(3, (4, 64, 2)), torch.full((4, 64), -1.1), torch.randn(4, 64))
+        start = TensorDict.from_module(actor).data.expand(4).clone()
+
+        def step(lr) -> torch.Tensor:
+            """The worlds' parameters after the step, flat: ``[W, P]``."""
+            torch.manual_seed(1)  # the same minibatches
+            params = PPODeviationStep(dists, kl, lr=lr, epochs=2)(start, batch, 10.0)[0]
+            return torch.cat([leaf.flatten(1) for leaf in params.values(True, True)], -1)
+
+        initial = torch.cat([leaf.flatten(1) for leaf in start.values(True, True)], -1)
+        rates = (0.01, 0.03, 0.003, 0.03)
+        mixed = step(torch.tensor(rates, dtype=torch.float64))
+        for world, lr in enumerate(rates):
+            alone = step(lr)[world]
+            moved = (alone - initial[world]).abs().max()
+            assert moved > 1e-3  # the steps are not negligible
+            if lr == max(rates):
+                assert torch.equal(mixed[world], alone)
+            else:
+                assert (mixed[world] - alone).abs().max() < 1e-5 * moved
+
+    @pytest.mark.parametrize(
+        "lr", [torch.tensor([[0.01]]), torch.tensor([0.01, 0.0]), torch.tensor([]), torch.tensor([float("nan")])]
+    )
+    def test_per_world_rates_must_be_positive_and_finite(self, lr):
+        actor = make_actor()
+        dists = DeviationDistributions(actor, [("agents", "logits")])
+        with pytest.raises(ValueError, match="lr must be a finite number > 0 or a 1-D tensor of them"):
+            PPODeviationStep(dists, KLToReference(actor, in_keys=list(actor.in_keys)), lr=lr)
 
     @pytest.mark.parametrize(
         ("kwargs", "message"),

@@ -280,7 +280,11 @@ class PPODeviationStep:
         kl (KLToReference): the trust region's KL; its reference is the current policy.
 
     Keyword Args:
-        lr (float): Adam learning rate. Defaults to ``3e-3``.
+        lr (float or torch.Tensor): Adam learning rate, ``> 0``: one for every world, or
+            one per world (a 1-D tensor of ``W`` rates, e.g. the runs of a population with
+            their own learning rates). Adam's step is proportional to its rate, so a world
+            with a lower rate takes the step of the highest rate scaled down: the step its
+            own Adam would take. Defaults to ``3e-3``.
         epochs (int): passes over the step's transitions. Defaults to ``4``.
         minibatches (int): minibatches per pass. Defaults to ``4``.
         clip_epsilon (float): the ratio clip. Defaults to ``0.2``.
@@ -313,12 +317,16 @@ class PPODeviationStep:
         dists: DeviationDistributions,
         kl: KLToReference,
         *,
-        lr: float = 3e-3,
+        lr: float | torch.Tensor = 3e-3,
         epochs: int = 4,
         minibatches: int = 4,
         clip_epsilon: float = 0.2,
     ) -> None:
-        check_number("lr", lr)
+        if isinstance(lr, torch.Tensor):
+            if lr.dim() != 1 or not lr.numel() or not (torch.isfinite(lr) & (lr > 0)).all():
+                raise ValueError(f"lr must be a finite number > 0 or a 1-D tensor of them (one per world), got {lr}.")
+        else:
+            check_number("lr", lr)
         check_int("epochs", epochs, 1)
         check_int("minibatches", minibatches, 1)
         check_real("clip_epsilon", clip_epsilon, low=0, high=1, low_inclusive=False, high_inclusive=False)
@@ -350,11 +358,12 @@ class PPODeviationStep:
         """The step from ``deviation`` within ``budget``: new parameters and their KL ``[W]``."""
         params = deviation.detach().clone().requires_grad_()
         leaves = list(params.values(True, True))
-        optimizer = torch.optim.Adam(leaves, lr=self.lr)
+        n_worlds, n_samples = batch.advantage.shape
+        lr, scale = self._world_rates(n_worlds)
+        optimizer = torch.optim.Adam(leaves, lr=lr)
         with torch.no_grad():
             old_log_prob = self._own_log_prob(params, batch)
             weight = (old_log_prob - batch.behaviour_log_prob).exp()
-        n_worlds, n_samples = batch.advantage.shape
         active = torch.ones(n_worlds, dtype=torch.bool, device=batch.advantage.device)
         size = max(n_samples // self.minibatches, 1)
         for _ in range(self.epochs):
@@ -366,7 +375,10 @@ class PPODeviationStep:
                 surrogate = weight[:, index] * torch.min(ratio * part.advantage, clipped * part.advantage)
                 optimizer.zero_grad()
                 (-surrogate.mean(-1).sum()).backward()
+                before = None if scale is None else [leaf.detach().clone() for leaf in leaves]
                 optimizer.step()
+                if scale is not None:
+                    _scale_steps(leaves, before, scale)
                 if not active.all():  # stopped worlds keep their parameters
                     with torch.no_grad():
                         params.update_(select_worlds(active, params, start))
@@ -378,3 +390,21 @@ class PPODeviationStep:
             if not active.any():
                 break
         return params.detach(), self._kl(params, batch)
+
+    def _world_rates(self, n_worlds: int) -> tuple[float, torch.Tensor | None]:
+        """Adam's rate (the highest) and each world's share of it (``None``: one rate)."""
+        if not isinstance(self.lr, torch.Tensor):
+            return self.lr, None
+        if self.lr.shape != (n_worlds,):
+            raise ValueError(f"lr has one rate per world, {self.lr.numel()}, but the step has {n_worlds} worlds.")
+        top = self.lr.max()
+        return float(top), self.lr / top
+
+
+@torch.no_grad()
+def _scale_steps(leaves: list[torch.Tensor], before: list[torch.Tensor], scale: torch.Tensor) -> None:
+    """Scales each world's step ``leaf - before`` by ``scale`` ``[W]`` in place (worlds at
+    ``scale == 1`` keep their parameters exactly)."""
+    for leaf, start in zip(leaves, before):
+        share = scale.to(leaf.dtype).view(-1, *([1] * (leaf.dim() - 1)))
+        leaf.copy_(torch.where(share == 1, leaf, start + share * (leaf - start)))

@@ -567,7 +567,12 @@ class PopulationTrainer:
         env = lead._make_env(len(runs) * envs, **self._env_rewards(runs, envs))
         planner = None if lead.planner_policy is None else PopulationPolicy([run.planner_policy for run in runs])
         critic = PopulationPolicy([run.agent_critic for run in runs])
-        return lead.make_estimator(copy.deepcopy(lead.agent_policy), env, planner_policy=planner, critic=critic)
+        # PPO deviations train at their own run's agents.lr: one rate per world, run by run
+        lrs = torch.tensor([run.cfg.agents.lr for run in runs], dtype=torch.float64, device=lead.device)
+        deviation_lr = None if (lrs == lrs[0]).all() else lrs.repeat_interleave(lead.n_agents)
+        return lead.make_estimator(
+            copy.deepcopy(lead.agent_policy), env, planner_policy=planner, critic=critic, deviation_lr=deviation_lr
+        )
 
     def train(self) -> list[dict[str, Any]]:
         """Runs the remaining iterations and returns each run's ``results.json`` content."""

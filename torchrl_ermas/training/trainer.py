@@ -470,11 +470,21 @@ class ErmasTrainer:
         )
 
     def make_estimator(
-        self, actor: nn.Module, env: EnvBase, *, planner_policy: nn.Module | None, critic: nn.Module
+        self,
+        actor: nn.Module,
+        env: EnvBase,
+        *,
+        planner_policy: nn.Module | None,
+        critic: nn.Module,
+        deviation_lr: torch.Tensor | None = None,
     ) -> ReptileRegretEstimator:
         """The regret estimator of ``cfg.ermas`` for ``actor`` in ``env``, with ``critic`` as
-        the deviations' baseline (``ermas.regret_baseline: critic``)."""
+        the deviations' baseline (``ermas.regret_baseline: critic``); ``deviation_lr`` (one
+        rate per deviation world) replaces ``agents.lr`` for PPO deviations."""
         e = self.cfg.ermas
+        ppo_kwargs = self._deviation_ppo_settings()
+        if ppo_kwargs is not None and deviation_lr is not None:
+            ppo_kwargs["lr"] = deviation_lr
         return ReptileRegretEstimator(
             actor,
             env,
@@ -487,7 +497,7 @@ class ErmasTrainer:
             exploration=e.exploration,
             confidence=e.confidence,
             deviation_optimizer=e.deviation_optimizer,
-            ppo_kwargs=self._deviation_ppo_settings(),
+            ppo_kwargs=ppo_kwargs,
             meta_gradient=self.meta is not None,
             seed=self.cfg.seed,
         )
