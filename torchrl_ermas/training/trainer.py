@@ -6,7 +6,6 @@ import copy
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, is_dataclass
 from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
@@ -320,10 +319,7 @@ class ErmasTrainer:
             self.folder.truncate_csv_log(self.start_iteration)
 
     def _instantiate_env(self, batch_size: int, device: torch.device) -> EnvBase:
-        env_cfg = self.cfg.env
-        if is_dataclass(env_cfg):
-            env_cfg = asdict(env_cfg)
-        return instantiate(env_cfg, batch_size=batch_size, device=device)
+        return instantiate(self.cfg.env, batch_size=batch_size, device=device)
 
     def _make_env(
         self, batch_size: int, q: float | torch.Tensor | None = None, dr_scale: float | torch.Tensor | None = None
