@@ -366,6 +366,18 @@ def test_continuous_runs_batch_without_cross_talk(tmp_path):
         assert without_times(mine["history"]) == without_times(theirs["history"])
 
 
+def test_refuses_runs_that_share_a_folder(tmp_path):
+    """Two runs writing to one folder would overwrite each other's checkpoints and results."""
+    cfgs = population_cfgs(tmp_path)
+    cfgs[2]["output_dir"] = str(tmp_path / "run1" / ".." / "run0")
+    message = r"every run needs an output_dir of its own, but runs 0 and 2 both write to"
+    with pytest.raises(ValueError, match=message):
+        PopulationTrainer(cfgs)
+    with pytest.raises(ValueError, match=message):
+        run_many(cfgs, population_size=1)
+    assert not any(tmp_path.iterdir())  # refused before any run started
+
+
 def test_refuses_empty_populations(tmp_path):
     with pytest.raises(ValueError, match="at least one run"):
         check_population([])

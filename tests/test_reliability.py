@@ -557,6 +557,21 @@ def test_experiment_checks_only_what_the_runs_use():
         validate_experiment(eps, sweeps={}, workers=1, owned=owned, overrides=["train.ermas={epsilon:3}"])
 
 
+@pytest.mark.parametrize(
+    ("test_key", "values", "message"),
+    [
+        ("seed", [1.0], r"test_key must be a setting of the test, not one the grid sets itself \(\['output_dir'"),
+        ("planner_checkpoint", [1.0], r"not one the grid sets itself .*got 'planner_checkpoint'"),
+        ("reward.q", [0.1, 0.1], r"test_values must give distinct folders \(q<value:g>\), got \[0.1, 0.1\]"),
+        ("reward.q", [0.1, 0.1000001], r"test_values must give distinct folders .*\['q0.1', 'q0.1'\]"),
+    ],
+)
+def test_transfer_grid_refuses_test_values_it_would_lose(tmp_path, test_key, values, message):
+    trained = method_seed_configs(TrainConfig(), {"marl": {"variant": "marl"}}, [0], tmp_path / "train")
+    with pytest.raises(ValueError, match=message):
+        transfer_grid(TrainConfig(), trained, test_key, values, tmp_path / "t", "q")
+
+
 def test_transfer_grid_adds_fixed_planners_on_the_trained_seeds(tmp_path):
     """Baselines that are not trained run fresh MARL agents on the seeds of the trained runs,
     in the same folder layout; a setting they cannot run is named with the baseline."""

@@ -19,7 +19,7 @@ from ..validation import check_int
 from .config import TrainConfig, as_config, validate
 from .population import PopulationTrainer, ResumeMismatchError, populations
 from .ray_backend import check_ray_address, ray_results
-from .run_folder import flatten, is_under
+from .run_folder import check_own_folders, flatten, is_under
 from .trainer import ErmasTrainer
 
 PostHook = Callable[[ErmasTrainer], dict[str, Any]]
@@ -219,6 +219,16 @@ def transfer_grid(
         >>> runs["marl", 0, 0.5].reward.q, runs["marl", 0, 0.5].output_dir
         (0.5, 'out/transfer/marl/q0.5/seed0')
     """
+    owned = sorted({"seed", "output_dir", *TRANSFER_KEYS})
+    if test_key in owned:
+        raise ValueError(
+            f"test_key must be a setting of the test, not one the grid sets itself ({owned}), got {test_key!r}."
+        )
+    folders = [f"{label}{value:g}" for value in test_values]
+    if len(set(folders)) != len(folders):
+        raise ValueError(
+            f"test_values must give distinct folders ({label}<value:g>), got {list(test_values)}: {folders}."
+        )
     root = Path(root)
 
     def test(name: str, seed: int, value: float) -> dict[str, Any]:
@@ -375,6 +385,7 @@ def run_many(
     check_int("population_size", population_size, 1)
     check_ray_address(ray_address)
     configs = [as_config(cfg) for cfg in configs]
+    check_own_folders([cfg.output_dir for cfg in configs])
     chunks = populations(configs, size=population_size, workers=workers)
     args = [([configs[i] for i in chunk], post, env_factory) for chunk in chunks]
     results: list[dict[str, Any] | None] = [None] * len(configs)

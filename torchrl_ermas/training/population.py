@@ -38,7 +38,7 @@ from torchrl_ermas.regret import ReptileRegretEstimator, persistent_env_state, s
 from ..validation import check_int
 from .checkpoint import save_checkpoint
 from .config import TrainConfig, as_config
-from .run_folder import flatten
+from .run_folder import check_own_folders, flatten
 from .trainer import (
     ErmasTrainer,
     NonFiniteError,
@@ -104,6 +104,7 @@ def check_population(cfgs: Sequence[TrainConfig]) -> None:
                     f"the runs of a population may differ only in {', '.join(PER_RUN_KEYS)}, but "
                     f"{key} is {first!r} in run 0 and {value!r} in run {index}."
                 )
+    check_own_folders([cfg.output_dir for cfg in cfgs])
 
 
 def alone_reason(cfg: TrainConfig) -> str | None:

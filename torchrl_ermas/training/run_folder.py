@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,28 @@ def check_resumable(
             "(iterations only upwards); start the new configuration in another "
             "output_dir, or set overwrite=true to replace this run."
         )
+
+
+def check_own_folders(output_dirs: Sequence[str | Path]) -> None:
+    """Refuses runs that would share a folder (and overwrite each other's checkpoints,
+    logs and results), naming the first two.
+
+    Examples:
+        >>> check_own_folders(["out/run0", "out/run1"])
+        >>> check_own_folders(["out/run0", "out/./run0"])
+        Traceback (most recent call last):
+        ...
+        ValueError: every run needs an output_dir of its own, but runs 0 and 1 both write to out/run0.
+    """
+    seen: dict[Path, int] = {}
+    for index, folder in enumerate(output_dirs):
+        resolved = Path(folder).resolve()
+        if resolved in seen:
+            raise ValueError(
+                f"every run needs an output_dir of its own, but runs {seen[resolved]} and {index} both "
+                f"write to {os.path.relpath(resolved)}."
+            )
+        seen[resolved] = index
 
 
 def _shape(value: Any) -> list[int] | None:
