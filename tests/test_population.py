@@ -240,11 +240,12 @@ SAEZ = {"_target_": "torchrl_ermas.envs.economy.SaezPlanner"}
     [
         ({"variant": "ermas", "ermas": {"meta_scale": 0.2}}, r"ermas.meta_scale=0.2 \(the meta-gradient term\)"),
         ({"train_planner": False, "fixed_planner": SAEZ}, r"fixed_planner is .*SaezPlanner.*, not a network"),
+        ({"logger": {"backend": "wandb"}}, r"logger.backend is 'wandb', which keeps one active run per process"),
     ],
 )
 def test_runs_that_train_alone_are_refused_and_dealt_alone(tmp_path, run1, reason):
-    """The meta-gradient term and a hand-written fixed planner (the Saez planner steps on
-    its own data, which vmap cannot trace) keep a run out of populations."""
+    """The meta-gradient term, a hand-written fixed planner (the Saez planner steps on
+    its own data, which vmap cannot trace) and a wandb logger keep a run out of populations."""
     cfgs = population_cfgs(tmp_path, run1=run1)
     with pytest.raises(ValueError, match=rf"run 1 trains alone \(ErmasTrainer\): {reason}"):
         PopulationTrainer(cfgs)

@@ -112,8 +112,9 @@ def alone_reason(cfg: TrainConfig) -> str | None:
 
     A run trains alone if its variant is not among :data:`POPULATION_VARIANTS`, if it has
     the meta-gradient term (``ermas.meta_scale > 0``, whose per-run state is not batched),
-    or if it has a ``fixed_planner`` (a hand-written policy, e.g. the Saez planner, with
-    no parameters to stack over runs and possibly state and data-dependent steps).
+    if it has a ``fixed_planner`` (a hand-written policy, e.g. the Saez planner, with
+    no parameters to stack over runs and possibly state and data-dependent steps), or if it
+    logs to wandb (one active wandb run per process: the runs' logs would mix).
 
     Examples:
         >>> alone_reason(TrainConfig(variant="marl")) is None
@@ -128,6 +129,8 @@ def alone_reason(cfg: TrainConfig) -> str | None:
         return f"ermas.meta_scale={cfg.ermas.meta_scale} (the meta-gradient term)"
     if cfg.fixed_planner is not None:
         return f"fixed_planner is {cfg.fixed_planner!r}, not a network"
+    if cfg.logger.backend == "wandb":
+        return "logger.backend is 'wandb', which keeps one active run per process"
     return None
 
 
