@@ -155,17 +155,28 @@ def make_policy(env: EnvBase, group: str, cfg: PPOConfig, device: torch.device) 
     )
 
 
-def _mlp(obs_dim: int, out_dim: int, n: int, cfg: PPOConfig, device: torch.device) -> MultiAgentMLP:
+def _mlp(
+    obs_dim: int,
+    out_dim: int,
+    n: int,
+    cfg: PPOConfig,
+    device: torch.device,
+    *,
+    depth: int | None = None,
+    bias_last_layer: bool | None = None,
+) -> MultiAgentMLP:
+    """The per-member network of ``cfg`` (a policy's by default: ``cfg.depth`` and
+    ``cfg.policy_bias``)."""
     return MultiAgentMLP(
         obs_dim,
         out_dim,
         n_agents=n,
         centralized=False,
         share_params=cfg.share_params,
-        depth=cfg.depth,
+        depth=cfg.depth if depth is None else depth,
         num_cells=cfg.hidden,
         activation_class=torch.nn.Tanh,
-        bias_last_layer=cfg.policy_bias,
+        bias_last_layer=cfg.policy_bias if bias_last_layer is None else bias_last_layer,
         device=device,
     )
 
@@ -212,16 +223,5 @@ def _member_bounds(env: EnvBase, group: str) -> tuple[torch.Tensor, torch.Tensor
 def make_critic(env: EnvBase, group: str, cfg: PPOConfig, device: torch.device) -> TensorDictModule:
     """A per-member state-value network writing ``(group, "state_value")``."""
     n, obs_dim = group_sizes(env, group)
-    depth = cfg.depth if cfg.critic_depth is None else cfg.critic_depth
-    net = MultiAgentMLP(
-        obs_dim,
-        1,
-        n_agents=n,
-        centralized=False,
-        share_params=cfg.share_params,
-        depth=depth,
-        num_cells=cfg.hidden,
-        activation_class=torch.nn.Tanh,
-        device=device,
-    )
+    net = _mlp(obs_dim, 1, n, cfg, device, depth=cfg.critic_depth, bias_last_layer=True)
     return TensorDictModule(net, [(group, "observation")], [(group, "state_value")])
