@@ -24,7 +24,6 @@ from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from torch import distributions as D
 from torch import nn
-from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.envs import EnvBase
 from torchrl.modules.distributions import has_analytic_entropy
 from torchrl.objectives import LossModule
@@ -42,11 +41,12 @@ from .run_folder import check_own_folders, flatten
 from .trainer import (
     ErmasTrainer,
     NonFiniteError,
-    PassSampler,
     _group_keys,
     check_finite_estimate,
     continue_env_state,
     episode_collector,
+    minibatch_buffers,
+    planner_advantage,
     ppo_loss_settings,
     risk_robust_reward,
 )
@@ -340,12 +340,7 @@ class _RunGroup:
         self.losses["agents"] = self._loss(make, modules["agent_policy"], modules["agent_critic"], "agents", extra)
         self.planner_advantage = None
         if lead.planner_advantage is not None:
-            self.planner_advantage = PlannerAdvantage(
-                modules["planner_critic"],
-                gamma=cfg.planner.gamma,
-                lmbda=cfg.planner.lmbda,
-                loss_critic_type=cfg.planner.loss_critic_type,
-            )
+            self.planner_advantage = planner_advantage(modules["planner_critic"], cfg.planner)
             self.planner_gae = _gae(self.planner_advantage.value_key, "planner", cfg.planner.gamma, cfg.planner.lmbda)
         if "planner" in lead.optimizers:
             self.losses["planner"] = (
@@ -354,14 +349,7 @@ class _RunGroup:
                 else self.planner_advantage
             )
         self.agent_gae = _gae(("agents", "state_value"), "agents", cfg.agents.gamma, cfg.agents.lmbda)
-        frames = cfg.num_envs * lead.horizon
-        storage = LazyTensorStorage(frames, device=lead.device)
-        self.buffers = {
-            group: TensorDictReplayBuffer(
-                storage=storage, sampler=PassSampler(), batch_size=frames // getattr(cfg, group).minibatches
-            )
-            for group in self.losses
-        }
+        self.buffers = minibatch_buffers(cfg, self.losses, cfg.num_envs * lead.horizon, lead.device)
 
     def _loss(self, make, actor, critic, group: str, extra: dict[str, nn.Module]) -> LossModule:
         ppo = getattr(self.cfg, group)

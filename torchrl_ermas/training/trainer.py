@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
@@ -132,6 +132,25 @@ def ppo_loss_settings(ppo: PPOConfig) -> dict[str, Any]:
         "entropy_coeff": ppo.entropy_coeff,
         "critic_coeff": ppo.critic_coeff,
         "loss_critic_type": ppo.loss_critic_type,
+    }
+
+
+def planner_advantage(critic: nn.Module, ppo: PPOConfig) -> PlannerAdvantage:
+    """The planner's advantage estimate on ``critic`` with the planner's PPO settings."""
+    return PlannerAdvantage(critic, gamma=ppo.gamma, lmbda=ppo.lmbda, loss_critic_type=ppo.loss_critic_type)
+
+
+def minibatch_buffers(
+    cfg: TrainConfig, groups: Iterable[str], frames: int, device: torch.device
+) -> dict[str, TensorDictReplayBuffer]:
+    """One replay buffer per group over one storage of an iteration's ``frames``
+    transitions, each with its group's minibatch size and its own :class:`PassSampler`."""
+    storage = LazyTensorStorage(frames, device=device)
+    return {
+        group: TensorDictReplayBuffer(
+            storage=storage, sampler=PassSampler(), batch_size=frames // getattr(cfg, group).minibatches
+        )
+        for group in groups
     }
 
 
@@ -410,12 +429,7 @@ class ErmasTrainer:
         if not needs_critic:
             return
         self.planner_critic = make_critic(self.env, "planner", cfg.planner, self.device)
-        self.planner_advantage = PlannerAdvantage(
-            self.planner_critic,
-            gamma=cfg.planner.gamma,
-            lmbda=cfg.planner.lmbda,
-            loss_critic_type=cfg.planner.loss_critic_type,
-        )
+        self.planner_advantage = planner_advantage(self.planner_critic, cfg.planner)
         if self.planner_acts and cfg.train_planner:
             loss = self._ppo_loss(MAPPOLoss, self.planner_policy, self.planner_critic, cfg.planner, "planner")
             self.planner_loss = loss
@@ -430,15 +444,7 @@ class ErmasTrainer:
         cfg = self.cfg
         frames = cfg.num_envs * self.horizon
         self.collector = episode_collector(self.env, self.collection_policy, frames, self.device)
-        # the groups sample the iteration's transitions from one storage, each with its own
-        # minibatch size and sampler
-        storage = LazyTensorStorage(frames, device=self.device)
-        self.buffers = {
-            group: TensorDictReplayBuffer(
-                storage=storage, sampler=PassSampler(), batch_size=frames // getattr(cfg, group).minibatches
-            )
-            for group in self.optimizers
-        }
+        self.buffers = minibatch_buffers(cfg, self.optimizers, frames, self.device)
 
     @staticmethod
     def _trainable(loss) -> list[torch.Tensor]:
