@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
 from tensordict import TensorDict
-from tensordict.nn import TensorDictModule
-from torchrl.modules import MaskedCategorical, MultiAgentMLP, ProbabilisticActor
+from tensordict.nn import NormalParamExtractor, TensorDictModule
+from torchrl.modules import IndependentNormal, MaskedCategorical, MultiAgentMLP, ProbabilisticActor
 from torchrl_ermas.envs import SequentialBimatrixEnv
 from torchrl_ermas.envs.bimatrix_analysis import exact_regret, policy_table
 
 from torchrl_ermas.regret import MetaGradient, ReptileRegretEstimator, own_policy_gradient
 from torchrl_ermas.regret.deviation import DeviationDistributions
-from torchrl_ermas.regret.trust_region import DeviationBatch, PPODeviationStep, _score
+from torchrl_ermas.regret.trust_region import (
+    DeviationBatch,
+    PPODeviationStep,
+    TrustRegionStep,
+    _score,
+    own,
+    world_norm,
+)
 from torchrl_ermas.transforms import KLToReference
 
 STAY, UP, DOWN = 0, 1, 2  # UP cooperates (towards n-1), DOWN defects in "dilemma"
@@ -481,6 +489,40 @@ def test_categorical_score_is_blind_to_a_state_baseline(masked):
     # the actions themselves still get a gradient (unlike grad pi for a saturated policy)
     (grad,) = torch.autograd.grad(_score(dist, torch.zeros(5, dtype=torch.long)).sum(), logits)
     assert (grad[:, 0] > 0).all()
+
+
+def test_density_direction_is_the_importance_weighted_policy_gradient():
+    """For a Gaussian policy the step's direction is the deviation's importance-weighted
+    policy gradient (the gradient the line search's surrogate and the meta term use), not
+    ``1 / behaviour``-weighted scores, which put most of the weight on the tails."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        MultiAgentMLP(3, 2, n_agents=2, centralized=False, share_params=True, depth=1, num_cells=8),
+        NormalParamExtractor(),
+    )
+    module = TensorDictModule(net, [("agents", "observation")], [("agents", "loc"), ("agents", "scale")])
+    actor = ProbabilisticActor(
+        module,
+        in_keys=[("agents", "loc"), ("agents", "scale")],
+        out_keys=[("agents", "action")],
+        distribution_class=IndependentNormal,
+    )
+    dists = DeviationDistributions(actor, [("agents", "loc"), ("agents", "scale")])
+    step = TrustRegionStep(dists, KLToReference(actor, in_keys=list(actor.in_keys)))
+    params = TensorDict.from_module(actor).data.expand(2).clone()
+    observation = TensorDict({("agents", "observation"): torch.randn(2, 2048, 2, 3)}, [2, 2048])
+    with torch.no_grad():
+        behaviour = actor.build_dist_from_params(dists.deviating(params, observation))
+        action = behaviour.sample() * 1.5  # rollouts that explored beyond the policy
+        behaviour_log_prob = own(behaviour.log_prob(action)) - math.log(1.5)
+    advantage = own(action.squeeze(-1))
+    batch = DeviationBatch(observation, action, behaviour_log_prob, advantage)
+    direction = step.direction(params, batch)
+    gradient = own_policy_gradient(dists, params, batch)
+    cosine = sum(
+        (direction.get(key) * gradient.get(key)).flatten(1).sum(-1) for key in direction.keys(True, True)
+    ) / world_norm(gradient)
+    torch.testing.assert_close(cosine, torch.ones(2), atol=1e-4, rtol=0)
 
 
 if __name__ == "__main__":

@@ -62,12 +62,15 @@ def _score(dist: torch.distributions.Distribution, action: torch.Tensor) -> torc
     ``sum_a A(s, a) grad l'(a | s)``: every action weighted by its advantage alone, not by
     its probability, so a saturated policy still gets a direction towards the actions it
     no longer takes, and the direction is blind to any baseline error ``c(s)`` (the
-    centred logits sum to zero). Other distributions use ``log pi(a | s)``.
+    centred logits sum to zero). Other distributions (densities) use ``log pi(a | s)``, which
+    :meth:`TrustRegionStep.direction` weights by ``pi'(a | s) / behaviour`` (the
+    importance-weighted policy gradient at the deviation), since ``1 / behaviour`` alone
+    would weigh the tails of a density without bound.
     """
     log_prob = dist.log_prob(action)
-    logits = getattr(dist, "logits", None)
-    if not isinstance(dist, torch.distributions.Categorical) or logits is None:
+    if not _has_centred_score(dist):
         return log_prob
+    logits = dist.logits
     support = getattr(dist, "mask", None)
     if support is None:
         mean = logits.mean(-1)
@@ -75,6 +78,11 @@ def _score(dist: torch.distributions.Distribution, action: torch.Tensor) -> torc
         support = support.expand_as(logits)
         mean = torch.where(support, logits, 0.0).sum(-1) / support.sum(-1)
     return logits.gather(-1, action.unsqueeze(-1).long()).squeeze(-1) - mean
+
+
+def _has_centred_score(dist: torch.distributions.Distribution) -> bool:
+    """Whether :func:`_score` is the centred logit (a categorical policy with logits)."""
+    return isinstance(dist, torch.distributions.Categorical) and getattr(dist, "logits", None) is not None
 
 
 @dataclass
@@ -176,7 +184,10 @@ class TrustRegionStep:
         leaves = deviation.clone().requires_grad_()
         dist = self.actor.build_dist_from_params(self.dists.deviating(leaves, batch.observation))
         score = own(_score(dist, batch.action.expand(*dist.batch_shape, *dist.event_shape)))
-        weight = batch.advantage / batch.behaviour_log_prob.exp()
+        if _has_centred_score(dist):  # every action by its advantage alone (see _score)
+            weight = batch.advantage / batch.behaviour_log_prob.exp()
+        else:  # a density: the importance-weighted policy gradient, score = log pi'
+            weight = batch.advantage * (score.detach() - batch.behaviour_log_prob).exp()
         objective = (weight * score).mean(-1).sum()
         grads = torch.autograd.grad(objective, list(leaves.values(True, True)))
         grad = deviation.empty().update(dict(zip(deviation.keys(True, True), grads)))
