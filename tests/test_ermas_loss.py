@@ -330,8 +330,11 @@ class TestErmasLoss:
     @pytest.mark.parametrize(
         "kwargs, match",
         [
-            ({"clip_epsilon": -0.2}, r"clip_epsilon must be a finite number > 0, got -0.2"),
+            ({"clip_epsilon": -0.2}, r"clip_epsilon must be a finite number > 0 and < 1, got -0.2"),
             ({"clip_epsilon": float("inf")}, r"clip_epsilon must be a finite number > 0"),
+            ({"clip_epsilon": 1.5}, r"clip_epsilon must be a finite number > 0 and < 1, got 1.5"),  # log1p(-1.5)
+            ({"clip_epsilon": (1.0, 0.3)}, r"clip_epsilon must be a finite number > 0 and < 1, got 1.0"),
+            ({"clip_epsilon": (0.1, 0.0)}, r"clip_epsilon must be a finite number > 0, got 0.0"),
             ({"entropy_coeff": float("nan")}, r"entropy_coeff must be a finite number >= 0, got nan"),
             ({"critic_coeff": -1.0}, r"critic_coeff must be a finite number >= 0"),
             ({"clip_value": 0.0}, r"clip_value must be a finite number > 0"),

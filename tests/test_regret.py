@@ -208,6 +208,7 @@ class TestPPODeviations:
             (dict(deviation_optimizer="ppo", ppo_kwargs={"clip_epsilon": 1.5}), "clip_epsilon"),
             (dict(deviation_optimizer="ppo", ppo_kwargs={"lr": float("nan")}), "lr"),
             (dict(deviation_optimizer="ppo", ppo_kwargs={"epochs": 0}), "epochs"),
+            (dict(line_search_samples=1), r"line_search_samples must be an int >= 2, got 1"),
         ],
     )
     def test_invalid_settings(self, kwargs, message):

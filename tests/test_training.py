@@ -662,6 +662,7 @@ INVALID = [
     ("agents.gamma", {"agents": {"gamma": 1.5}}),
     ("agents.gamma", {"agents": {"gamma": 0.0}}),
     ("agents.entropy_coeff", {"agents": {"entropy_coeff": -0.1}}),
+    ("agents.clip_epsilon", {"agents": {"clip_epsilon": 1.5}}),
     ("agents.epochs", {"agents": {"epochs": 0}}),
     ("planner.lmbda", {"planner": {"lmbda": -0.5}}),
     ("planner.minibatches", {"planner": {"minibatches": 0}}),

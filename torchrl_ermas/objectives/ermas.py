@@ -54,8 +54,9 @@ def _check_arguments(
     clips = clip_epsilon if isinstance(clip_epsilon, (tuple, list)) else (clip_epsilon,)
     if len(clips) not in (1, 2):
         raise ValueError(f"clip_epsilon must be a number or (low, high), got {clip_epsilon!r}.")
-    for clip in clips:
-        check_real("clip_epsilon", clip, low=0, low_inclusive=False)
+    # the ratio is clipped to [1 - low, 1 + high] in log space: low must stay below 1
+    check_real("clip_epsilon", clips[0], low=0, high=1, low_inclusive=False, high_inclusive=False)
+    check_real("clip_epsilon", clips[-1], low=0, low_inclusive=False)
     coeffs = entropy_coeff.values() if isinstance(entropy_coeff, Mapping) else [entropy_coeff]
     for coeff in coeffs:
         if coeff is not None:

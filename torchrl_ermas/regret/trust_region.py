@@ -146,7 +146,7 @@ class TrustRegionStep:
             Defaults to ``2.0``.
         line_search_points (int): step lengths tried. Defaults to ``12``.
         bisection_steps (int): bisection refinements. Defaults to ``6``.
-        line_search_samples (int): transitions per world of the line search.
+        line_search_samples (int): transitions per world of the line search, ``>= 2``.
             Defaults to ``1024``.
         confidence (float): ``z`` of the lower confidence bound by which the line search
             ranks candidates (``0``: the plain surrogate). Defaults to ``1.0``.
@@ -167,7 +167,7 @@ class TrustRegionStep:
         check_number("confidence", confidence, strict=False)
         check_int("line_search_points", line_search_points, 1)
         check_int("bisection_steps", bisection_steps, 0)
-        check_int("line_search_samples", line_search_samples, 1)
+        check_int("line_search_samples", line_search_samples, 2)  # a standard error needs 2
         self.dists = dists
         self.kl = kl
         self.step_scales = max_step_scale * 0.5 ** torch.arange(line_search_points)
@@ -417,5 +417,5 @@ def _scale_steps(leaves: list[torch.Tensor], before: list[torch.Tensor], scale: 
     """Scales each world's step ``leaf - before`` by ``scale`` ``[W]`` in place (worlds at
     ``scale == 1`` keep their parameters exactly)."""
     for leaf, start in zip(leaves, before):
-        share = scale.to(leaf.dtype).view(-1, *([1] * (leaf.dim() - 1)))
+        share = scale.to(leaf).view(-1, *([1] * (leaf.dim() - 1)))
         leaf.copy_(torch.where(share == 1, leaf, start + share * (leaf - start)))

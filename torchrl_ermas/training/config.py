@@ -342,8 +342,9 @@ def validate(cfg: TrainConfig | DictConfig | dict) -> None:
 
 
 def _validate_ppo(group: str, ppo: PPOConfig) -> None:
-    for name in ("lr", "clip_epsilon", "max_grad_norm"):
+    for name in ("lr", "max_grad_norm"):
         check_number(f"{group}.{name}", getattr(ppo, name))
+    check_real(f"{group}.clip_epsilon", ppo.clip_epsilon, low=0, high=1, low_inclusive=False, high_inclusive=False)
     for name in ("entropy_coeff", "critic_coeff"):
         check_number(f"{group}.{name}", getattr(ppo, name), strict=False)
     for name in ("gamma", "lmbda"):
