@@ -81,7 +81,8 @@ def validate_experiment(
         train: the experiment's base run (each run built from it is validated when built,
             by :func:`method_seed_configs` and :func:`transfer_config`).
         sweeps: name -> values of each list the experiment sweeps (``{"seeds": [0, 1]}``);
-            none may be empty.
+            none may be empty or repeat a value (numbers compared as their folder names,
+            ``f"{value:g}"``).
         workers: processes of :func:`run_many`, an int ``>= 1``.
         population_size: the largest population of :func:`run_many`, an int ``>= 1``.
         ray_address: :func:`run_many`'s Ray backend (``None``: local processes); a Ray
@@ -107,6 +108,9 @@ def validate_experiment(
     for name, values in sweeps.items():
         if not values:
             raise ValueError(f"{name} must list at least one value, got {list(values)}.")
+        folders = [f"{value:g}" if isinstance(value, (int, float)) else str(value) for value in values]
+        if len(set(folders)) != len(folders):  # repeated runs would be merged, then counted twice
+            raise ValueError(f"{name} must list distinct values (each names its runs' folders), got {list(values)}.")
     per_run = {
         "seed": "set seeds instead",
         "output_dir": "each run writes under hydra.run.dir, set that instead",
