@@ -194,15 +194,11 @@ def summarize(results: dict[tuple, dict]) -> list[dict[str, Any]]:
 
 
 def lambda_trajectories(results: dict[tuple, dict]) -> dict[float, list[float]]:
-    """Per epsilon, the learned lambda per iteration (the larger agent's, mean over seeds);
-    ``nan`` before the first estimate."""
+    """Per epsilon, the learned lambda per iteration (the larger agent's, mean over seeds;
+    at its start value during the warm-up)."""
     trajectories: dict[float, list[float]] = {}
     for eps in dict.fromkeys(k[1] for k in results if k[0] == "ermas"):
-        runs = [
-            [max(lam) if lam is not None else float("nan") for lam in r["history"]["lambda"]]
-            for k, r in results.items()
-            if k[:2] == ("ermas", eps)
-        ]
+        runs = [[max(lam) for lam in r["history"]["lambda"]] for k, r in results.items() if k[:2] == ("ermas", eps)]
         trajectories[eps] = torch.tensor(runs).mean(0).tolist()
     return trajectories
 

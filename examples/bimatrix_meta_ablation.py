@@ -121,8 +121,8 @@ def iterations_to(result: dict, target: float, window: int) -> int | None:
     iterations is at most ``target`` (None: never).
 
     Examples:
-        >>> iterations_to({"history": {"planner_reward": [9.0, 7.0, 5.0, 3.0]}}, 5.0, 2)
-        2
+        >>> iterations_to({"history": {"planner_reward": [9.0, 7.0, 5.0, 3.0]}}, 5.0, 2)  # means 8, 6, 4
+        3
     """
     rewards = torch.tensor(result["history"]["planner_reward"], dtype=torch.float64)
     reached = (rewards.unfold(0, window, 1).mean(-1) <= target).nonzero()

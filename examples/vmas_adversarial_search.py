@@ -1,7 +1,7 @@
 """Agent-Adv-Search on a VMAS physics scenario, against a regulator planner.
 
 The agents of a VMAS scenario (``navigation`` by default: each agent drives to its goal),
-wrapped by TorchRL's :class:`~torchrl.envs.libs.vmas.VmasEnv` with categorical actions, are
+wrapped by TorchRL's :class:`~torchrl.envs.libs.vmas.VmasEnv` with continuous actions, are
 trained by ERMAS against a passive planner whose reward a transform computes from the
 agents' state (:class:`~torchrl_ermas.transforms.planner.PlannerFromAgents`; by default a
 regulator who wants low speeds). ERMAS searches for the epsilon-equilibrium of the agents

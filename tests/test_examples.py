@@ -6,6 +6,7 @@ table), not the results, which ``test_acceptance.py`` and the README's figures c
 
 from __future__ import annotations
 
+import doctest
 import json
 import subprocess
 import sys
@@ -98,6 +99,14 @@ def test_example_refuses_owned_keys_set_in_the_config(example, override, match, 
         cfg = OmegaConf.to_object(compose(config_name=example, overrides=[override]))
     with pytest.raises(ValueError, match=match):
         module.validate(cfg, [])
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("example", sorted(path.stem for path in EXAMPLES.glob("*.py")))
+def test_example_docstring_examples(example, import_example):
+    """The ``>>>`` examples in the example scripts' docstrings stay true."""
+    result = doctest.testmod(import_example(example), optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0
 
 
 @pytest.mark.parametrize(("example", "config"), CONFIGS, ids=[c for _, c in CONFIGS])
