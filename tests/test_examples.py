@@ -73,6 +73,11 @@ REFUSED = [
     ("bimatrix_meta_ablation", "seeds=[]", r"seeds must list at least one value"),
     ("bimatrix_robust_planner", "workers=0", r"workers must be an int >= 1"),
     ("economy_tax_policy", "population_size=0", r"population_size must be an int >= 1"),
+    (
+        "economy_tax_policy",
+        "train.episode_metrics=[tax_revenue]",
+        r"train.episode_metrics must record \['equality', 'productivity'\]",
+    ),
 ]
 
 
