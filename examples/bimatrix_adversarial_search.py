@@ -115,6 +115,20 @@ def validate(cfg: AdversarialSearchConfig, overrides: list[str] | tuple[str, ...
     )
     for epsilon in cfg.epsilons:
         check_real("epsilons", epsilon)
+    # the exact frontier and the exact regrets are computed after training: refuse here a
+    # game they cannot be computed for, or one other than the game the agents train in
+    env = instantiate(cfg.train.env, batch_size=1)
+    if getattr(env, "planner_mode", None) != "passive":
+        raise ValueError(
+            "train.env must be a SequentialBimatrixEnv with planner: passive (the exact frontier needs a "
+            f"planner return that no planner policy changes), got {cfg.train.env}."
+        )
+    for key in ("q", "dr_scale", "rr_eta"):
+        if getattr(cfg.train.reward, key):
+            raise ValueError(
+                f"train.reward.{key} must be 0: the exact frontier and regrets are those of the game "
+                f"itself, got {getattr(cfg.train.reward, key)}."
+            )
     for lam in cfg.fixed_lambdas:
         check_real("fixed_lambdas", lam, low=0)
         if lam > cfg.train.ermas.lambda_max:

@@ -55,6 +55,8 @@ REFUSED = [
     ("bimatrix_adversarial_search", "train.ermas.epsilon=3", r"train.ermas.epsilon .*set epsilons instead"),
     ("bimatrix_adversarial_search", "train.variant=marl", r"train.variant is set per run"),
     ("bimatrix_adversarial_search", "epsilons=[]", r"epsilons must list at least one value"),
+    ("bimatrix_adversarial_search", "train.env.planner=officers", r"train.env must be a .* with planner: passive"),
+    ("bimatrix_adversarial_search", "train.reward.q=0.5", r"train.reward.q must be 0: the exact frontier"),
     ("bimatrix_adversarial_search", "fixed_lambdas=[-1.0]", r"fixed_lambdas must be a finite number >= 0, got -1.0"),
     ("bimatrix_adversarial_search", "fixed_lambdas=[200.0]", r"fixed_lambdas must be <= train.ermas.lambda_max=100.0"),
     ("bimatrix_robust_planner", "train.variant=marl", r"train.variant .*methods.<name>.variant"),
