@@ -185,6 +185,9 @@ def epsilon_frontier(
     check_real("lr", lr, low=0)
     check_real("penalty", penalty, low=0, low_inclusive=False)
     check_real("tolerance", tolerance, low=0)
+    check_int("warm_start_steps", warm_start_steps, 0)
+    for epsilon in epsilons:
+        check_real("epsilons", epsilon)
     if len(epsilons) == 0:
         raise ValueError("epsilons must be a non-empty sequence of floats, got an empty one.")
     eps = torch.tensor([float(e) for e in epsilons], dtype=torch.float64, device=env.device)

@@ -152,6 +152,8 @@ class TestInputs:
             ({"epsilons": [1.0], "lr": -1.0}, "lr"),
             ({"epsilons": [1.0], "iterations": 0}, "iterations"),
             ({"epsilons": [1.0], "dual_interval": 0}, "dual_interval"),
+            ({"epsilons": [1.0, float("nan")]}, r"epsilons must be a finite number, got nan"),
+            ({"epsilons": [1.0], "warm_start_steps": -1}, r"warm_start_steps must be an int >= 0"),
         ],
     )
     def test_bad_arguments_raise(self, kwargs, match):
