@@ -208,6 +208,14 @@ def test_concave_rejects_bad_eta(eta):
         ConcavePlannerReward(eta)
 
 
+@pytest.mark.parametrize("eta", [0.0, torch.zeros(3)])
+def test_concave_eta_zero_keeps_any_reward_exactly(eta):
+    """eta = 0 is the identity, as a number and per environment alike, on any reward."""
+    reward = torch.tensor([[[-3.0]], [[0.1234567]], [[1e-7]]])
+    data = TensorDict({PLANNER_R: reward.clone()}, [3])
+    assert torch.equal(ConcavePlannerReward(eta)(data)[PLANNER_R], reward)
+
+
 @pytest.mark.parametrize("bad", [-1.0, -3.0, float("nan")])
 def test_concave_rejects_reward_outside_domain(bad):
     data = TensorDict({PLANNER_R: torch.tensor([[[0.5]], [[bad]]])}, [2])

@@ -178,6 +178,8 @@ def isoelastic(x: torch.Tensor, eta: float | torch.Tensor) -> torch.Tensor:
         power = 1 - eta
         curved = torch.expm1(power * torch.log1p(x)) / torch.where(power == 0, 1.0, power)
         return torch.where(eta == 0, x, torch.where(power == 0, torch.log1p(x), curved))
+    if eta == 0:
+        return x
     if eta == 1:
         return torch.log1p(x)
     return torch.expm1((1 - eta) * torch.log1p(x)) / (1 - eta)
@@ -222,7 +224,7 @@ class ConcavePlannerReward(Transform):
     def _call(self, next_tensordict: TensorDictBase) -> TensorDictBase:
         reward = next_tensordict.get(self.planner_reward_key)
         eta = _per_env(self.eta, reward)
-        outside = ~(reward > -1) & (eta != 0) if isinstance(eta, torch.Tensor) else ~(reward > -1)
+        outside = ~(reward > -1) & (eta != 0)  # eta = 0 keeps any reward
         if bool(outside.any()):
             raise ValueError(
                 f"{type(self).__name__} is defined for planner rewards > -1, but "
