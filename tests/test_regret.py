@@ -426,7 +426,7 @@ class TestMetaGradient:
         params = TensorDict.from_module(make_actor())
         meta = MetaGradient(params, scale=0.0)
         meta.update(params.data.expand(2).clone().apply(torch.randn_like), torch.ones(2))
-        assert not meta.enabled and meta(params).item() == 0.0
+        assert meta(params).item() == 0.0
 
     def test_gradient_travels_with_state_dict(self):
         params = TensorDict.from_module(make_actor())

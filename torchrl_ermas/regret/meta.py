@@ -108,11 +108,6 @@ class MetaGradient(nn.Module):
         #: (zero until the first :meth:`update`); a buffer, so it travels with ``state_dict``
         self.gradient = TensorDictParams(params.detach().clone().zero_(), no_convert=True)
 
-    @property
-    def enabled(self) -> bool:
-        """Whether the term moves the parameters (``scale > 0``)."""
-        return self.scale > 0
-
     @torch.no_grad()
     def update(self, gradients: TensorDictBase, lagrange: torch.Tensor) -> None:
         """Combines the per-agent gradients ``[N]`` with the multipliers ``lambda`` ``[N]``."""
