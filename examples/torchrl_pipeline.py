@@ -29,7 +29,7 @@ import time
 
 import hydra
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tensordict.nn import NormalParamExtractor, TensorDictModule
 from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, SamplerWithoutReplacement, TensorDictReplayBuffer
@@ -42,6 +42,7 @@ from torchrl.record.loggers import generate_exp_name, get_logger
 from torchrl_ermas.objectives import ErmasLoss, LagrangeMultiplier, PlannerAdvantage
 from torchrl_ermas.regret import ReptileRegretEstimator
 from torchrl_ermas.transforms import PlannerFromAgents, TimeLimitAsTruncated
+from torchrl_ermas.validation import check_int, check_seed
 
 
 def make_env(cfg: DictConfig, num_envs: int, device: torch.device) -> TransformedEnv:
@@ -75,8 +76,25 @@ def make_mlp(cfg: DictConfig, n_in: int, n_out: int, n_members: int, device: tor
     )
 
 
+def validate(cfg: DictConfig) -> None:
+    """Raises a ``ValueError`` naming the first invalid setting of the loop itself (the
+    library's pieces check their own arguments when they are built)."""
+    check_seed("seed", cfg.seed)
+    for name, low in (
+        ("env.num_envs", 1),
+        ("env.max_steps", 1),
+        ("collector.n_iters", 1),
+        ("train.num_epochs", 1),
+        ("train.minibatch_size", 1),
+        ("ermas.warmup_iters", 0),
+        ("ermas.regret_interval", 1),
+    ):
+        check_int(name, OmegaConf.select(cfg, name), low)
+
+
 @hydra.main(version_base="1.3", config_path="configs", config_name="torchrl_pipeline")
 def train(cfg: DictConfig) -> None:
+    validate(cfg)
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
     frames_per_batch = cfg.env.num_envs * cfg.env.max_steps

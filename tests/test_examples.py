@@ -212,6 +212,22 @@ def test_meta_ablation_example_smoke(tmp_path):
     assert (tmp_path / "meta_ablation.png").stat().st_size > 0
 
 
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("ermas.regret_interval=0", r"ermas.regret_interval must be an int >= 1, got 0"),
+        ("ermas.warmup_iters=-1", r"ermas.warmup_iters must be an int >= 0, got -1"),
+        ("seed=-3", r"seed must be"),
+    ],
+)
+def test_torchrl_pipeline_refuses_bad_loop_settings(override, match, import_example):
+    module = import_example("torchrl_pipeline")
+    with initialize_config_dir(config_dir=str(EXAMPLES / "configs"), version_base="1.3"):
+        cfg = compose(config_name="torchrl_pipeline", overrides=[override])
+    with pytest.raises(ValueError, match=match):
+        module.validate(cfg)
+
+
 def test_torchrl_pipeline_example_smoke(tmp_path):
     """The plain TorchRL script (collector, replay buffer, ErmasLoss with the planner side,
     the estimator on continuous VMAS actions) runs, estimates the regret and moves lambda."""
