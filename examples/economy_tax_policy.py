@@ -128,17 +128,17 @@ def validate(cfg: TaxPolicyConfig, overrides: list[str] | tuple[str, ...] = ()) 
             raise ValueError("free_market needs train.env.eta, the eta of the planners' training agents.")
     if not all(0 < eta <= 1 for eta in cfg.eta_test):
         raise ValueError(f"eta_test must list values in (0, 1], got {cfg.eta_test}.")
+    planners = [*cfg.methods, *cfg.baselines]
+    if cfg.reference not in planners:
+        raise ValueError(f"reference must be one of {planners}, got {cfg.reference!r}.")
+    if len(set(planners)) != len(planners):
+        raise ValueError(f"methods and baselines must have distinct names, got {planners}.")
     missing = [name for name in METRICS if name != "planner_reward" and name not in cfg.train.episode_metrics]
     if missing:
         raise ValueError(
             f"train.episode_metrics must record {missing}: the experiment reports them, got "
             f"{list(cfg.train.episode_metrics)}."
         )
-    planners = [*cfg.methods, *cfg.baselines]
-    if cfg.reference not in planners:
-        raise ValueError(f"reference must be one of {planners}, got {cfg.reference!r}.")
-    if len(set(planners)) != len(planners):
-        raise ValueError(f"methods and baselines must have distinct names, got {planners}.")
 
 
 def train_eta(cfg: TaxPolicyConfig) -> float | None:
