@@ -799,6 +799,16 @@ def test_nan_reward_raises_and_keeps_last_good_state(tmp_path):
     assert_tree_equal(ckpt["optimizers"], ref_ckpt["optimizers"])
 
 
+def test_per_world_deviation_rates_need_ppo_deviations(tmp_path):
+    """The line search has no learning rate: per-world rates for it are refused, not ignored."""
+    trainer = ErmasTrainer(make_cfg(tmp_path))
+    env = trainer._make_env(2 * trainer.cfg.ermas.regret_envs)
+    with pytest.raises(ValueError, match=r"deviation_lr applies to ermas.deviation_optimizer='ppo' only, got 'line"):
+        trainer.make_estimator(
+            trainer.agent_policy, env, planner_policy=None, critic=trainer.agent_critic, deviation_lr=torch.ones(2)
+        )
+
+
 def test_ppo_deviations_train_with_the_agents_ppo_settings(tmp_path):
     """``ermas.deviation_optimizer="ppo"``: the estimator's deviations take the agents' PPO
     settings, and a run with them trains, estimates and checkpoints as with the line search."""

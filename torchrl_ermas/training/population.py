@@ -561,7 +561,8 @@ class PopulationTrainer:
         critic = PopulationPolicy([run.agent_critic for run in runs])
         # PPO deviations train at their own run's agents.lr: one rate per world, run by run
         lrs = torch.tensor([run.cfg.agents.lr for run in runs], dtype=torch.float64, device=lead.device)
-        deviation_lr = None if (lrs == lrs[0]).all() else lrs.repeat_interleave(lead.n_agents)
+        ppo = self.cfg.ermas.deviation_optimizer == "ppo"
+        deviation_lr = lrs.repeat_interleave(lead.n_agents) if ppo and (lrs != lrs[0]).any() else None
         return lead.make_estimator(
             copy.deepcopy(lead.agent_policy), env, planner_policy=planner, critic=critic, deviation_lr=deviation_lr
         )

@@ -485,7 +485,11 @@ class ErmasTrainer:
         rate per deviation world) replaces ``agents.lr`` for PPO deviations."""
         e = self.cfg.ermas
         ppo_kwargs = self._deviation_ppo_settings()
-        if ppo_kwargs is not None and deviation_lr is not None:
+        if deviation_lr is not None:
+            if ppo_kwargs is None:
+                raise ValueError(
+                    f"deviation_lr applies to ermas.deviation_optimizer='ppo' only, got {e.deviation_optimizer!r}."
+                )
             ppo_kwargs["lr"] = deviation_lr
         return ReptileRegretEstimator(
             actor,
