@@ -116,6 +116,13 @@ class DeviationDistributions:
         """Distribution parameters under candidate parameters ``[C, W]`` for ``td`` (``[W, ...]``)."""
         return torch.vmap(torch.vmap(self._call, (0, 0)), (0, None))(params, td.copy())
 
+    def deviating_dist(self, params: TensorDictBase, td: TensorDictBase) -> torch.distributions.Distribution:
+        """The agents' distribution under per-world ``params`` (``[W]``) or candidate ones
+        (``[C, W]``) for ``td`` (``[W, ...]``)."""
+        if params.batch_dims == 2:
+            return self.actor.build_dist_from_params(self.candidates(params, td))
+        return self.actor.build_dist_from_params(self.deviating(params, td))
+
     def _call(self, p: TensorDictBase, t: TensorDictBase) -> TensorDictBase:
         with p.to_module(self.actor):
             return self.actor.get_dist_params(t).select(*self.dist_keys)

@@ -8,7 +8,7 @@ from torch import nn
 
 from ..validation import check_real
 from .deviation import DeviationDistributions
-from .trust_region import DeviationBatch, own
+from .trust_region import DeviationBatch, own_log_prob
 
 
 def own_policy_gradient(dists: DeviationDistributions, params: TensorDictBase, batch: DeviationBatch) -> TensorDictBase:
@@ -40,8 +40,7 @@ def own_policy_gradient(dists: DeviationDistributions, params: TensorDictBase, b
         tensor([-0.5000,  0.5000])
     """
     leaves = params.detach().clone().requires_grad_()
-    dist = dists.actor.build_dist_from_params(dists.deviating(leaves, batch.observation))
-    log_prob = own(dist.log_prob(batch.action.expand(*dist.batch_shape, *dist.event_shape)))
+    log_prob = own_log_prob(dists.deviating_dist(leaves, batch.observation), batch.action)
     weight = (log_prob.detach() - batch.behaviour_log_prob).exp() * batch.advantage
     objective = (weight * log_prob).mean(-1).sum()
     grads = torch.autograd.grad(objective, list(leaves.values(True, True)), allow_unused=True)

@@ -54,6 +54,23 @@ def own(x: torch.Tensor, world_dim: int = 0) -> torch.Tensor:
     return (x * world_mask(n_worlds, x.device, n_agents=n_agents).view(shape)).sum(-1)
 
 
+def own_log_prob(dist: torch.distributions.Distribution, action: torch.Tensor, world_dim: int = 0) -> torch.Tensor:
+    """``log pi'(a | s)`` of each world's deviating agent: ``[W, S]`` for a distribution
+    ``[W, S, N]`` (``[C, W, S]`` with ``world_dim=1`` for candidates ``[C, W, S, N]``)."""
+    return own(dist.log_prob(action.expand(*dist.batch_shape, *dist.event_shape)), world_dim)
+
+
+def own_kl(
+    kl: KLToReference,
+    reference: torch.distributions.Distribution,
+    dist: torch.distributions.Distribution,
+    world_dim: int = 0,
+) -> torch.Tensor:
+    """Each world's mean ``KL(pi || pi')`` of its deviating agent over the samples: ``[W]``
+    (``[C, W]`` with ``world_dim=1``)."""
+    return own(kl.divergence(reference, dist), world_dim).mean(-1)
+
+
 def _score(dist: torch.distributions.Distribution, action: torch.Tensor) -> torch.Tensor:
     """The per-action score whose gradient gives the deviation direction.
 
@@ -67,6 +84,7 @@ def _score(dist: torch.distributions.Distribution, action: torch.Tensor) -> torc
     importance-weighted policy gradient at the deviation), since ``1 / behaviour`` alone
     would weigh the tails of a density without bound.
     """
+    action = action.expand(*dist.batch_shape, *dist.event_shape)
     log_prob = dist.log_prob(action)
     if not _has_centred_score(dist):
         return log_prob
@@ -182,8 +200,8 @@ class TrustRegionStep:
     def direction(self, deviation: TensorDictBase, batch: DeviationBatch) -> TensorDictBase:
         """The unit-norm (per world) ascent direction of Eq. 11 at ``deviation``."""
         leaves = deviation.clone().requires_grad_()
-        dist = self.actor.build_dist_from_params(self.dists.deviating(leaves, batch.observation))
-        score = own(_score(dist, batch.action.expand(*dist.batch_shape, *dist.event_shape)))
+        dist = self.dists.deviating_dist(leaves, batch.observation)
+        score = own(_score(dist, batch.action))
         if _has_centred_score(dist):  # every action by its advantage alone (see _score)
             weight = batch.advantage / batch.behaviour_log_prob.exp()
         else:  # a density: the importance-weighted policy gradient, score = log pi'
@@ -225,11 +243,9 @@ class TrustRegionStep:
 
         def terms(candidates: TensorDictBase) -> tuple:
             """Per-sample surrogate terms ``[C, W, S]`` and the KL ``[C, W]`` of candidates."""
-            dist = self.actor.build_dist_from_params(self.dists.candidates(candidates, batch.observation))
-            action = batch.action.expand(*dist.batch_shape, *dist.event_shape)
-            log_prob = own(dist.log_prob(action), 1)
-            weighted = (log_prob - batch.behaviour_log_prob).exp() * batch.advantage
-            return weighted, own(self.kl.divergence(reference, dist), 1).mean(-1)
+            dist = self.dists.deviating_dist(candidates, batch.observation)
+            weighted = (own_log_prob(dist, batch.action, 1) - batch.behaviour_log_prob).exp() * batch.advantage
+            return weighted, own_kl(self.kl, reference, dist, 1)
 
         base, _ = terms(origin.unsqueeze(0))
 
@@ -354,14 +370,13 @@ class PPODeviationStep:
 
     def _own_log_prob(self, params: TensorDictBase, batch: DeviationBatch) -> torch.Tensor:
         """``log pi'(a | s)`` of the deviating agent of each world, ``[W, S]``."""
-        dist = self.actor.build_dist_from_params(self.dists.deviating(params, batch.observation))
-        return own(dist.log_prob(batch.action.expand(*dist.batch_shape, *dist.event_shape)))
+        return own_log_prob(self.dists.deviating_dist(params, batch.observation), batch.action)
 
     @torch.no_grad()
     def _kl(self, params: TensorDictBase, batch: DeviationBatch) -> torch.Tensor:
         """Each world's mean KL from the current policy, ``[W]``."""
-        dist = self.actor.build_dist_from_params(self.dists.deviating(params, batch.observation))
-        return own(self.kl.divergence(self.kl.reference_dist(batch.observation), dist)).mean(-1)
+        reference = self.kl.reference_dist(batch.observation)
+        return own_kl(self.kl, reference, self.dists.deviating_dist(params, batch.observation))
 
     def __call__(
         self, deviation: TensorDictBase, batch: DeviationBatch, budget: float
