@@ -52,8 +52,8 @@ from omegaconf import OmegaConf  # noqa: E402
 from torchrl_ermas.envs.bimatrix_analysis import exact_values, policy_table  # noqa: E402
 from torchrl_ermas.envs.bimatrix_frontier import epsilon_frontier  # noqa: E402
 
-from torchrl_ermas.defaults import default_of  # noqa: E402
 from torchrl_ermas.training import (  # noqa: E402
+    LaunchConfig,
     TrainConfig,
     launch_settings,
     mean_sem,
@@ -66,8 +66,8 @@ from torchrl_ermas.validation import check_real  # noqa: E402
 
 
 @dataclass
-class AdversarialSearchConfig:
-    """Schema of the experiment.
+class AdversarialSearchConfig(LaunchConfig):
+    """Schema of the experiment (and, inherited, how its runs launch: :class:`~torchrl_ermas.training.LaunchConfig`).
 
     Attributes:
         train: the base run (the ERMAS variant); each run sets its variant, seed and
@@ -77,11 +77,6 @@ class AdversarialSearchConfig:
         fixed_lambdas: the fixed-multiplier ablation (``variant=fixed_lambda``).
         marl: add plain MARL runs.
         seeds: seeds of every configuration.
-        workers: runs in parallel (processes).
-        population_size: the largest population of runs trained as one batched computation
-            (:func:`~torchrl_ermas.training.run_many`'s default; ``1`` trains every run alone).
-        ray_address: run the grid on Ray instead (``local``, or a cluster's address:
-            see :func:`~torchrl_ermas.training.run_many`).
     """
 
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -89,9 +84,6 @@ class AdversarialSearchConfig:
     fixed_lambdas: list[float] = field(default_factory=lambda: [0.0, 1.0, 10.0])
     marl: bool = True
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    workers: int = 2
-    population_size: int = default_of(run_many, "population_size")
-    ray_address: str | None = None
 
 
 ConfigStore.instance().store(name="adversarial_search_schema", node=AdversarialSearchConfig)

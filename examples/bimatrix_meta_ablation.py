@@ -31,8 +31,8 @@ from hydra.utils import instantiate  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from torchrl_ermas.envs.bimatrix_frontier import epsilon_frontier  # noqa: E402
 
-from torchrl_ermas.defaults import default_of  # noqa: E402
 from torchrl_ermas.training import (  # noqa: E402
+    LaunchConfig,
     TrainConfig,
     launch_settings,
     mean_sem,
@@ -44,26 +44,20 @@ from torchrl_ermas.validation import check_real  # noqa: E402
 
 
 @dataclass
-class MetaAblationConfig:
-    """Schema of the experiment: the base ERMAS run, the meta scales and the seeds.
+class MetaAblationConfig(LaunchConfig):
+    """Schema of the experiment: the base ERMAS run, the meta scales and the seeds (and,
+    inherited, how its runs launch: :class:`~torchrl_ermas.training.LaunchConfig`).
 
     Attributes:
         smoothing: the window (iterations) of the trailing mean of the planner reward
             whose first fall to the exact frontier (per seed) measures how soon the agents
             reach the worst epsilon-equilibrium.
-        population_size: the largest population of runs trained as one batched computation
-            (:func:`~torchrl_ermas.training.run_many`'s default; ``1`` trains every run alone).
-        ray_address: run the grid on Ray instead (``local``, or a cluster's address:
-            see :func:`~torchrl_ermas.training.run_many`).
     """
 
     train: TrainConfig = field(default_factory=TrainConfig)
     meta_scales: list[float] = field(default_factory=lambda: [0.0, 0.2, 1.0])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     smoothing: int = 5
-    workers: int = 2
-    population_size: int = default_of(run_many, "population_size")
-    ray_address: str | None = None
 
 
 ConfigStore.instance().store(name="meta_ablation_schema", node=MetaAblationConfig)

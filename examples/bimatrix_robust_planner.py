@@ -26,8 +26,8 @@ from hydra.core.config_store import ConfigStore  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from torchrl_ermas.defaults import default_of  # noqa: E402
 from torchrl_ermas.training import (  # noqa: E402
+    LaunchConfig,
     TrainConfig,
     launch_settings,
     method_seed_configs,
@@ -41,8 +41,8 @@ from torchrl_ermas.validation import check_real  # noqa: E402
 
 
 @dataclass
-class RobustPlannerConfig:
-    """Schema of the experiment.
+class RobustPlannerConfig(LaunchConfig):
+    """Schema of the experiment (and, inherited, how its runs launch: :class:`~torchrl_ermas.training.LaunchConfig`).
 
     Attributes:
         train: the base training run shared by every method.
@@ -51,11 +51,6 @@ class RobustPlannerConfig:
         reference: the method the right panel is relative to.
         q_test: the test reality gaps.
         seeds: training seeds; each seed's planner is transferred with the same seed.
-        workers: runs in parallel (processes).
-        population_size: the largest population of runs trained as one batched computation
-            (:func:`~torchrl_ermas.training.run_many`'s default; ``1`` trains every run alone).
-        ray_address: run the grid on Ray instead (``local``, or a cluster's address:
-            see :func:`~torchrl_ermas.training.run_many`).
     """
 
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -64,9 +59,6 @@ class RobustPlannerConfig:
     reference: str = "marl_q0"
     q_test: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    workers: int = 2
-    population_size: int = default_of(run_many, "population_size")
-    ray_address: str | None = None
 
 
 ConfigStore.instance().store(name="robust_planner_schema", node=RobustPlannerConfig)

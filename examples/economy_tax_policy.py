@@ -43,8 +43,8 @@ from hydra.core.config_store import ConfigStore  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from torchrl_ermas.defaults import default_of  # noqa: E402
 from torchrl_ermas.training import (  # noqa: E402
+    LaunchConfig,
     TrainConfig,
     launch_settings,
     method_seed_configs,
@@ -64,8 +64,8 @@ FREE_MARKET_OWNED = ("variant", "train_planner", "fixed_planner", "env.planner_a
 
 
 @dataclass
-class TaxPolicyConfig:
-    """Schema of the experiment.
+class TaxPolicyConfig(LaunchConfig):
+    """Schema of the experiment (and, inherited, how its runs launch: :class:`~torchrl_ermas.training.LaunchConfig`).
 
     Attributes:
         train: the base run shared by every training and evaluation run; its ``env`` is
@@ -78,11 +78,6 @@ class TaxPolicyConfig:
         reference: the planner the right panel is relative to.
         eta_test: the agents' risk aversion in the evaluation runs.
         seeds: seeds; each learned planner is evaluated with the seed it was trained with.
-        workers: runs in parallel (processes, one torch thread each).
-        population_size: the largest population of runs trained as one batched computation
-            (:func:`~torchrl_ermas.training.run_many`'s default; ``1`` trains every run alone).
-        ray_address: run the grid on Ray instead (``local``, or a cluster's address:
-            see :func:`~torchrl_ermas.training.run_many`).
     """
 
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -93,9 +88,6 @@ class TaxPolicyConfig:
     reference: str = "marl"
     eta_test: list[float] = field(default_factory=lambda: [0.11, 0.19, 0.23, 0.27, 0.35])
     seeds: list[int] = field(default_factory=lambda: [0, 1])
-    workers: int = 2
-    population_size: int = default_of(run_many, "population_size")
-    ray_address: str | None = None
 
 
 ConfigStore.instance().store(name="tax_policy_schema", node=TaxPolicyConfig)

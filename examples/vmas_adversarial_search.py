@@ -32,8 +32,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torchrl.envs import Compose, EnvBase, TransformedEnv
 
-from torchrl_ermas.defaults import default_of
 from torchrl_ermas.training import (
+    LaunchConfig,
     TrainConfig,
     launch_settings,
     mean_sem,
@@ -68,8 +68,8 @@ class RegulatorConfig:
 
 
 @dataclass
-class VmasSearchConfig:
-    """Schema of the experiment.
+class VmasSearchConfig(LaunchConfig):
+    """Schema of the experiment (and, inherited, how its runs launch: :class:`~torchrl_ermas.training.LaunchConfig`).
 
     Attributes:
         train: the training run shared by every point of the sweep; ``train.env`` holds the
@@ -79,11 +79,6 @@ class VmasSearchConfig:
         epsilons: the ERMAS epsilons of the sweep (episode-return units).
         marl: also run plain MARL (selfish agents), the reference.
         seeds: seeds of every point.
-        workers: runs in parallel (processes, one torch thread each).
-        population_size: the largest population of runs trained as one batched computation
-            (:func:`~torchrl_ermas.training.run_many`'s default; ``1`` trains every run alone).
-        ray_address: run the grid on Ray instead (``local``, or a cluster's address:
-            see :func:`~torchrl_ermas.training.run_many`).
     """
 
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -91,9 +86,6 @@ class VmasSearchConfig:
     epsilons: list[float] = field(default_factory=lambda: [-100.0, 0.0, 1.0])
     marl: bool = True
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    workers: int = 2
-    population_size: int = default_of(run_many, "population_size")
-    ray_address: str | None = None
 
 
 ConfigStore.instance().store(name="vmas_search_schema", node=VmasSearchConfig)

@@ -14,6 +14,7 @@ from .config import (
     validate,
 )
 from .experiments import (
+    LaunchConfig,
     launch_settings,
     mean_sem,
     method_seed_configs,
@@ -47,6 +48,7 @@ __all__ = [
     "PPOConfig",
     "RewardConfig",
     "TrainConfig",
+    "LaunchConfig",
     "launch_settings",
     "load_checkpoint",
     "mean_sem",

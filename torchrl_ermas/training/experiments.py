@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, fields
 from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
@@ -15,6 +16,7 @@ from omegaconf import OmegaConf
 from torchrl.envs import EnvBase
 from tqdm.auto import tqdm
 
+from ..defaults import default_of
 from ..validation import check_int
 from .config import TrainConfig, as_config, validate
 from .population import PopulationTrainer, ResumeMismatchError, populations
@@ -300,18 +302,6 @@ def relative_summary(
     return summary
 
 
-def launch_settings(experiment: Any) -> dict[str, Any]:
-    """How an experiment's grid runs: its ``workers``, ``population_size`` and ``ray_address``,
-    the keyword arguments of :func:`run_many` (and :func:`validate_experiment`).
-
-    Examples:
-        >>> from types import SimpleNamespace
-        >>> launch_settings(SimpleNamespace(workers=2, population_size=1, ray_address=None, seeds=[0]))
-        {'workers': 2, 'population_size': 1, 'ray_address': None}
-    """
-    return {name: getattr(experiment, name) for name in ("workers", "population_size", "ray_address")}
-
-
 def run(cfg: TrainConfig, post: PostHook | None = None, env_factory: EnvFactory | None = None) -> dict[str, Any]:
     """Trains one configuration (one torch thread) and returns its results.
 
@@ -413,6 +403,39 @@ def run_many(
                 record(futures[future], future.result())
     bar.close()
     return results
+
+
+@dataclass
+class LaunchConfig:
+    """How an experiment's grid of runs is launched: the fields an experiment's schema
+    inherits, passed to :func:`run_many` (and :func:`validate_experiment`) by
+    :func:`launch_settings`.
+
+    Attributes:
+        workers: runs in parallel (processes, one torch thread each).
+        population_size: the largest population of runs trained as one batched computation
+            (:func:`run_many`'s default; ``1`` trains every run alone).
+        ray_address: run the grid on Ray instead (``local``, or a cluster's address: see
+            :func:`run_many`).
+
+    Examples:
+        >>> from dataclasses import dataclass, field
+        >>> @dataclass
+        ... class Sweep(LaunchConfig):
+        ...     seeds: list[int] = field(default_factory=lambda: [0, 1])
+        >>> launch_settings(Sweep(population_size=1))
+        {'workers': 2, 'population_size': 1, 'ray_address': None}
+    """
+
+    workers: int = 2
+    population_size: int = default_of(run_many, "population_size")
+    ray_address: str | None = None
+
+
+def launch_settings(experiment: LaunchConfig) -> dict[str, Any]:
+    """The :class:`LaunchConfig` fields of an experiment, as keyword arguments of
+    :func:`run_many` and :func:`validate_experiment`."""
+    return {item.name: getattr(experiment, item.name) for item in fields(LaunchConfig)}
 
 
 def mean_sem(values: Iterable[float]) -> tuple[float, float]:
