@@ -104,6 +104,29 @@ class TestAgainstExactRegret:
         assert (result["kl"] <= trust_region + 1e-5).all()
         assert (result["kl"] > 0).all()
 
+    def test_a_step_that_hurts_does_not_undo_the_steps_before_it(self):
+        """Each agent keeps the best policy of its deviation path (the current one, then the
+        deviation after each step): a last step that falls back to the current policy is
+        dropped and the first step's regret is reported (a last deviation judged alone
+        against the current policy reported 0)."""
+        env = make_env()
+        actor = make_actor()
+        make_deterministic(actor, UP, confidence=3.0)
+        exact = exact_regret(env, policy_table(actor, env))
+        estimator = ReptileRegretEstimator(actor, env, deviation_steps=2, seed=0)
+        step, starts = estimator.step, []
+
+        def falls_back_at_the_last_step(deviation, batch, budget):
+            starts.append(deviation)
+            if len(starts) == 2:  # back to the current policy, as a noisy long step can
+                return starts[0].clone(), torch.zeros(deviation.batch_size)
+            return step(deviation, batch, budget)
+
+        estimator.step = falls_back_at_the_last_step
+        regret = estimator.estimate()["regret"]
+        assert len(starts) == 2
+        assert (regret >= 0.3 * exact).all(), (regret, exact)
+
     def test_larger_trust_region_finds_more_regret(self):
         env = make_env()
         actor = make_actor()

@@ -27,7 +27,7 @@ from ..validation import (
 )
 from .deviation import DeviationDistributions, DeviationPolicy, check_explorable
 from .meta import own_policy_gradient
-from .trust_region import DeviationBatch, PPODeviationStep, TrustRegionStep, own, select_worlds
+from .trust_region import DeviationBatch, PPODeviationStep, TrustRegionStep, own
 
 _BEHAVIOUR_LOG_PROB = "behaviour_log_prob"
 #: how the deviations improve within the trust region
@@ -164,8 +164,9 @@ class ReptileRegretEstimator:
     :class:`~torchrl_ermas.regret.trust_region.TrustRegionStep` or
     :class:`~torchrl_ermas.regret.trust_region.PPODeviationStep` per deviation step, the KL
     measured by :class:`~torchrl_ermas.transforms.KLToReference`). A selection rollout
-    keeps the deviation only where it beats the current policy (else agent ``i`` keeps the
-    current policy: a noisy step that hurts is not reported as a negative regret). It then
+    keeps, per agent, the best of the current policy and the deviation after each step (a
+    noisy step that hurts neither undoes the steps before it nor is reported as a negative
+    regret). It then
     measures ``regret_i = J_i(deviation) - J_i(current)`` on independent fresh rollouts
     under the same planner, using the same environment seed and the same sampling seed for
     both (common random numbers), so the selection does not bias the reported value.
@@ -396,21 +397,14 @@ class ReptileRegretEstimator:
     def _estimate(self, current: TensorDictBase, reference: TensorDictBase) -> TensorDictBase:
         """The estimate from ``current`` ``[W]``, within the trust region around ``reference``."""
         self.kl.update_reference(reference)
-        deviation = current
+        path, kls = [current], [torch.zeros(current.batch_size[0], device=self._device)]
         for k in range(self.deviation_steps):
-            batch = self._batch(self._rollout(deviation, exploration=self.exploration))
+            batch = self._batch(self._rollout(path[-1], exploration=self.exploration))
             budget = self.trust_region * (k + 1) / self.deviation_steps
-            deviation, kl = self.step(deviation, batch, budget)
-        # keep a world's deviation only if it beats the current policy on a selection
-        # rollout, then measure on an independent one: the choice among {current,
-        # deviation} does not bias the reported regret, and a deviation made worse by a
-        # noisy step does not show up as a negative regret
-        selection_seed = self._next_seed()
-        better = self._returns(self._rollout(deviation, seed=selection_seed)) > self._returns(
-            self._rollout(None, seed=selection_seed)
-        )
-        deviation = select_worlds(better, deviation, current)
-        kl = torch.where(better, kl, torch.zeros_like(kl))
+            deviation, kl = self.step(path[-1], batch, budget)
+            path.append(deviation)
+            kls.append(kl)
+        deviation, kl = self._select(path, kls)
         eval_seed = self._next_seed()
         current_return = self._returns(self._rollout(None, seed=eval_seed))
         deviation_data = self._rollout(deviation, seed=eval_seed)
@@ -428,6 +422,24 @@ class ReptileRegretEstimator:
         if self.meta_gradient:
             result["meta_gradient"] = own_policy_gradient(self.dists, deviation, self._batch(deviation_data))
         return result
+
+    def _select(self, path: list[TensorDictBase], kls: list[torch.Tensor]) -> tuple[TensorDictBase, torch.Tensor]:
+        """Each world's best policy on ``path`` (the current one, then the deviation after
+        each step) on one selection rollout, and its KL.
+
+        The measurement that follows is on an independent rollout, so this choice does not
+        bias the reported regret. A step that makes the deviation worse (a line search
+        taking a long step on a surrogate gain at the level of its noise, from a deviation
+        that had already found the local best response) does not undo the steps before it,
+        and a deviation worse than the current policy does not show up as a negative regret.
+        """
+        seed = self._next_seed()
+        returns = torch.stack(
+            [self._returns(self._rollout(None if k == 0 else params, seed=seed)) for k, params in enumerate(path)]
+        )
+        best = returns.argmax(0)  # the first of equal returns: the current policy, then the earliest step
+        worlds = torch.arange(best.shape[0], device=best.device)
+        return torch.stack(path)[best, worlds], torch.stack(kls)[best, worlds]
 
     # ------------------------------------------------------------------ internals
     @property
