@@ -147,7 +147,9 @@ def train(cfg: DictConfig) -> None:
     )
 
     # Loss: ErmasLoss in place of MAPPOLoss, with the multipliers and the planner side
-    lagrange = LagrangeMultiplier(n_agents, frozen=True).to(device)  # frozen during the warm-up
+    # frozen during the warm-up; its step anneals over the run's regret estimates
+    estimates = len(range(cfg.ermas.warmup_iters, cfg.collector.n_iters, cfg.ermas.regret_interval))
+    lagrange = LagrangeMultiplier(n_agents, frozen=True, total_updates=estimates or None).to(device)
     loss_module = ErmasLoss(
         policy,
         critic,

@@ -139,6 +139,10 @@ class TestLagrangeMultiplier:
             ({"n_agents": 2, "scale_decay": math.nan}, r"scale_decay must be"),
             ({"n_agents": 2, "noise_floor": 0.0}, r"noise_floor must be a finite number > 0"),
             ({"n_agents": 2, "frozen": "no"}, r"frozen must be a bool"),
+            ({"n_agents": 2, "total_updates": 0}, r"total_updates must be"),
+            ({"n_agents": 2, "total_updates": 2.5}, r"total_updates must be"),
+            ({"n_agents": 2, "anneal_start": 1.5}, r"anneal_start must be"),
+            ({"n_agents": 2, "anneal_start": -0.1}, r"anneal_start must be"),
         ],
     )
     def test_bad_constructor_args(self, kwargs, name):
@@ -166,16 +170,18 @@ class TestLagrangeMultiplier:
         torch.testing.assert_close(lagrange.value, before)
 
 
-def _lagging_plant(lagrange: LagrangeMultiplier, epsilon: float, scale: float, seed: int):
-    """Agents that lag behind lambda: their cooperation ``c`` moves 30 % of the way per
-    update towards ``sigmoid((4/3 - lambda) / 0.5)`` (the bimatrix game's switching
+def _lagging_plant(
+    lagrange: LagrangeMultiplier, epsilon: float, scale: float, seed: int, follow: float = 0.3, width: float = 0.5
+):
+    """Agents that lag behind lambda: their cooperation ``c`` moves ``follow`` of the way per
+    update towards ``sigmoid((4/3 - lambda) / width)`` (the bimatrix game's switching
     multiplier), their regret is ``scale * (30 c + noise)``. Returns the final regret (in
-    units of 1) and lambda's relative change over the last 20 % of the updates."""
+    units of 1) and lambda's relative change over the last 20 % of the 40 updates."""
     generator = torch.Generator().manual_seed(seed)
     cooperation, trajectory = 0.0, []
     for _ in range(40):
-        target = torch.sigmoid(torch.tensor((4 / 3 - lagrange.value.item()) / 0.5)).item()
-        cooperation += 0.3 * (target - cooperation)
+        target = torch.sigmoid(torch.tensor((4 / 3 - lagrange.value.item()) / width)).item()
+        cooperation += follow * (target - cooperation)
         noise = 1.5 * torch.randn((), generator=generator).item()
         lagrange.update(torch.tensor([scale * (30 * cooperation + noise)]), scale * epsilon)
         trajectory.append(lagrange.value.tolist())
@@ -250,6 +256,44 @@ def test_sign_flips_count_after_the_approach(after):
     counted = (updates - max(after, 1)).clamp_min(0).float()  # the first flip is at update 2
     torch.testing.assert_close(steps, constant_steps / (1 + 2.0 * counted).sqrt())
     assert delayed._sign_changes.item() == len(flipping) - max(after, 1)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1000.0])
+def test_annealed_step_lands_where_the_constant_step_cycles(scale):
+    """Agents that follow lambda within one update and switch sharply around it: with a
+    constant step the loop cycles (the violation is counted in units of its own spread, so
+    the step does not shrink) and the last regret lands anywhere in the cycle; with the
+    budget of 40 updates the step anneals over the last 40 % and the regret lands on
+    epsilon with lambda settled, in any reward unit."""
+    misses = []
+    for epsilon in (4.0, 11.0, 17.0, 23.0):
+        for seed in range(3):
+            plant = {"epsilon": epsilon, "scale": scale, "seed": seed, "follow": 1.0, "width": 0.1}
+            regret, change = _lagging_plant(LagrangeMultiplier(1, total_updates=40), **plant)
+            assert abs(regret - epsilon) < 1.0 and change < 0.05, (epsilon, seed, regret, change)
+            constant, _ = _lagging_plant(LagrangeMultiplier(1), **plant)
+            misses.append(abs(constant - epsilon))
+    assert max(misses) > 5.0, misses
+
+
+def test_schedule_counts_updates_across_a_state_dict_and_refuses_one_past_the_budget():
+    """The schedule's position is the update count, a buffer: a multiplier rebuilt from a
+    state dict continues the decay, and an update past ``total_updates`` raises."""
+    source = LagrangeMultiplier(1, lr=1.0, rule=GA, total_updates=4, anneal_start=0.5)
+    steps = []
+    for _ in range(2):
+        before = source.value
+        steps.append((source.update(torch.tensor([1.0]), 0.0) - before).item())
+    target = LagrangeMultiplier(1, lr=1.0, rule=GA, total_updates=4, anneal_start=0.5)
+    target.load_state_dict(source.state_dict())
+    for _ in range(2):
+        before = target.value
+        steps.append((target.update(torch.tensor([1.0]), 0.0) - before).item())
+    assert steps == [1.0, 1.0, 1.0, 0.5]
+    with pytest.raises(RuntimeError, match="exceeds total_updates=4"):
+        target.update(torch.tensor([1.0]), 0.0)
+    constant = LagrangeMultiplier(1, lr=1.0, rule=GA, total_updates=4, anneal_start=1.0)
+    assert [constant.update(torch.tensor([1.0]), 0.0).item() for _ in range(4)] == [2.0, 3.0, 4.0, 5.0]
 
 
 def test_noise_floor_ignores_noise_level_violations_at_zero_epsilon():

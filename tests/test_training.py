@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -42,6 +43,8 @@ from torchrl_ermas.training import (
     validate,
     with_overrides,
 )
+from torchrl_ermas.training.config import as_config, multiplier_updates
+from torchrl_ermas.training.variants import VARIANTS as TRAINING_VARIANTS
 
 ENV_TARGET = "torchrl_ermas.envs.SequentialBimatrixEnv"
 MAX_STEPS = 10
@@ -386,6 +389,23 @@ def test_lambda_frozen_during_warmup_then_updated(interval_run):
     init = [6.0] * N_AGENTS
     assert lambdas[0] == lambdas[1] == init
     assert all(a != b for a, b in zip(lambdas[2], init))  # first update right after warm-up
+
+
+@pytest.mark.parametrize("iterations, warmup, interval", [(6, 2, 2), (7, 2, 2), (80, 10, 2), (12, 0, 5), (3, 2, 4)])
+def test_the_multipliers_budget_is_the_run_s_number_of_estimates(iterations, warmup, interval):
+    cfg = TrainConfig(iterations=iterations, ermas=ErmasConfig(warmup_iters=warmup, regret_interval=interval))
+    trainer = SimpleNamespace(cfg=cfg, variant=TRAINING_VARIANTS["ermas"])
+    estimates = sum(ErmasTrainer.estimates_at(trainer, i) for i in range(iterations))
+    assert multiplier_updates(cfg) == estimates
+
+
+def test_the_run_s_multipliers_anneal_over_its_estimates(interval_run):
+    """The trainer gives the multipliers the run's number of estimates: the run ends on the
+    last update of the schedule (2 here), with the step shrunk at it."""
+    cfg, results = interval_run
+    assert multiplier_updates(as_config(cfg)) == 2
+    state = torch.load(Path(cfg["output_dir"]) / "checkpoint.pt", weights_only=True)
+    assert int(state["modules"]["lagrange._updates"]) == 2
 
 
 def test_regret_only_every_regret_interval_after_warmup(interval_run):

@@ -71,6 +71,18 @@ class LagrangeMultiplier(nn.Module):
     - ``"gradient_ascent"``: the ERMAS authors' plain projected dual ascent
       ``lambda <- clip(lambda + lr * e, 0, max_value)``, in reward units.
 
+    With a budget of ``total_updates``, either rule's step decays linearly to zero over the
+    updates after the first ``anneal_start`` share of them (``lr`` times
+    ``min(1, (1 - t / total_updates) / (1 - anneal_start))`` at update ``t = 0, 1, ...``), as
+    PPO's learning rate is often annealed over a run. The rule's own step does not shrink at
+    steady state, since the violation is counted in units of its own spread: when the agents
+    follow ``lambda`` within an update or two, the loop settles into a cycle whose amplitude
+    in ``w`` is a few ``lr`` (``lambda`` moving by 10-35 % between consecutive estimates in
+    the bimatrix game) that no constant step damps. The schedule lets the
+    multipliers land within the budget while the first ``anneal_start`` of it track the
+    agents at the full step. ``total_updates=None`` (default) keeps a constant step; the
+    trainers pass the number of estimates of the run.
+
     :meth:`forward` returns ``loss_lagrange = -(lambda * e).sum()`` for users who
     drive ``lambda`` with an optimizer instead (its gradient is the raw violation,
     so plain SGD with learning rate ``lr`` and :meth:`project_` after every
@@ -124,6 +136,11 @@ class LagrangeMultiplier(nn.Module):
         sign_change_after (int, optional): the updates whose sign flips do not count
             (the approach), ``>= 0``. Defaults to ``10``, the spread's memory
             (``1 / (1 - scale_decay)`` updates with the default ``scale_decay``).
+        total_updates (int, optional): the number of :meth:`update` calls of the run, ``>= 1``;
+            with it the step decays to zero over the last ``1 - anneal_start`` of them, and
+            a further update raises. Defaults to ``None``: a constant step.
+        anneal_start (float, optional): the share of ``total_updates`` at the full step, in
+            ``[0, 1]`` (``1``: a constant step). Defaults to ``0.6``.
 
     Examples:
         >>> import torch
@@ -151,6 +168,12 @@ class LagrangeMultiplier(nn.Module):
         ...     _ = large.update(torch.tensor([1000 * regret]), epsilon=1000.0)
         >>> torch.allclose(small.value, large.value)
         True
+
+        With a budget, the step decays over its last ``1 - anneal_start``:
+
+        >>> annealed = LagrangeMultiplier(1, lr=0.5, rule="gradient_ascent", total_updates=4, anneal_start=0.5)
+        >>> [annealed.update(torch.tensor([1.0]), epsilon=0.0).item() for _ in range(4)]
+        [1.5, 2.0, 2.5, 2.75]
     """
 
     def __init__(
@@ -169,6 +192,8 @@ class LagrangeMultiplier(nn.Module):
         max_violation: float = 3.0,
         sign_change_decay: float = 0.0,
         sign_change_after: int = 10,
+        total_updates: int | None = None,
+        anneal_start: float = 0.6,
     ) -> None:
         check_int("n_agents", n_agents, 1)
         check_real("lr", lr, low=0)
@@ -183,6 +208,8 @@ class LagrangeMultiplier(nn.Module):
         check_real("max_violation", max_violation, low=0, low_inclusive=False)
         check_real("sign_change_decay", sign_change_decay, low=0)
         check_int("sign_change_after", sign_change_after, 0)
+        check_int("total_updates", total_updates, 1, optional=True)
+        check_real("anneal_start", anneal_start, low=0, high=1)
         super().__init__()
         self.n_agents = n_agents
         self.lr = float(lr)
@@ -195,9 +222,11 @@ class LagrangeMultiplier(nn.Module):
         self.max_violation = float(max_violation)
         self.sign_change_decay = float(sign_change_decay)
         self.sign_change_after = sign_change_after
+        self.total_updates = total_updates
+        self.anneal_start = float(anneal_start)
         self.multiplier = nn.Parameter(torch.full((self.n_agents,), float(init)))
         self.register_buffer("_frozen", torch.tensor(bool(frozen)))
-        # nuPI state: updates so far, EMAs of e and e^2 (the spread), EMA of e / s (xi)
+        # updates so far (either rule); nuPI state: EMAs of e and e^2 (the spread), EMA of e / s (xi)
         self.register_buffer("_updates", torch.zeros((), dtype=torch.long))
         self.register_buffer("_mean_ema", torch.zeros(self.n_agents))
         self.register_buffer("_square_ema", torch.zeros(self.n_agents))
@@ -250,21 +279,35 @@ class LagrangeMultiplier(nn.Module):
             reference = self._per_agent("reference", reference)
         if self.frozen:
             return self.value
+        lr = self.lr * self._schedule()
         if self.rule == "gradient_ascent":
-            self.multiplier.add_(self.lr * violation)
+            self.multiplier.add_(lr * violation)
         else:
             # the planner's weight w = 1 / (1 + lambda) moves by -lr * step, within
             # [1 / (1 + max_value), 1]
             step = self._nupi_step(violation, reference)
-            weight = (1 + self.multiplier).reciprocal() - self.lr * step
+            weight = (1 + self.multiplier).reciprocal() - lr * step
             weight = weight.clamp(1 / (1 + self.max_value), 1.0)
             self.multiplier.copy_(weight.reciprocal() - 1)
         self.project_()
         return self.value
 
-    def _nupi_step(self, violation: torch.Tensor, reference: torch.Tensor | None) -> torch.Tensor:
-        """``g_t * (u_t + kp * (xi_t - xi_{t-1}))`` on the normalised violation; advances the state."""
+    def _schedule(self) -> float:
+        """The share of ``lr`` of this update (``1`` without ``total_updates``); counts it."""
+        done = int(self._updates)
+        if self.total_updates is not None and done >= self.total_updates:
+            raise RuntimeError(
+                f"update {done + 1} exceeds total_updates={self.total_updates}; build the multipliers "
+                "with the run's number of updates (or total_updates=None for a constant step)."
+            )
         self._updates += 1
+        if self.total_updates is None or self.anneal_start >= 1:
+            return 1.0
+        return min(1.0, (1 - done / self.total_updates) / (1 - self.anneal_start))
+
+    def _nupi_step(self, violation: torch.Tensor, reference: torch.Tensor | None) -> torch.Tensor:
+        """``g_t * (u_t + kp * (xi_t - xi_{t-1}))`` on the normalised violation; advances the state
+        (:meth:`_schedule` has counted the update)."""
         updates = int(self._updates)
         decay = self.scale_decay
         self._mean_ema.mul_(decay).add_((1 - decay) * violation)
@@ -340,4 +383,5 @@ class LagrangeMultiplier(nn.Module):
         return value.detach()
 
     def extra_repr(self) -> str:
-        return f"n_agents={self.n_agents}, rule={self.rule!r}, lr={self.lr}, max_value={self.max_value}"
+        schedule = "" if self.total_updates is None else f", total_updates={self.total_updates}"
+        return f"n_agents={self.n_agents}, rule={self.rule!r}, lr={self.lr}, max_value={self.max_value}{schedule}"

@@ -112,7 +112,8 @@ class ErmasConfig:
     The multipliers (``lambda_*``) follow :class:`~torchrl_ermas.objectives.LagrangeMultiplier`:
     ``lambda_rule="nupi"`` (default, scale-free: ``lambda_lr`` is a step of the planner's
     weight ``1 / (1 + lambda)``) or ``"gradient_ascent"`` (the authors' rule: ``lambda_lr``
-    is in lambda per unit of regret). The deviations (``trust_region``,
+    is in lambda per unit of regret); either step decays to zero over the run's updates
+    after the first ``lambda_anneal_start`` share of them (``1``: a constant step). The deviations (``trust_region``,
     ``deviation_steps`` per estimate, ``exploration``, the line search's ``confidence``) follow
     :class:`~torchrl_ermas.regret.ReptileRegretEstimator`; with ``deviation_optimizer="ppo"``
     they train like the agents, with the agents' ``lr``, ``epochs``, ``minibatches`` and
@@ -133,6 +134,7 @@ class ErmasConfig:
     lambda_max_violation: float = default_of(LagrangeMultiplier, "max_violation")
     lambda_sign_change_decay: float = default_of(LagrangeMultiplier, "sign_change_decay")
     lambda_sign_change_after: int = default_of(LagrangeMultiplier, "sign_change_after")
+    lambda_anneal_start: float = default_of(LagrangeMultiplier, "anneal_start")
     warmup_iters: int = 10
     regret_interval: int = 5
     regret_envs: int = 32
@@ -297,6 +299,7 @@ LAMBDA_FIELDS = {
     "max_violation": "lambda_max_violation",
     "sign_change_decay": "lambda_sign_change_decay",
     "sign_change_after": "lambda_sign_change_after",
+    "anneal_start": "lambda_anneal_start",
 }
 
 
@@ -308,6 +311,19 @@ def lagrange_kwargs(ermas: ErmasConfig) -> dict[str, Any]:
         8.0
     """
     return {arg: getattr(ermas, field) for arg, field in LAMBDA_FIELDS.items()}
+
+
+def multiplier_updates(cfg: TrainConfig) -> int:
+    """How often an ``ermas`` run estimates its regret and moves its multipliers: after
+    every ``ermas.regret_interval``-th iteration from ``ermas.warmup_iters`` on (the
+    multipliers' ``total_updates``).
+
+    Examples:
+        >>> multiplier_updates(TrainConfig(iterations=80, ermas=ErmasConfig(warmup_iters=10, regret_interval=2)))
+        35
+    """
+    e = cfg.ermas
+    return max(0, -(-(cfg.iterations - e.warmup_iters) // e.regret_interval))
 
 
 def _check_as(group: str, fields: dict[str, str], build: Callable[[], object]) -> None:

@@ -43,7 +43,7 @@ from .checkpoint import (
     previous_path,
     save_checkpoint,
 )
-from .config import PPOConfig, TrainConfig, as_config, lagrange_kwargs, validate
+from .config import PPOConfig, TrainConfig, as_config, lagrange_kwargs, multiplier_updates, validate
 from .models import has_action, make_critic, make_policy
 from .run_folder import RunFolder, check_resumable, check_state_fits, non_finite_entry
 from .variants import VARIANTS
@@ -388,7 +388,9 @@ class ErmasTrainer:
         self.agent_policy = make_policy(self.env, "agents", cfg.agents, self.device)
         self.agent_critic = critic = make_critic(self.env, "agents", cfg.agents, self.device)
         self.lagrange = self.variant.make_multipliers(
-            self.n_agents, lagrange_kwargs(cfg.ermas), frozen_at_start=cfg.ermas.warmup_iters > 0
+            self.n_agents,
+            {**lagrange_kwargs(cfg.ermas), "total_updates": multiplier_updates(cfg) or None},
+            frozen_at_start=cfg.ermas.warmup_iters > 0,
         )
         if self.lagrange is not None:
             self.lagrange = self.lagrange.to(self.device)
