@@ -5,8 +5,9 @@ A passive planner and two agents play the ``"dilemma"`` game at ``Q = 0``. For e
 multipliers); plain MARL and runs with fixed multipliers are the comparisons. Per run the
 script reports the final planner reward, the combined agent reward, each agent's regret
 (estimated by the trust-region deviation, and exact by dynamic programming over the
-small game), the calibration of the estimate (estimated / exact, the worst agent with an
-exact regret above 1), ``lambda`` and its relative change over the last 20 % of the
+small game), the calibration of the estimate (an estimate of the final policies against
+their exact regret, the worst agent with an exact regret above 1; mean and worst run),
+``lambda`` and its relative change over the last 20 % of the
 iterations. The ground truth is the exact frontier
 (:func:`~torchrl_ermas.envs.bimatrix_frontier.epsilon_frontier`: tabular policies, exact
 regrets, constrained descent): the least planner reward of any epsilon-equilibrium found
@@ -131,17 +132,23 @@ def validate(cfg: AdversarialSearchConfig, overrides: list[str] | tuple[str, ...
 
 
 def exact_regret_hook(trainer) -> dict[str, Any]:
-    """Exact values of the final agent policies in the training game (by DP), the
-    calibration of the final regret estimates (estimated / exact, agents with exact > 1)
-    and how much lambda moved over the last 20 % of the iterations
-    (:func:`~torchrl_ermas.training.multiplier_settling`, the agent that moved most)."""
+    """Exact values of the final agent policies in the training game (by DP); for ERMAS
+    runs also a regret estimate of those policies (the run's own estimator, seeded with the
+    run's seed), its calibration (estimated / exact, the worst agent with an exact regret
+    above 1) and how much lambda moved over the last 20 % of the iterations
+    (:func:`~torchrl_ermas.training.multiplier_settling`, the agent that moved most).
+
+    The calibration compares estimate and exact regret of the same policies: the run's
+    last estimates (its ``regret``) are of earlier policies, which still move.
+    """
     env = trainer.env.base_env
     values = exact_values(env, policy_table(trainer.agent_policy, env))
     exact = values[:, 1] - values[:, 0]
     out = {"exact_regret": exact.tolist(), "exact_agent_reward": values[:, 0].tolist()}
-    final = trainer.final_metrics()
-    if final["regret"] is not None:
-        ratios = [e / x for e, x in zip(final["regret"], exact.tolist()) if x > 1]
+    if trainer.variant.estimates_regret:
+        estimate = trainer.estimate_regret(trainer.cfg.seed)["regret"].tolist()
+        ratios = [e / x for e, x in zip(estimate, exact.tolist()) if x > 1]
+        out["final_estimate"] = estimate
         out["calibration"] = min(ratios) if ratios else None
         out["lambda_change"] = max(multiplier_settling(trainer.history["lambda"]))
     return out
@@ -191,8 +198,8 @@ def summarize(results: dict[tuple, dict]) -> list[dict[str, Any]]:
             per_agent = [max(f[name]) for f in finals]  # the agent with the largest value
             row[f"max_{name}"], row[f"max_{name}_sem"] = mean_sem(per_agent)
         calibrations = [f["calibration"] for f in finals if f.get("calibration") is not None]
-        if calibrations:  # the worst run (least estimated / exact among agents with exact > 1)
-            row["min_calibration"] = min(calibrations)
+        if calibrations:  # per run the worst agent (least estimated / exact with exact > 1)
+            row["mean_calibration"], row["min_calibration"] = mean_sem(calibrations)[0], min(calibrations)
         if finals[0].get("lambda_change") is not None:
             row["max_lambda_change"] = max(f["lambda_change"] for f in finals)
         rows.append(row)
@@ -283,19 +290,19 @@ def plot(rows: list[dict[str, Any]], trajectories: dict[float, list[float]], pat
 def print_table(rows: list[dict[str, Any]]) -> None:
     print(
         f"{'method':>13} {'value':>6} {'planner':>14} {'agents':>14} {'exact regret':>14} "
-        f"{'est. regret':>12} {'calib.':>7} {'lambda':>8} {'d lambda':>9}"
+        f"{'est. regret':>12} {'calib.':>9} {'lambda':>8} {'d lambda':>9}"
     )
     for r in rows:
         value = "-" if r["value"] is None else f"{r['value']:g}"
         exact = f"{r['max_exact_regret']:.1f} ± {r['max_exact_regret_sem']:.1f}"
         est = f"{r['max_regret']:.1f}" if "max_regret" in r else "-"
-        calibration = f"{r['min_calibration']:.2f}" if "min_calibration" in r else "-"
+        calibration = f"{r['mean_calibration']:.2f}/{r['min_calibration']:.2f}" if "min_calibration" in r else "-"
         lam = f"{r['max_lambda']:.2f}" if "max_lambda" in r else "-"
         change = f"{r['max_lambda_change']:.0%}" if "max_lambda_change" in r else "-"
         print(
             f"{r['method']:>13} {value:>6} {r['planner_reward']:>7.1f} ± {r['planner_reward_sem']:<4.1f} "
             f"{r['combined_agent_reward']:>7.1f} ± {r['combined_agent_reward_sem']:<4.1f} "
-            f"{exact:>14} {est:>12} {calibration:>7} {lam:>8} {change:>9}"
+            f"{exact:>14} {est:>12} {calibration:>9} {lam:>8} {change:>9}"
         )
 
 

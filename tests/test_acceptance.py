@@ -56,11 +56,13 @@ def base_config(tmp_path) -> TrainConfig:
 
 
 def figure2_hook(trainer) -> dict:
-    """Exact regrets of the final policies and lambda's change over the last 20 %."""
+    """Exact regrets of the final policies, a regret estimate of them (ERMAS) and lambda's
+    change over the last 20 %."""
     env = trainer.env.base_env
     values = exact_values(env, policy_table(trainer.agent_policy, env))
     out = {"exact_regret": (values[:, 1] - values[:, 0]).tolist()}
-    if trainer.history["lambda"][0] is not None:
+    if trainer.variant.estimates_regret:
+        out["final_estimate"] = trainer.estimate_regret(trainer.cfg.seed)["regret"].tolist()
         out["lambda_change"] = multiplier_settling(trainer.history["lambda"])
         tail = torch.tensor(trainer.history["lambda"][int(0.8 * trainer.cfg.iterations) :])
         out["lambda_band"] = [tail.min(0).values.tolist(), tail.max(0).values.tolist()]
@@ -108,17 +110,16 @@ class TestAdversarialSearchTracksTheFrontier:
             assert abs(reward - frontier[eps]) <= 0.1 * span + 2.0, (eps, reward, frontier[eps])
 
     def test_regret_estimates_are_calibrated(self, figure2):
-        """Estimated / exact regret of the final policies, over seeds and the agents whose
-        exact regret exceeds 1 (the estimate is the mean of the run's last estimates)."""
+        """The estimate of the final policies recovers at least 70 % of their exact regret,
+        for every run and agent whose exact regret exceeds 1."""
         for eps in EPSILONS:
             ratios = [
                 estimated / exact
                 for final in figure2["ermas", eps]
-                for estimated, exact in zip(final["regret"], final["exact_regret"])
+                for estimated, exact in zip(final["final_estimate"], final["exact_regret"])
                 if exact > 1
             ]
-            if ratios:
-                assert sum(ratios) / len(ratios) >= 0.7, (eps, ratios)
+            assert all(ratio >= 0.7 for ratio in ratios), (eps, ratios)
 
     def test_multipliers_settle(self, figure2):
         """Where the constraint can hold (epsilon >= 0, below 70 % of the regret of full
