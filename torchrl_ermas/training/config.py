@@ -323,7 +323,7 @@ def multiplier_updates(cfg: TrainConfig) -> int:
         35
     """
     e = cfg.ermas
-    return max(0, -(-(cfg.iterations - e.warmup_iters) // e.regret_interval))
+    return len(range(e.warmup_iters, cfg.iterations, e.regret_interval))
 
 
 def _check_as(group: str, fields: dict[str, str], build: Callable[[], object]) -> None:
