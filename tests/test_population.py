@@ -55,7 +55,8 @@ def states_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool
 )
 def test_population_of_one_replays_the_trainer(tmp_path, variant, q):
     estimate = {"warmup_iters": 0, "regret_interval": 1, "regret_envs": 2, "deviation_steps": 1}
-    overrides = {"variant": variant, "reward": {"q": q}, "agents": {"epochs": 2}, "ermas": estimate}
+    annealed = {"agents": {"epochs": 2, "anneal_start": 0.5}, "planner": {"anneal_start": 0.0}}
+    overrides = {"variant": variant, "reward": {"q": q}, **annealed, "ermas": estimate}
     alone = ErmasTrainer(make_cfg(tmp_path / "alone", **overrides))
     results = alone.train()
     population = PopulationTrainer([make_cfg(tmp_path / "population", **overrides)])
@@ -65,6 +66,7 @@ def test_population_of_one_replays_the_trainer(tmp_path, variant, q):
     assert states_equal(population.runs[0].modules.state_dict(), alone.modules.state_dict())
     mine, theirs = (load_checkpoint(tmp_path / name / "checkpoint.pt") for name in ("population", "alone"))
     for group in theirs["optimizers"]:
+        assert mine["optimizers"][group]["param_groups"] == theirs["optimizers"][group]["param_groups"]
         for index, state in theirs["optimizers"][group]["state"].items():
             assert states_equal(mine["optimizers"][group]["state"][index], state)
 

@@ -371,12 +371,14 @@ def test_train_planner_false_freezes_planner_policy(tmp_path):
 
 @pytest.fixture(scope="module")
 def interval_run(tmp_path_factory) -> tuple[dict, dict]:
-    """ERMAS with warm-up 2 and a regret estimate every 2 iterations, 6 iterations."""
+    """ERMAS with warm-up 2 and a regret estimate every 2 iterations, 6 iterations; the
+    agents' learning rate anneals over the second half."""
     out = tmp_path_factory.mktemp("interval")
     cfg = make_cfg(
         out,
         planner_mode="passive",
         iterations=6,
+        agents={"anneal_start": 0.5},
         ermas={"lambda_init": 6.0, "warmup_iters": 2, "regret_interval": 2},
     )
     results, _ = run(cfg)
@@ -406,6 +408,17 @@ def test_the_run_s_multipliers_anneal_over_its_estimates(interval_run):
     assert multiplier_updates(as_config(cfg)) == 2
     state = torch.load(Path(cfg["output_dir"]) / "checkpoint.pt", weights_only=True)
     assert int(state["modules"]["lagrange._updates"]) == 2
+
+
+def test_learning_rates_anneal_over_the_run(interval_run):
+    """The agents' learning rate decays linearly over the iterations after the first
+    ``anneal_start`` share (the last of 6 iterations runs at 1 / 3 of it); the planner's
+    critic keeps its constant one."""
+    cfg, _ = interval_run
+    state = torch.load(Path(cfg["output_dir"]) / "checkpoint.pt", weights_only=True)
+    lrs = {group: state["optimizers"][group]["param_groups"][0]["lr"] for group in ("agents", "planner")}
+    defaults = TrainConfig()
+    assert lrs == {"agents": pytest.approx(defaults.agents.lr / 3), "planner": pytest.approx(defaults.planner.lr)}
 
 
 def test_regret_only_every_regret_interval_after_warmup(interval_run):
@@ -679,6 +692,7 @@ INVALID = [
     ("rollout_steps", {"rollout_steps": 0}),
     ("agents.lr", {"agents": {"lr": 0.0}}),
     ("agents.lr", {"agents": {"lr": float("nan")}}),
+    ("agents.anneal_start", {"agents": {"anneal_start": 1.5}}),
     ("agents.gamma", {"agents": {"gamma": 1.5}}),
     ("agents.gamma", {"agents": {"gamma": 0.0}}),
     ("agents.entropy_coeff", {"agents": {"entropy_coeff": -0.1}}),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..schedule import anneal_share
 from ..validation import check_bool, check_choice, check_int, check_real
 
 RULES = ("nupi", "gradient_ascent")
@@ -305,9 +306,9 @@ class LagrangeMultiplier(nn.Module):
                 "with the run's number of updates (or total_updates=None for a constant step)."
             )
         self._updates += 1
-        if self.total_updates is None or self.anneal_start >= 1:
+        if self.total_updates is None:
             return 1.0
-        return min(1.0, (1 - done / self.total_updates) / (1 - self.anneal_start))
+        return anneal_share(done, self.total_updates, self.anneal_start)
 
     def _nupi_step(self, violation: torch.Tensor, reference: torch.Tensor | None) -> torch.Tensor:
         """``g_t * (u_t + kp * (xi_t - xi_{t-1}))`` on the normalised violation; advances the state

@@ -53,6 +53,11 @@ class PPOConfig:
 
     Attributes:
         lr: Adam learning rate of the policy and the critic.
+        anneal_start: the share of the run's iterations at the full ``lr``; over the rest the
+            learning rate decays linearly to zero (``1``: a constant ``lr``). ERMAS' agents
+            follow ``lambda`` within an estimate or two and keep drifting around its
+            switching point; annealing them with the multipliers
+            (``ErmasConfig.lambda_anneal_start``) lets a run end where the search led it.
         clip_epsilon: PPO ratio clip.
         entropy_coeff: weight of the entropy bonus.
         critic_coeff: weight of the critic loss in the PPO loss (a passive planner's critic,
@@ -79,6 +84,7 @@ class PPOConfig:
     """
 
     lr: float = 3e-3
+    anneal_start: float = 1.0
     clip_epsilon: float = 0.2
     entropy_coeff: float = 0.01
     critic_coeff: float = 0.5
@@ -360,6 +366,7 @@ def validate(cfg: TrainConfig | DictConfig | dict) -> None:
 def _validate_ppo(group: str, ppo: PPOConfig) -> None:
     for name in ("lr", "max_grad_norm"):
         check_number(f"{group}.{name}", getattr(ppo, name))
+    check_real(f"{group}.anneal_start", ppo.anneal_start, low=0, high=1)
     check_real(f"{group}.clip_epsilon", ppo.clip_epsilon, low=0, high=1, low_inclusive=False, high_inclusive=False)
     for name in ("entropy_coeff", "critic_coeff"):
         check_number(f"{group}.{name}", getattr(ppo, name), strict=False)

@@ -597,6 +597,8 @@ class PopulationTrainer:
         return [run.write_results() for run in self.runs]
 
     def _iteration(self, iteration: int) -> list[dict[str, Any]]:
+        for run in self.runs:
+            run._anneal_learning_rates(iteration)
         seed = self.runs[0]._iteration_seed(iteration)
         torch.manual_seed(seed)
         start = time.perf_counter()

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from torchrl_ermas.objectives import PlannerAdvantage
 from torchrl_ermas.regret import MetaGradient, ReptileRegretEstimator, persistent_env_state, seed_env
 from torchrl_ermas.regret.reptile import PPO_SETTINGS
+from torchrl_ermas.schedule import anneal_share
 from torchrl_ermas.transforms import (
     ConcavePlannerReward,
     DomainRandomizedReward,
@@ -565,7 +566,16 @@ class ErmasTrainer:
     def _iteration_seed(self, iteration: int) -> int:
         return (self.cfg.seed * 1_000_003 + iteration * 7919) % (2**31 - 1)
 
+    def _anneal_learning_rates(self, iteration: int) -> None:
+        """Sets each group's learning rate for ``iteration`` (``PPOConfig.anneal_start``)."""
+        for group, optimizer in self.optimizers.items():
+            ppo = getattr(self.cfg, group)
+            share = anneal_share(iteration, self.cfg.iterations, ppo.anneal_start)
+            for param_group in optimizer.param_groups:
+                param_group["lr"] = ppo.lr * share
+
     def _iteration(self, iteration: int) -> dict[str, Any]:
+        self._anneal_learning_rates(iteration)
         seed = self._iteration_seed(iteration)
         torch.manual_seed(seed)
         start = time.perf_counter()
