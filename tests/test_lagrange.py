@@ -312,19 +312,18 @@ def test_noise_floor_ignores_noise_level_violations_at_zero_epsilon():
         floored.update(torch.zeros(2), 0.0, reference=torch.tensor([math.nan, 1.0]))
 
 
-if __name__ == "__main__":
-    pytest.main([__file__, "--capture", "no", "--exitfirst"])
-
-
 @pytest.mark.parametrize(
     ("kwargs", "name"),
     [
         ({"done": 4, "total": 4, "start": 0.5}, "done"),
         ({"done": 0, "total": 0, "start": 0.5}, "total"),
         ({"done": 0, "total": 4, "start": 1.5}, "start"),
-        ({"done": 0, "total": 4, "start": 0.5, "power": 0.5}, "power"),
     ],
 )
 def test_anneal_share_names_the_bad_argument(kwargs, name):
     with pytest.raises(ValueError, match=f"^{name} must be"):
         anneal_share(**kwargs)
+
+
+if __name__ == "__main__":
+    pytest.main([__file__, "--capture", "no", "--exitfirst"])
