@@ -145,7 +145,9 @@ class LagrangeMultiplier(nn.Module):
             settling: in the bimatrix game's Fig. 2 grid the worst run's change of
             ``lambda`` over the last 20 % fell from 18-37 % to 7-17 % at eps 15-25, while
             the worst gap to the exact frontier grew from 3.4 to 6.5 (lambda stops where
-            the agents' swing has it; the README's Fig. 2 section).
+            the agents' swing has it), both with the agents at a constant learning rate;
+            annealing the agents too (``PPOConfig.anneal_start``) brought the worst gap
+            back to 3.2 (the README's Fig. 2 section).
 
     Examples:
         >>> import torch
