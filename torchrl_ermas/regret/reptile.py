@@ -400,8 +400,8 @@ class ReptileRegretEstimator:
         path, kls = [current], [torch.zeros(current.batch_size[0], device=self._device)]
         for k in range(self.deviation_steps):
             # the first step's deviations are the current policy: one evaluation per step
-            deviation = None if k == 0 else path[-1]
-            batch = self._batch(self._rollout(deviation, exploration=self.exploration))
+            acting = None if k == 0 else path[-1]
+            batch = self._batch(self._rollout(acting, exploration=self.exploration))
             budget = self.trust_region * (k + 1) / self.deviation_steps
             deviation, kl = self.step(path[-1], batch, budget)
             path.append(deviation)
