@@ -11,6 +11,7 @@ import copy
 import json
 import math
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -419,6 +420,23 @@ def test_learning_rates_anneal_over_the_run(interval_run):
     lrs = {group: state["optimizers"][group]["param_groups"][0]["lr"] for group in ("agents", "planner")}
     defaults = TrainConfig()
     assert lrs == {"agents": pytest.approx(defaults.agents.lr / 3), "planner": pytest.approx(defaults.planner.lr)}
+
+
+def test_an_extended_run_anneals_over_its_new_budget(interval_run, tmp_path):
+    """Resuming the finished 6-iteration run with 12 iterations extends it: the multipliers
+    take the 3 further estimates of the new budget (the old budget of 2 would refuse them)
+    and the agents' learning rate ends at the new schedule's share, 1 / 6."""
+    cfg, results = interval_run
+    folder = tmp_path / "extended"
+    shutil.copytree(cfg["output_dir"], folder)
+    extended = ErmasTrainer({**cfg, "output_dir": str(folder), "resume": True, "iterations": 12})
+    history = extended.train()["history"]
+    assert history["lambda"][:6] == results["history"]["lambda"]
+    assert len({tuple(row) for row in history["lambda"][6:]}) > 1  # lambda moves again
+    state = torch.load(folder / "checkpoint.pt", weights_only=True)
+    assert int(state["modules"]["lagrange._updates"]) == multiplier_updates(as_config({**cfg, "iterations": 12})) == 5
+    lr = state["optimizers"]["agents"]["param_groups"][0]["lr"]
+    assert lr == pytest.approx(TrainConfig().agents.lr / 6)
 
 
 def test_regret_only_every_regret_interval_after_warmup(interval_run):

@@ -197,7 +197,10 @@ class TrainConfig:
             no regret estimate) or ``marl`` (selfish agents: plain multi-agent PPO).
         env: a hydra node with ``_target_`` building the training environment; the
             trainer adds ``batch_size`` and ``device``.
-        iterations: training iterations; each collects ``num_envs`` episodes.
+        iterations: training iterations; each collects ``num_envs`` episodes. A run
+            resumed with more iterations is extended: its annealed steps (each PPO group's
+            ``anneal_start``, ``ermas.lambda_anneal_start``) follow the new budget, so a run
+            that had annealed to its end steps again.
         train_planner: train the planner (``False`` freezes it, e.g. in transfer runs).
         planner_checkpoint: optional checkpoint whose planner is loaded before training.
         agents_checkpoint: optional checkpoint whose agents (policy and critic) start this
