@@ -35,10 +35,6 @@ SEEDS = (0, 1, 2)
 # about 18; epsilons between the example's grid points.
 EPISODE = 60
 EPSILONS = (-20.0, 4.0, 8.5, 13.0)
-# full cooperation costs each agent a regret of 0.3 per step; above about 70 % of it the
-# estimate from saturated cooperative policies collapses now and then (README, Fig. 2 at
-# eps = 25) and lambda does not settle: the settling test covers the range below
-FULL_COOPERATION_REGRET = 0.3 * EPISODE
 
 
 CONFIGS = Path(__file__).resolve().parents[1] / "examples" / "configs"
@@ -64,8 +60,6 @@ def figure2_hook(trainer) -> dict:
     if trainer.variant.estimates_regret:
         out["final_estimate"] = trainer.estimate_regret(trainer.cfg.seed)["regret"].tolist()
         out["lambda_change"] = multiplier_settling(trainer.history["lambda"])
-        tail = torch.tensor(trainer.history["lambda"][int(0.8 * trainer.cfg.iterations) :])
-        out["lambda_band"] = [tail.min(0).values.tolist(), tail.max(0).values.tolist()]
     return out
 
 
@@ -111,10 +105,7 @@ class TestAdversarialSearchTracksTheFrontier:
 
     def test_regret_estimates_are_calibrated(self, figure2):
         """The estimate of the final policies recovers at least 70 % of their exact regret
-        (the agents whose exact regret exceeds 1): on average over the runs and agents at
-        every epsilon, and in every run below 70 % of the regret of full cooperation (above,
-        the estimate from saturated cooperative policies falls short now and then: 0.61 in
-        one of 6 at eps 13)."""
+        in every run, for the agents whose exact regret exceeds 1."""
         for eps in EPSILONS:
             ratios = [
                 estimated / exact
@@ -122,35 +113,22 @@ class TestAdversarialSearchTracksTheFrontier:
                 for estimated, exact in zip(final["final_estimate"], final["exact_regret"])
                 if exact > 1
             ]
-            if ratios:
-                assert sum(ratios) / len(ratios) >= 0.7, (eps, ratios)
-            if eps <= 0.7 * FULL_COOPERATION_REGRET:
-                assert all(ratio >= 0.7 for ratio in ratios), (eps, ratios)
+            assert all(ratio >= 0.7 for ratio in ratios), (eps, ratios)
 
     def test_multipliers_settle(self, figure2):
-        """Where the constraint can hold (epsilon >= 0, below 70 % of the regret of full
-        cooperation) lambda has settled by the end of the run: its relative change over the
-        last 20 % (``multiplier_settling``) is below 10 % on average over the seeds and
-        agents, and below 20 % in every run; where it cannot hold, lambda sits at its cap."""
+        """Where the constraint can hold (epsilon >= 0) lambda has settled by the end of the
+        run: its relative change over the last 20 % (``multiplier_settling``) is below 10 % on
+        average over the seeds and agents, and below 15 % in every run (2 of 228 multipliers
+        measured on the example's grids and this one moved over 10 %, the worst 11.1 %);
+        where it cannot hold, lambda sits at its cap."""
         for eps in EPSILONS:
             finals = figure2["ermas", eps]
             if eps < 0:  # infeasible (regret >= 0 > epsilon)
                 assert all(lam > 99.0 for f in finals for lam in f["lambda"]), eps  # cap: 100
                 continue
-            if eps > 0.7 * FULL_COOPERATION_REGRET:
-                continue  # see test_multipliers_stay_in_a_band_near_full_cooperation
             changes = [change for f in finals for change in f["lambda_change"]]
             assert sum(changes) / len(changes) < 0.1, (eps, changes)
-            assert max(changes) < 0.2, (eps, changes)
-
-    def test_multipliers_stay_in_a_band_near_full_cooperation(self, figure2):
-        """Above 70 % of the regret of full cooperation lambda does not settle to 10 % (the
-        estimate's collapses, README), but the planner's weight 1 / (1 + lambda) stays
-        within a factor 2 over the last 20 % of every run: no swing between 0 and the start."""
-        for eps in (e for e in EPSILONS if e > 0.7 * FULL_COOPERATION_REGRET):
-            for final in figure2["ermas", eps]:
-                low, high = torch.tensor(final["lambda_band"])
-                assert (1 + high < 2 * (1 + low)).all(), (eps, low, high)
+            assert max(changes) < 0.15, (eps, changes)
 
     def test_very_negative_epsilon_matches_marl(self, figure2):
         ermas, se_e = stat(figure2["ermas", EPSILONS[0]], "planner_reward")
