@@ -28,10 +28,10 @@ range in steps of 3 to 4 (8 to 11 in planner reward). The exact regret is the gl
 response; ERMAS's epsilon bounds the regret of the best deviation within the estimator's
 KL trust region (3 nats here), which in this game contains nearly all of the best
 response, so the estimate recovers the exact regret (the calibration column). The
-agents' entropy bonus (0.1, ten times the trainer's default) keeps their policies soft, so that
-their regret varies continuously with ``lambda`` and ``lambda`` settles where it meets
-epsilon; with saturating policies their response is a step at the game's switching point
-and ``lambda`` keeps correcting their drift to the end of the run.
+agents' entropy bonus (0.1, ten times the trainer's default) keeps their policies soft,
+so that their regret varies continuously with ``lambda`` and ``lambda`` settles where it
+meets epsilon; with saturating policies their response is a step at the game's switching
+point and ``lambda`` keeps correcting their drift to the end of the run.
 
     python examples/bimatrix_adversarial_search.py
     python examples/bimatrix_adversarial_search.py --config-name bimatrix_adversarial_search_paper

@@ -89,7 +89,8 @@ class LagrangeMultiplier(nn.Module):
     they switch between their own objective and the planner's: no ``lambda`` holds them at
     an intermediate regret, and ``lambda`` keeps correcting their drift to the end of the
     run. An entropy bonus on the agents keeps their policies soft and their response
-    continuous (the bimatrix game's Fig. 2 example uses ``0.1``, ten times ``PPOConfig``'s default).
+    continuous (the bimatrix game's Fig. 2 example uses ``0.1``, ten times
+    ``PPOConfig``'s default).
 
     :meth:`forward` returns ``loss_lagrange = -(lambda * e).sum()`` for users who
     drive ``lambda`` with an optimizer instead (its gradient is the raw violation,
